@@ -1,0 +1,95 @@
+"""Typed errors raised at facerig's public boundaries.
+
+Every error names the argument (or file), what was expected and what was found, so that the CLI
+can print it as one line. Library code raises these; the CLI turns them into exit codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FacerigError(Exception):
+    """Base class of every error facerig raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidInput(FacerigError, ValueError):
+    """An argument or file does not meet the documented expectation."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, expected: str, got: Any | None = None, *, hint: str | None = None):
+        self.name = name
+        self.expected = expected
+        self.got = got
+        msg = f"{name}: expected {expected}"
+        if got is not None:
+            text = repr(got) if not isinstance(got, str) else got
+            if len(text) > 200:
+                text = text[:197] + "..."
+            msg += f", got {text}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+class ImageUnreadable(InvalidInput):
+    """A file could not be decoded as an image (corrupt, truncated, not an image)."""
+
+
+class ImageTooLarge(InvalidInput):
+    """An image's header announces more pixels than allowed; it was not decoded."""
+
+
+class ImageTooSmall(InvalidInput):
+    """An image is too small to hold a face."""
+
+
+class UnsupportedMode(InvalidInput):
+    """An image uses a pixel mode facerig cannot convert to RGB."""
+
+
+class VideoUnreadable(InvalidInput):
+    """A video could not be opened, or has no decodable frames."""
+
+
+class NoFaceFound(FacerigError):
+    """The detector found no face where one was required."""
+
+    exit_code = 3
+
+    def __init__(self, source: str, detail: str = ""):
+        self.source = source
+        super().__init__(f"no face found in {source}" + (f": {detail}" if detail else ""))
+
+
+class FaceTooSmall(NoFaceFound):
+    """A face was found, but is smaller than the minimum size for a reliable fit."""
+
+    def __init__(self, source: str, size_px: float, min_px: float):
+        self.size_px = size_px
+        self.min_px = min_px
+        FacerigError.__init__(
+            self,
+            f"face too small in {source}: {size_px:.0f} px between the outer eye corners and chin box, "
+            f"need at least {min_px:.0f} px (use a larger image or a closer crop)",
+        )
+        self.source = source
+
+
+class AssetMissing(FacerigError):
+    """A model file or asset is not where it is looked for."""
+
+    exit_code = 4
+
+    def __init__(self, what: str, looked: str, how: str):
+        self.what = what
+        super().__init__(f"{what} not found (looked in {looked}); {how}")
+
+
+class IncompatibleModel(FacerigError, ValueError):
+    """Parameters, buffers or weights made for one face model were given to another."""
+
+    exit_code = 2

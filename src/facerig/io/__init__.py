@@ -1,0 +1,1 @@
+"""Input/output: safe image decoding, video, checkpoints, asset paths."""
