@@ -27,7 +27,9 @@ class FaceModel(nn.Module):
     * ``landmark_index`` (L,) long: MediaPipe landmark ids (0..477) that the model can explain
     * ``landmark_faces`` (L,) long, ``landmark_bary`` (L, 3): where each of those lies on the surface
     * ``landmark_weight`` (L,): relative weight of each landmark in fitting (e.g. lower on the contour)
-    * ``region_masks`` (R, V): per-vertex region membership in [0, 1], names in ``region_names``
+    * ``face_region`` (F,) long: region id of every triangle, names in ``region_names``
+      (at least: skin, brows, eyes, lips, mouth_interior where the topology has them)
+    * ``default_albedo`` (V, 3) in [0, 1]: albedo used when FaceParams has none
     """
 
     name: str = "base"
@@ -48,7 +50,8 @@ class FaceModel(nn.Module):
     landmark_faces: torch.Tensor
     landmark_bary: torch.Tensor
     landmark_weight: torch.Tensor
-    region_masks: torch.Tensor
+    face_region: torch.Tensor
+    default_albedo: torch.Tensor
 
     # ---- sizes ----------------------------------------------------------------------------
     @property
