@@ -109,6 +109,17 @@ class FaceModel(nn.Module):
         corners = vertices[:, tri]  # (B, L, 3, 3)
         return (corners * self.landmark_bary[None, :, :, None].to(vertices.dtype)).sum(2)
 
+    def landmarks_of_basis(self, which: str) -> torch.Tensor:
+        """The basis sampled at the landmarks: (K, L, 3) for ``which`` = identity | expression."""
+        basis = self.identity_basis if which == "identity" else self.expression_basis
+        cache = self.__dict__.setdefault("_lm_basis_cache", {})
+        key = (which, basis.device, basis.dtype, basis.data_ptr())
+        if key not in cache:
+            tri = self.faces[self.landmark_faces]
+            cache.clear() if len(cache) > 8 else None
+            cache[key] = (basis[:, tri] * self.landmark_bary[None, :, :, None].to(basis.dtype)).sum(2)
+        return cache[key]
+
     # ---- expressions by name ---------------------------------------------------------------
     def expression_vector(self, values: dict[str, float], batch_size: int = 1) -> torch.Tensor:
         """Expression coefficients (B, K_exp) from a name -> value dict (aliases allowed)."""

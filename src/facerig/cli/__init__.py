@@ -1,0 +1,55 @@
+"""The ``facerig`` command line. Heavy modules are imported inside the commands so that
+``facerig --help`` starts fast; every FacerigError becomes one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from facerig.cli.app import app
+
+
+def main(argv: list[str] | None = None) -> int:
+    from facerig.errors import FacerigError
+
+    debug = os.environ.get("FACERIG_DEBUG") == "1"
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except FacerigError as e:
+        print(f"facerig: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except typer.Abort:
+        print("facerig: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("facerig: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # click usage errors and anything unexpected: one line, no traceback
+        import click
+
+        if isinstance(e, click.exceptions.UsageError):
+            print(f"facerig: usage error: {e.format_message()}", file=sys.stderr)
+            return 2
+        if isinstance(e, click.exceptions.ClickException):
+            print(f"facerig: error: {e.format_message()}", file=sys.stderr)
+            return e.exit_code
+        if debug:
+            raise
+        print(f"facerig: internal error: {type(e).__name__}: {e} (set FACERIG_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,3 @@
+from facerig.cli import _entry
+
+_entry()

@@ -1,0 +1,55 @@
+"""Shared test configuration: markers that skip heavy checks unless enabled, package photos."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facerig.io.assets import shared_dir
+
+
+def pytest_collection_modifyitems(config, items):
+    slow_on = os.environ.get("FACERIG_SLOW") == "1"
+    gpu_on = os.environ.get("FACERIG_GPU") == "1"
+    flame_on = bool(os.environ.get("FACERIG_FLAME"))
+    have_shared = shared_dir() is not None
+    for item in items:
+        if "slow" in item.keywords and not slow_on:
+            item.add_marker(pytest.mark.skip(reason="slow: set FACERIG_SLOW=1 to run"))
+        if "gpu" in item.keywords:
+            import torch
+
+            if not gpu_on or not torch.cuda.is_available():
+                item.add_marker(pytest.mark.skip(reason="gpu: set FACERIG_GPU=1 on a CUDA machine"))
+        if "shared_data" in item.keywords and not have_shared:
+            item.add_marker(pytest.mark.skip(reason="shared data folder absent (FACERIG_SHARED)"))
+        if "flame" in item.keywords and not flame_on:
+            item.add_marker(pytest.mark.skip(reason="real FLAME: set FACERIG_FLAME=/path/generic_model.pkl"))
+
+
+def package_photo(name: str) -> np.ndarray:
+    """Real photos shipped by installed packages (public domain)."""
+    if name == "astronaut":
+        from skimage import data
+
+        return data.astronaut()
+    if name == "grace_hopper":
+        import matplotlib
+        from PIL import Image
+
+        p = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        return np.asarray(Image.open(p).convert("RGB"))
+    raise KeyError(name)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    return package_photo("astronaut")
+
+
+@pytest.fixture(scope="session")
+def grace_hopper() -> np.ndarray:
+    return package_photo("grace_hopper")
