@@ -30,7 +30,6 @@ from facerig.morphable.transfer import (  # noqa: E402
     Similarity,
     closest_points_on_mesh,
     laplacian_smooth,
-    sample_barycentric,
     similarity_fit,
 )
 
@@ -66,7 +65,10 @@ def photos():
         im = cv2.resize(im, (100, 100), interpolation=cv2.INTER_CUBIC)
         yield f"lfw_subset[{k}]", np.ascontiguousarray(np.stack([im] * 3, -1))
     yield "astronaut", np.ascontiguousarray(data.astronaut())
-    yield "grace_hopper", np.ascontiguousarray(np.asarray(mimage.imread(cbook.get_sample_data("grace_hopper.jpg")))[..., :3])
+    yield (
+        "grace_hopper",
+        np.ascontiguousarray(np.asarray(mimage.imread(cbook.get_sample_data("grace_hopper.jpg")))[..., :3]),
+    )
 
 
 def detect_all() -> tuple[np.ndarray, list[str]]:
@@ -139,7 +141,8 @@ def load_ict(path):
     ict = {k: d[k] for k in d.files}
     names = [str(n) for n in ict["region_names"]]
     ict["ranges"] = {
-        n: (int(a), int(b)) for n, a, b in zip(names, ict["region_vertex_first"], ict["region_vertex_last"], strict=True)
+        n: (int(a), int(b))
+        for n, a, b in zip(names, ict["region_vertex_first"], ict["region_vertex_last"], strict=True)
     }
     return ict
 
@@ -259,7 +262,10 @@ def close_lids(mean: np.ndarray, expr: np.ndarray, names: list[str], faces_tess:
     n = topo.N_MESH
     adj = vertex_adjacency(faces_tess, n)
     lap = sp.diags(np.asarray(adj.sum(1)).ravel()) - adj
-    for side, up, low in (("L", topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER), ("R", topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER)):
+    for side, up, low in (
+        ("L", topo.LEFT_EYE_UPPER, topo.LEFT_EYE_LOWER),
+        ("R", topo.RIGHT_EYE_UPPER, topo.RIGHT_EYE_LOWER),
+    ):
         k = names.index(f"eyeBlink_{side}")
         u = np.array(up[1:-1])
         lw = np.array(low[1:-1])
@@ -319,6 +325,36 @@ def add_gaze(mean: np.ndarray, expr: np.ndarray, names: list[str], ict) -> dict:
     return out
 
 
+def lift_irises(mean: np.ndarray, caps: dict) -> dict:
+    """MediaPipe's iris points lie ~2 mm behind the plane of the eye-opening cap (they sit on the
+    eyeball); move each iris (5 points, rigidly, along z) 0.3 mm in front of the cap so that the
+    iris fan is visible when rendered with a depth test. Modifies ``mean`` in place."""
+    out = {}
+    for side, ids, cap in (
+        ("R", topo.RIGHT_IRIS, caps["eye_right"]),
+        ("L", topo.LEFT_IRIS, caps["eye_left"]),
+    ):
+        c = mean[ids[0]]
+        tri = mean[cap]
+        # cap height above the iris centre: barycentric interpolation in the xy plane
+        best = None
+        for a, b, cc in tri:
+            m = np.array([[b[0] - a[0], cc[0] - a[0]], [b[1] - a[1], cc[1] - a[1]]])
+            try:
+                u, v = np.linalg.solve(m, c[:2] - a[:2])
+            except np.linalg.LinAlgError:
+                continue
+            if u >= -1e-6 and v >= -1e-6 and u + v <= 1 + 1e-6:
+                best = a[2] + u * (b[2] - a[2]) + v * (cc[2] - a[2])
+                break
+        if best is None:
+            best = tri[..., 2].mean()
+        dz = max(0.0, best + 0.03 - c[2])
+        mean[ids, 2] += dz
+        out[side] = round(float(dz), 3)
+    return out
+
+
 def merge_expressions(expr: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
     out, out_names, used = [], [], set()
     for n in names:
@@ -361,7 +397,11 @@ def cylindrical_uv(mean: np.ndarray, radius: float = 9.0) -> tuple[np.ndarray, d
     span = (a.max(0) - lo).max()
     uv = 0.02 + 0.96 * (a - lo) / span
     uv += (1 - uv.max(0) - uv.min(0)) / 2  # centre the shorter axis
-    return uv, {"axis_z_cm": round(float(centre_z), 3), "radius_cm": radius, "cm_per_uv": round(float(span / 0.96), 4)}
+    return uv, {
+        "axis_z_cm": round(float(centre_z), 3),
+        "radius_cm": radius,
+        "cm_per_uv": round(float(span / 0.96), 4),
+    }
 
 
 def region_labels(mean: np.ndarray, faces_tess: np.ndarray, caps: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -446,9 +486,14 @@ def build(ict_path: Path, out: Path, report_path: Path | None = None) -> dict:
     log("1b. orientation and caps")
     tess = topo.orient_consistently(tess, mean)
     caps = topo.cap_triangles(mean)
-    faces = np.concatenate([tess, caps["mouth"], caps["eye_right"], caps["eye_left"], caps["iris_right"], caps["iris_left"]])
+    report["iris_lift_cm"] = lift_irises(mean, caps)
+    faces = np.concatenate(
+        [tess, caps["mouth"], caps["eye_right"], caps["eye_left"], caps["iris_right"], caps["iris_left"]]
+    )
     # caps must agree with the tessellation's orientation along shared edges
-    assert topo.is_consistently_oriented(np.concatenate([tess, caps["mouth"], caps["eye_right"], caps["eye_left"]]))
+    assert topo.is_consistently_oriented(
+        np.concatenate([tess, caps["mouth"], caps["eye_right"], caps["eye_left"]])
+    )
     report["faces_total"] = len(faces)
 
     log("3. uv")
@@ -465,6 +510,9 @@ def build(ict_path: Path, out: Path, report_path: Path | None = None) -> dict:
     }
     expr = tr["expression"]
     lid = close_lids(mean, expr, tr["expression_names"], tess)
+    # irises hide behind the closed lid: at eyeBlink = 1 they sink 3.5 mm (back onto the eyeball)
+    for side, ids in (("L", topo.LEFT_IRIS), ("R", topo.RIGHT_IRIS)):
+        expr[tr["expression_names"].index(f"eyeBlink_{side}"), ids, 2] -= 0.35
     report["eyelid_correction"] = lid
     report["eye_gaze"] = add_gaze(mean, expr, tr["expression_names"], ict)
     expr, enames = merge_expressions(expr, tr["expression_names"])
@@ -531,7 +579,9 @@ def _draw(ax, v, faces, albedo, yaw_deg=18.0, title=""):
     col = np.clip(albedo[faces].mean(1) * shade[:, None], 0, 1)
     order = np.argsort(tri[:, :, 2].mean(1))  # painter's algorithm: far first
     keep = order[n[order, 2] > -0.05]  # back-face culling
-    ax.add_collection(PolyCollection(tri[keep, :, :2], facecolors=col[keep], edgecolors="none", antialiased=False))
+    ax.add_collection(
+        PolyCollection(tri[keep, :, :2], facecolors=col[keep], edgecolors="none", antialiased=False)
+    )
     ax.set_xlim(-8.5, 8.5)
     ax.set_ylim(-10.5, 7.5)
     ax.set_aspect("equal")
