@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LandmarkFitConfig:
-    iterations: int = 8
-    identity_prior: float = 1e-5      # weight of ||identity||^2 (coefficients ~ N(0,1)) vs mean sq. NDC residual
-    expression_prior: float = 1e-6    # weight of ||expression||^2
+    iterations: int = 6
+    identity_prior: float = 1e-7      # weight of ||identity||^2 (~N(0,1) coefficients) vs the mean squared NDC residual: (landmark sigma ~0.007 NDC)^2 / 478
+    expression_prior: float = 1e-8    # weight of ||expression||^2 (blendshapes are also boxed to their range)
     robust_scale: float = 0.02        # Geman-McClure scale, NDC units (~1% of the crop side)
     visibility_floor: float = 0.25    # weight of a landmark whose normal faces away
     fit_identity: bool = True
@@ -114,7 +114,7 @@ def _pose_step(x_model: torch.Tensor, target: torch.Tensor, w: torch.Tensor, rot
     h = jtw @ jac
     g = (jtw @ res[..., None])[..., 0]
     h = h + damping * torch.diag_embed(1 + h.diagonal(dim1=1, dim2=2))
-    delta = torch.linalg.solve(h, g)
+    delta = _spd_solve(h, g)
     r_new = axis_angle_to_matrix(delta[:, :3]) @ axis_angle_to_matrix(rot)
     return matrix_to_axis_angle(r_new), cam + delta[:, 3:]
 
@@ -139,6 +139,15 @@ def _shape_system(model: FaceModel, rot: torch.Tensor, cam: torch.Tensor, n_id: 
     return a, c
 
 
+def _spd_solve(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Solve H x = g for batched symmetric positive definite H (B,K,K), g (B,K) by Cholesky."""
+    l, info = torch.linalg.cholesky_ex(h)
+    if bool((info != 0).any()):
+        jitter = 1e-9 * h.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1e-12)
+        l = torch.linalg.cholesky(h + torch.diag_embed(jitter[:, None].expand(-1, h.shape[-1]) * 1e3))
+    return torch.cholesky_solve(g[..., None], l)[..., 0]
+
+
 def _solve_box(h: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
                iterations: int = 12) -> torch.Tensor:
     """Minimise 0.5 x'Hx - g'x subject to lo <= x <= hi (batched, H positive definite).
@@ -149,7 +158,7 @@ def _solve_box(h: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Ten
     eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
     at_lo = torch.zeros_like(g, dtype=torch.bool)
     at_hi = torch.zeros_like(g, dtype=torch.bool)
-    x = torch.linalg.solve(h, g[..., None])[..., 0]
+    x = _spd_solve(h, g)
     for _ in range(iterations):
         viol_lo = (x < lo - 1e-9) & ~at_lo & ~at_hi
         viol_hi = (x > hi + 1e-9) & ~at_lo & ~at_hi
@@ -168,7 +177,7 @@ def _solve_box(h: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Ten
         free = (~active).to(h.dtype)
         h2 = h * free[:, :, None] * free[:, None, :] + eye * (1 - free)[:, :, None]
         g2 = (g - (h @ fixed[..., None])[..., 0]) * free
-        x = torch.linalg.solve(h2, g2[..., None])[..., 0] * free + fixed
+        x = _spd_solve(h2, g2) * free + fixed
     return x.clamp(lo, hi)
 
 
@@ -317,19 +326,30 @@ def fit_landmarks(
 
 
 def _solve_shared(h: torch.Tensor, g: torch.Tensor, n_id: int, lo: torch.Tensor, hi: torch.Tensor,
-                  rounds: int = 6) -> torch.Tensor:
-    """Per-image systems coupled by one shared identity block (the first ``n_id`` unknowns):
-    block coordinate descent between the shared identity and each image's own unknowns."""
+                  rounds: int = 4) -> torch.Tensor:
+    """Per-image systems coupled by one shared identity block (the first ``n_id`` unknowns).
+
+    The identity comes from the exact Schur complement of the per-image blocks (ignoring the box),
+    then the box-constrained per-image unknowns and the identity are polished by block descent.
+    """
     b, k, _ = h.shape
     hii, hio, hoo = h[:, :n_id, :n_id], h[:, :n_id, n_id:], h[:, n_id:, n_id:]
     gi, go = g[:, :n_id], g[:, n_id:]
-    ident = torch.zeros(n_id, dtype=h.dtype, device=h.device)
+    l, _ = torch.linalg.cholesky_ex(hoo)
+    hoo_inv_hoi = torch.cholesky_solve(hio.transpose(1, 2), l)           # (B, k_o, n_id)
+    hoo_inv_go = torch.cholesky_solve(go[..., None], l)[..., 0]          # (B, k_o)
+    schur = (hii - hio @ hoo_inv_hoi).sum(0)
+    rhs = (gi - torch.einsum("bij,bj->bi", hio, hoo_inv_go)).sum(0)
+    ident = _spd_solve(schur[None], rhs[None])[0]
     own = torch.zeros(b, k - n_id, dtype=h.dtype, device=h.device)
     for _ in range(rounds):
         go2 = go - torch.einsum("bji,j->bi", hio, ident)
         own = _solve_box(hoo, go2, lo[:, n_id:], hi[:, n_id:])
         gi2 = gi - torch.einsum("bij,bj->bi", hio, own)
-        ident = torch.linalg.solve(hii.sum(0), gi2.sum(0))
+        ident_new = _spd_solve(hii.sum(0)[None], gi2.sum(0)[None])[0]
+        if torch.allclose(ident_new, ident, atol=1e-10, rtol=1e-8):
+            break
+        ident = ident_new
     return torch.cat([ident[None].expand(b, -1), own], 1)
 
 

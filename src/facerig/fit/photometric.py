@@ -3,9 +3,8 @@
 Per image: render normals and regions into the crop, take visible skin pixels (eroded coverage,
 no eyes/brows/lips/mouth), solve a linear least-squares problem for the 9x3 SH coefficients with an
 albedo of 1 (IRLS with Huber weights, so hair strands, specular spots and cast shadows count less),
-then split the per-channel scale into a skin albedo colour and a white light whose DC term gives an
-ambient shading of 1 (``LIGHT_DC``; the split is ambiguous from one image, this is the documented
-choice). Per-vertex albedo = image colour / shading at visible vertices, diffused over the mesh to
+then split the per-channel scale into a skin albedo colour and a white light (the split is ambiguous
+from one image; the documented choice: the light is white and its shading averages 1 over the visible skin). Per-vertex albedo = image colour / shading at visible vertices, diffused over the mesh to
 the unseen ones; an optional UV texture is unwrapped the same way with a validity mask.
 """
 
@@ -61,35 +60,43 @@ def fit_light(normals: torch.Tensor, colors: torch.Tensor, iterations: int = 3) 
     return sol
 
 
-def split_albedo_light(light_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_raw (9,3) fitted with albedo 1 -> (albedo colour (3,), light (9,3) with DC = LIGHT_DC)."""
-    dc = light_raw[0].clamp_min(1e-4)
-    albedo = (dc / LIGHT_DC).clamp(0.02, 1.0)
+def split_albedo_light(light_raw: torch.Tensor, normals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_raw (9,3) fitted with albedo 1 -> (albedo colour (3,), white light (9,3)).
+
+    The scale between albedo and light is not observable in one image; the convention: the light is
+    white and its shading averages 1 over the fitted skin ``normals`` (N,3), so the skin's mean
+    colour goes into the albedo."""
+    mean_shade = (_sh_design(normals.to(light_raw.dtype)) @ light_raw).mean(0)   # (3,)
+    albedo = mean_shade.clamp(0.02, 1.0)
     return albedo, light_raw / albedo[None]
 
 
-def _vertex_adjacency(faces: torch.Tensor, n: int) -> torch.Tensor:
-    f = faces.cpu()
-    i = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
-    j = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
-    a = torch.sparse_coo_tensor(torch.stack([i, j]), torch.ones(i.shape[0], dtype=torch.float64), (n, n)).coalesce()
-    return a
+def _vertex_adjacency(faces: torch.Tensor, n: int):
+    """Row-normalised vertex adjacency (scipy CSR)."""
+    import scipy.sparse as sp
+
+    f = faces.cpu().numpy()
+    i = np.concatenate([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    j = np.concatenate([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    a = sp.csr_matrix((np.ones(i.shape[0]), (i, j)), shape=(n, n))
+    a.data[:] = 1.0
+    deg = np.asarray(a.sum(1)).ravel().clip(1)
+    return sp.diags(1.0 / deg) @ a
 
 
 def diffuse_fill(values: torch.Tensor, known: torch.Tensor, faces: torch.Tensor, iterations: int = 60) -> torch.Tensor:
     """Fill unknown per-vertex values (V,C) by repeated neighbour averaging from the known ones."""
     n = values.shape[0]
-    adj = _vertex_adjacency(faces, n)
-    deg = torch.sparse.sum(adj, 1).to_dense().clamp_min(1)[:, None]
-    x = values.double().clone()
-    k = known.double()[:, None]
-    if k.sum() == 0:
+    k = known.cpu().numpy().astype(bool)
+    if not k.any():
         return values
-    x = x * k + (1 - k) * (x * k).sum(0) / k.sum()
+    adj = _vertex_adjacency(faces, n)
+    v0 = values.detach().cpu().double().numpy()
+    x = v0.copy()
+    x[~k] = v0[k].mean(0)
     for _ in range(iterations):
-        avg = torch.sparse.mm(adj, x) / deg
-        x = k * values.double() + (1 - k) * avg
-    return x.to(values.dtype)
+        x[~k] = (adj @ x)[~k]
+    return torch.tensor(x, dtype=values.dtype, device=values.device)
 
 
 def _sample(image: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
@@ -107,7 +114,7 @@ def fit_photometric(model: FaceModel, params: FaceParams, images: list[np.ndarra
     from facerig.detect.crops import warp_to_crop
     from facerig.render.buffers import render_buffers
     from facerig.render.raster import rasterize
-    from facerig.render.shading import sh_shading
+    from facerig.render.shading import shading as sh_shading
 
     b = params.batch_size
     lights, albedos, textures, tmasks, reports = [], [], [], [], []
@@ -129,7 +136,7 @@ def fit_photometric(model: FaceModel, params: FaceParams, images: list[np.ndarra
             n = buf.normal[0].permute(1, 2, 0)[skin]           # unit normals (N,3)
             col = img.permute(1, 2, 0)[skin]
             raw = fit_light(n, col)
-            skin_albedo, light = split_albedo_light(raw)
+            skin_albedo, light = split_albedo_light(raw, n)
             lights.append(light.float())
             # per-vertex albedo
             world = world_all[i : i + 1]
@@ -196,7 +203,7 @@ def unwrap_texture(model: FaceModel, world: torch.Tensor, scr: torch.Tensor, px:
                    light: torch.Tensor, size: int, zbuf: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """UV albedo texture (3,T,T) and validity mask (1,T,T): texels seen in the image, divided by shading."""
     from facerig.render.raster import interpolate, rasterize, vertex_normals
-    from facerig.render.shading import sh_shading
+    from facerig.render.shading import shading as sh_shading
 
     uv = model.uv.to(px.dtype)
     uv_scr = torch.stack([uv[:, 0] * size, (1 - uv[:, 1]) * size, torch.zeros_like(uv[:, 0])], -1)
