@@ -73,7 +73,7 @@ class FaceTooSmall(NoFaceFound):
         self.min_px = min_px
         FacerigError.__init__(
             self,
-            f"face too small in {source}: {size_px:.0f} px between the outer eye corners and chin box, "
+            f"face too small in {source}: {size_px:.0f} px (mean side of its landmark box), "
             f"need at least {min_px:.0f} px (use a larger image or a closer crop)",
         )
         self.source = source
