@@ -90,6 +90,7 @@ class FaceDetector:
         self.upscale_below = upscale_below
         self.max_side = max_side
         self._static: Any = None
+        self._full_range: Any = None
 
     # ---- graph management ------------------------------------------------------------------
     def _make_graph(self, static: bool, max_faces: int) -> Any:
@@ -114,11 +115,13 @@ class FaceDetector:
 
     def close(self) -> None:
         """Free the MediaPipe graph (a later call builds it again)."""
-        if self._static is not None:
-            try:
-                self._static.close()
-            finally:
-                self._static = None
+        for attr in ("_static", "_full_range"):
+            g = getattr(self, attr, None)
+            if g is not None:
+                try:
+                    g.close()
+                finally:
+                    setattr(self, attr, None)
 
     def __enter__(self) -> FaceDetector:
         return self
@@ -165,7 +168,53 @@ class FaceDetector:
             warnings.simplefilter("ignore")
             return graph.process({"image": image})
 
-    def _run(self, graph: Any, rgb: np.ndarray, frame_index: int, retry: bool = True) -> list[FaceLandmarks]:
+    def _full_range_boxes(self, rgb: np.ndarray) -> list[tuple[float, float, float, float]]:
+        """Face boxes (frame pixels) from BlazeFace's full-range model, which finds the small faces
+        (group photos, full-body shots) that the face-mesh graph's short-range detector misses."""
+        if self._full_range is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from mediapipe.python.solutions.face_detection import FaceDetection
+
+                self._full_range = FaceDetection(model_selection=1, min_detection_confidence=self.min_confidence)
+        h, w = rgb.shape[:2]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = self._full_range.process(rgb)
+        boxes = []
+        for d in res.detections or []:
+            bb = d.location_data.relative_bounding_box
+            boxes.append((bb.xmin * w, bb.ymin * h, (bb.xmin + bb.width) * w, (bb.ymin + bb.height) * h))
+        return boxes
+
+    def _run_in_boxes(self, graph: Any, rgb: np.ndarray, frame_index: int) -> list[FaceLandmarks]:
+        """Face mesh on an enlarged square around each full-range detection, mapped back to the frame."""
+        import cv2
+
+        h, w = rgb.shape[:2]
+        faces: list[FaceLandmarks] = []
+        for x0, y0, x1, y1 in self._full_range_boxes(rgb)[: self.max_faces]:
+            side = 2.2 * max(x1 - x0, y1 - y0)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            ox, oy = cx - side / 2, cy - side / 2
+            out = 384
+            m = np.array([[out / side, 0, -ox * out / side], [0, out / side, -oy * out / side]])
+            crop = cv2.warpAffine(rgb, m, (out, out), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+            for f in self._run(graph, np.ascontiguousarray(crop), frame_index, retry=False, boxes=False):
+                pts = f.points.copy()
+                pts[:, :2] = pts[:, :2] * side / out + np.array([ox, oy])
+                pts[:, 2] = pts[:, 2] * side / out
+                box = (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))
+                if any(_box_iou(box, g.box) > 0.3 for g in faces):
+                    continue
+                faces.append(FaceLandmarks(points=pts, frame_size=(h, w), box=box, score=f.score,
+                                           frame_index=frame_index))
+                break
+        faces.sort(key=lambda f: f.size, reverse=True)
+        return faces
+
+    def _run(self, graph: Any, rgb: np.ndarray, frame_index: int, retry: bool = True,
+             boxes: bool = True) -> list[FaceLandmarks]:
         h, w = rgb.shape[:2]
         resized = self._resized(rgb)
         res = self._process(graph, resized)
@@ -174,6 +223,9 @@ class FaceDetector:
             res = self._process(graph, rgb)
         faces: list[FaceLandmarks] = []
         if not res.multi_face_landmarks:
+            if boxes:
+                # small faces: find them with the full-range detector, then run the mesh on each
+                return self._run_in_boxes(graph, rgb, frame_index)
             return faces
         dets = []
         for d in res.face_detections or []:
