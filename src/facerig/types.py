@@ -227,8 +227,9 @@ class FaceParams:
     def replace(self, **changes: Any) -> FaceParams:
         return dataclasses.replace(self, **changes)
 
-    def map_tensors(self, fn: Any) -> FaceParams:
+    def map_tensors(self, fn: Any, **changes: Any) -> FaceParams:
         kw = {n: (fn(getattr(self, n)) if getattr(self, n) is not None else None) for n in self._TENSORS}
+        kw.update(changes)
         return dataclasses.replace(self, **kw)
 
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> FaceParams:
@@ -248,10 +249,8 @@ class FaceParams:
             idx = [idx]
         index = list(range(self.batch_size))[idx] if isinstance(idx, slice) else list(idx)
         it = torch.as_tensor(index, dtype=torch.long)
-        out = self.map_tensors(lambda t: t.index_select(0, it.to(t.device)))
-        if self.crop is not None:
-            out.crop = [self.crop[i] for i in index]
-        return out
+        crop = [self.crop[i] for i in index] if self.crop is not None else None
+        return self.map_tensors(lambda t: t.index_select(0, it.to(t.device)), crop=crop, meta=dict(self.meta))
 
     @staticmethod
     def cat(items: Sequence[FaceParams]) -> FaceParams:

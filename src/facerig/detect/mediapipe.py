@@ -32,6 +32,9 @@ use one detector per thread.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -42,6 +45,34 @@ from facerig.errors import FaceTooSmall, ImageTooSmall, InvalidInput, NoFaceFoun
 from facerig.types import FaceLandmarks
 
 __all__ = ["FaceDetector"]
+
+# MediaPipe's C++ side logs to stderr (glog/absl) unless told otherwise; keep the CLI's output clean.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Any:
+    """Silence what MediaPipe's native code writes to file descriptor 2 (TFLite/absl banners) while
+    graphs start and run; Python exceptions still propagate. FACERIG_DEBUG=1 keeps it visible."""
+    if os.environ.get("FACERIG_DEBUG") == "1":
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 _GRAPH = "mediapipe/modules/face_landmark/face_landmark_front_cpu.binarypb"
 _DET_THRESH = (
@@ -94,7 +125,7 @@ class FaceDetector:
 
     # ---- graph management ------------------------------------------------------------------
     def _make_graph(self, static: bool, max_faces: int) -> Any:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_native_stderr():
             warnings.simplefilter("ignore")
             from mediapipe.python.solution_base import SolutionBase
 
@@ -164,7 +195,7 @@ class FaceDetector:
         return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=interp))
 
     def _process(self, graph: Any, image: np.ndarray) -> Any:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_native_stderr():
             warnings.simplefilter("ignore")
             return graph.process({"image": image})
 
@@ -172,13 +203,13 @@ class FaceDetector:
         """Face boxes (frame pixels) from BlazeFace's full-range model, which finds the small faces
         (group photos, full-body shots) that the face-mesh graph's short-range detector misses."""
         if self._full_range is None:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _quiet_native_stderr():
                 warnings.simplefilter("ignore")
                 from mediapipe.python.solutions.face_detection import FaceDetection
 
                 self._full_range = FaceDetection(model_selection=1, min_detection_confidence=self.min_confidence)
         h, w = rgb.shape[:2]
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_native_stderr():
             warnings.simplefilter("ignore")
             res = self._full_range.process(rgb)
         boxes = []

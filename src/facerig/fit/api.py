@@ -149,8 +149,10 @@ def _geometry_fit(model: FaceModel, landmarks: Sequence[FaceLandmarks], config: 
                   share_identity: bool = False, fixed_identity: torch.Tensor | None = None
                   ) -> tuple[dict[str, torch.Tensor], list[CropTransform], torch.Tensor]:
     crops = make_crops(landmarks, config)
-    target, depth = landmark_targets(model, landmarks, crops, dtype=torch.float64)
     m64 = float64_copy(model)
+    target, depth = landmark_targets(model, landmarks, crops, dtype=torch.float64)
+    dev = m64.mean.device
+    target, depth = target.to(dev), depth.to(dev)
     res = fit_landmarks(m64, target, depth, config.landmark, share_identity=share_identity,
                         fixed_identity=None if fixed_identity is None else fixed_identity.double())
     out = {"identity": res.identity, "expression": res.expression, "jaw_pose": res.jaw_pose,

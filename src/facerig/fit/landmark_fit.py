@@ -212,17 +212,18 @@ def fit_landmarks(
     """
     cfg = config or LandmarkFitConfig()
     dtype = target.dtype
+    dev = target.device
     b, n_lm = target.shape[:2]
     n_id = model.n_identity if cfg.fit_identity else 0
     n_exp = model.n_expression if cfg.fit_expression else 0
     lw = model.landmark_weight.to(dtype)[None].expand(b, -1)
 
-    identity = torch.zeros(b, model.n_identity, dtype=dtype)
+    identity = torch.zeros(b, model.n_identity, dtype=dtype, device=dev)
     if fixed_identity is not None:
         identity = fixed_identity.to(dtype).expand(b, -1).clone()
         n_id = 0
-    expression = torch.zeros(b, model.n_expression, dtype=dtype)
-    jaw = torch.zeros(b, 3, dtype=dtype)
+    expression = torch.zeros(b, model.n_expression, dtype=dtype, device=dev)
+    jaw = torch.zeros(b, 3, dtype=dtype, device=dev)
 
     def shape_vertices() -> torch.Tensor:
         return model(identity, expression, jaw).to(dtype)
@@ -246,20 +247,20 @@ def fit_landmarks(
             src2 = lm0[..., :2]
             ms, md = src2.mean(1), dst2.mean(1)
             s = ((dst2 - md[:, None]) * (src2 - ms[:, None])).sum((1, 2)) / ((src2 - ms[:, None]) ** 2).sum((1, 2))
-            r = torch.eye(3, dtype=dtype).expand(b, 3, 3)
-            t = torch.cat([md - s[:, None] * ms, torch.zeros(b, 1, dtype=dtype)], 1)
+            r = torch.eye(3, dtype=dtype, device=dev).expand(b, 3, 3)
+            t = torch.cat([md - s[:, None] * ms, torch.zeros(b, 1, dtype=dtype, device=dev)], 1)
         rot = matrix_to_axis_angle(r)
         # world = R x ; ndc = s (world + t') -> t' = t / s (x, y); y of dst is "up"
         cam = torch.stack([s, t[:, 0] / s, t[:, 1] / s], 1)
 
-    robust = torch.ones(b, n_lm, dtype=dtype)
-    vis = torch.ones(b, n_lm, dtype=dtype)
+    robust = torch.ones(b, n_lm, dtype=dtype, device=dev)
+    vis = torch.ones(b, n_lm, dtype=dtype, device=dev)
     # unknowns of the joint Gauss-Newton step: [identity (n_id) | pose (6) | expression (n_exp)]
     k_all = n_id + 6 + n_exp
-    lo = torch.full((b, k_all), -1e4, dtype=dtype)
-    hi = torch.full((b, k_all), 1e4, dtype=dtype)
+    lo = torch.full((b, k_all), -1e4, dtype=dtype, device=dev)
+    hi = torch.full((b, k_all), 1e4, dtype=dtype, device=dev)
     prior = torch.cat([torch.full((n_id,), cfg.identity_prior), torch.zeros(6),
-                       torch.full((n_exp,), cfg.expression_prior)]).to(dtype)
+                       torch.full((n_exp,), cfg.expression_prior)]).to(dtype=dtype, device=dev)
     rng = model.expression_range if n_exp else None
 
     # pose only first (two steps on the mean / initial shape)
@@ -284,7 +285,7 @@ def fit_landmarks(
         h = jtw @ jac
         g = (jtw @ res[..., None])[..., 0]
         wsum = w.sum(1).clamp_min(1e-6)[:, None]
-        cur = torch.cat([identity[:, :n_id], torch.zeros(b, 6, dtype=dtype), expression[:, :n_exp]], 1)
+        cur = torch.cat([identity[:, :n_id], torch.zeros(b, 6, dtype=dtype, device=dev), expression[:, :n_exp]], 1)
         # loss = sum w |r|^2 + sum(w) * prior . x^2  ->  (J'WJ + P) d = J'W r - P x
         pd = prior[None] * wsum
         h = h + torch.diag_embed(pd)

@@ -1,0 +1,232 @@
+"""Expression edits on FaceParams: named values, presets, transfer and interpolation.
+
+All functions are pure: they return a new :class:`~facerig.types.FaceParams` and never modify their
+inputs. Expression edits move ``expression`` *and* ``jaw_pose`` (for blendshape models the jaw is
+driven by jawOpen/jawLeft/jawRight and ``jaw_pose`` stays zero); they never touch the head rotation,
+camera or light.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from facerig.errors import FacerigError, InvalidInput
+from facerig.rig.presets import PRESET_NAMES, canonical_preset_name, preset_recipe
+from facerig.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+from facerig.types import FaceParams
+
+__all__ = [
+    "set_expression",
+    "apply_preset",
+    "preset_vector",
+    "transfer_expression",
+    "interpolate_expression",
+    "resolve_expression_values",
+    "check_params_model",
+]
+
+
+# ---- validation helpers (shared by the rig modules) ---------------------------------------------
+def check_params(params: Any, name: str = "params") -> FaceParams:
+    if not isinstance(params, FaceParams):
+        raise InvalidInput(name, "a FaceParams", type(params).__name__)
+    return params
+
+
+def check_params_model(params: FaceParams, model: Any, name: str = "params") -> None:
+    """``params`` were fitted with ``model`` and carry its expression names."""
+    check_params(params, name)
+    if model is None or not hasattr(model, "expression_names"):
+        raise InvalidInput("model", "a FaceModel (facerig.morphable.load_face_model)", type(model).__name__)
+    try:
+        model.check_params(params.model)
+    except FacerigError as e:
+        raise InvalidInput(name, f"parameters of the {model.name!r} face model", params.model, hint=str(e)) from e
+    if tuple(params.expression_names) != tuple(model.expression_names):
+        raise InvalidInput(f"{name}.expression_names", f"the {model.name} model's {model.n_expression} names",
+                           f"{len(params.expression_names)} other names")
+
+
+def check_same_model(a: FaceParams, b: FaceParams, name: str) -> None:
+    if a.model.split("-")[0] != b.model.split("-")[0] or tuple(a.expression_names) != tuple(b.expression_names):
+        raise InvalidInput(name, f"FaceParams of the same face model as params ({a.model})", b.model)
+
+
+def broadcast_batch(t: torch.Tensor, b: int, name: str) -> torch.Tensor:
+    """(1, ...) or (B, ...) -> (B, ...); anything else is an error naming ``name``."""
+    if t.shape[0] == b:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(b, *t.shape[1:]).clone()
+    raise InvalidInput(name, f"batch size 1 or {b}", t.shape[0])
+
+
+def finite_float(x: Any, name: str, lo: float | None = None, hi: float | None = None) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(name, "a number", x) from e
+    if not math.isfinite(v):
+        raise InvalidInput(name, "a finite number", x)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise InvalidInput(name, f"a number in [{lo}, {hi}]", v)
+    return v
+
+
+def _clamp(params: FaceParams, model: Any, exp: torch.Tensor) -> torch.Tensor:
+    rng = getattr(model, "expression_range", None)
+    if rng is None:
+        return exp
+    return exp.clamp(float(rng[0]), float(rng[1]))
+
+
+# ---- names --------------------------------------------------------------------------------------
+def resolve_expression_values(values: Mapping[str, Any], model: Any) -> dict[str, float]:
+    """Names or aliases -> {canonical model name: value}; unknown names raise with suggestions."""
+    if not isinstance(values, Mapping):
+        raise InvalidInput("values", "a mapping of expression name -> number", type(values).__name__)
+    out: dict[str, float] = {}
+    candidates = list(model.expression_names) + list(getattr(model, "expression_aliases", {}) or {})
+    for key, val in values.items():
+        if not isinstance(key, str):
+            raise InvalidInput("values", "expression names (str)", key)
+        try:
+            names = model.resolve_expression_name(key)
+        except InvalidInput:
+            lower = {c.lower(): c for c in candidates}
+            close = difflib.get_close_matches(key.lower(), list(lower), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(lower[c] for c in close)}?" if close else \
+                f"names are e.g. {', '.join(model.expression_names[:6])}, ..."
+            raise InvalidInput(f"values[{key!r}]", f"an expression name of the {model.name} model", key,
+                               hint=hint) from None
+        v = finite_float(val, f"values[{key!r}]")
+        for n in names:
+            out[n] = v
+    return out
+
+
+# ---- edits --------------------------------------------------------------------------------------
+def set_expression(params: FaceParams, values: Mapping[str, Any], model: Any,
+                   mode: str = "absolute") -> FaceParams:
+    """Set (``mode="absolute"``) or add to (``mode="add"``) named expression coefficients.
+
+    ``values``: name or alias (e.g. ``"jawOpen"``, ``"mouthSmile"`` = both sides) -> number, applied
+    to every face of the batch; other coefficients are kept. Results are clamped to the model's
+    ``expression_range`` ([0, 1] for blendshape models; no clamp for flame).
+    """
+    check_params_model(params, model)
+    if mode not in ("absolute", "add"):
+        raise InvalidInput("mode", "'absolute' or 'add'", mode)
+    resolved = resolve_expression_values(values, model)
+    exp = params.expression.clone()
+    names = list(params.expression_names)
+    for n, v in resolved.items():
+        i = names.index(n)
+        exp[:, i] = v if mode == "absolute" else exp[:, i] + v
+    return params.replace(expression=_clamp(params, model, exp))
+
+
+def _require_blendshapes(model: Any) -> None:
+    if getattr(model, "expression_range", None) is None:
+        raise InvalidInput(
+            "model", "a blendshape face model with ARKit expression names (builtin or ict) for presets",
+            getattr(model, "name", type(model).__name__),
+            hint="presets are ARKit recipes; FLAME's PCA expression has no named shapes - fit with the "
+                 "builtin model, or edit FLAME coefficients with set_expression/transfer_expression",
+        )
+
+
+def preset_vector(name: str, model: Any, intensity: float = 1.0) -> torch.Tensor:
+    """Expression coefficients (K_exp,) of a preset at ``intensity`` for a blendshape model."""
+    _require_blendshapes(model)
+    recipe = preset_recipe(name)
+    missing = [n for n in recipe if n not in model.expression_names]
+    if missing:
+        raise InvalidInput("model", f"a model with the ARKit shapes of preset {name!r}",
+                           f"{model.name} lacks {', '.join(missing)}")
+    vec = torch.zeros(model.n_expression, dtype=torch.float64)
+    for n, v in recipe.items():
+        vec[model.expression_names.index(n)] = v * intensity
+    lo, hi = model.expression_range
+    return vec.clamp(lo, hi)
+
+
+def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: Any = None,
+                 mode: str = "replace") -> FaceParams:
+    """Apply a named preset (:data:`facerig.rig.presets.PRESETS`).
+
+    * ``mode="replace"``: the expression (and jaw) are neutralised, then ``preset * intensity`` is
+      applied (clamped to the model range); ``intensity`` in [0, 2].
+    * ``mode="blend"``: ``expression <- (1 - intensity) * expression + intensity * preset``
+      (jaw likewise towards zero); ``intensity`` in [0, 1].
+
+    Presets are defined for blendshape models with ARKit names (builtin, ict); flame raises.
+    """
+    check_params_model(params, model)
+    if mode not in ("replace", "blend"):
+        raise InvalidInput("mode", "'replace' or 'blend'", mode)
+    if not isinstance(name, str):
+        raise InvalidInput("preset", f"a preset name ({', '.join(PRESET_NAMES)})", name)
+    name = canonical_preset_name(name)
+    t = finite_float(intensity, "intensity", 0.0, 2.0 if mode == "replace" else 1.0)
+    _require_blendshapes(model)
+    dtype, device = params.expression.dtype, params.expression.device
+    if mode == "replace":
+        vec = preset_vector(name, model, t).to(dtype=dtype, device=device)
+        exp = vec.expand(params.batch_size, -1).clone()
+        jaw = torch.zeros_like(params.jaw_pose)
+    else:
+        vec = preset_vector(name, model, 1.0).to(dtype=dtype, device=device)
+        exp = (1 - t) * params.expression + t * vec
+        jaw = (1 - t) * params.jaw_pose
+    return params.replace(expression=_clamp(params, model, exp), jaw_pose=jaw)
+
+
+def transfer_expression(params: FaceParams, reference_params: FaceParams) -> FaceParams:
+    """Expression and jaw pose from ``reference_params`` (batch 1 broadcasts to params' batch)."""
+    check_params(params)
+    check_params(reference_params, "reference_params")
+    check_same_model(params, reference_params, "reference_params")
+    b = params.batch_size
+    exp = broadcast_batch(reference_params.expression, b, "reference_params")
+    jaw = broadcast_batch(reference_params.jaw_pose, b, "reference_params")
+    return params.replace(
+        expression=exp.to(params.expression).clone(), jaw_pose=jaw.to(params.jaw_pose).clone()
+    )
+
+
+def _slerp_axis_angle(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Geodesic interpolation between axis-angle rotations (B,3) at t (B,1)."""
+    ra = axis_angle_to_matrix(a.double())
+    rb = axis_angle_to_matrix(b.double())
+    rel = matrix_to_axis_angle(rb @ ra.transpose(-1, -2))
+    return matrix_to_axis_angle(axis_angle_to_matrix(rel * t.double()) @ ra).to(a.dtype)
+
+
+def interpolate_expression(a: FaceParams, b: FaceParams, t: float | torch.Tensor) -> FaceParams:
+    """``a`` with expression ``(1 - t) a + t b`` and jaw pose slerped from a to b.
+
+    ``t``: a number or a (B,) tensor (per face; values outside [0, 1] extrapolate and are allowed in
+    [-1, 2]). ``b`` may have batch 1 (broadcast). Everything but expression/jaw comes from ``a``.
+    """
+    check_params(a, "a")
+    check_params(b, "b")
+    check_same_model(a, b, "b")
+    n = a.batch_size
+    if isinstance(t, torch.Tensor) and t.numel() > 1:
+        tt = t.reshape(-1).to(a.expression)
+        if tt.shape[0] != n or not torch.isfinite(tt).all() or (tt < -1).any() or (tt > 2).any():
+            raise InvalidInput("t", f"a number or ({n},) tensor of finite values in [-1, 2]", tuple(t.shape))
+    else:
+        tt = torch.full((n,), finite_float(t, "t", -1.0, 2.0), dtype=a.expression.dtype)
+    tt = tt[:, None]
+    eb = broadcast_batch(b.expression, n, "b").to(a.expression)
+    jb = broadcast_batch(b.jaw_pose, n, "b").to(a.jaw_pose)
+    exp = (1 - tt) * a.expression + tt * eb
+    jaw = _slerp_axis_angle(a.jaw_pose, jb, tt)
+    return a.replace(expression=exp, jaw_pose=jaw)

@@ -1,0 +1,148 @@
+"""Head-pose edits on FaceParams, anchored on the source's eye-mouth centre.
+
+Pose edits change the global ``rotation`` only (never the expression, jaw, identity or light); the
+camera stays the source's except for the translation, which is adjusted so the face stays in place:
+
+**Anchoring rule.** The anchor is the midpoint of the eye centre (mean of the four eye corners,
+MediaPipe 33/133 and 362/263) and the mouth centre (mean of the mouth corners 61/291), taken on the
+model's landmarks in the head frame (identity + current expression), the point DiffusionRig/RigFace
+re-centre a re-posed head on. After the rotation changes from ``R`` to ``R'`` the camera
+translation gets ``t' = t + R a - R' a``: the anchor lands on the same world point, so it projects
+to the same image position, i.e. the head turns about its anchor. With the weak-perspective
+camera ``(s, tx, ty)`` only ``tx, ty`` change (``s`` is kept); with the perspective camera
+``(tx, ty, tz)`` all three move so the anchor keeps its depth too (the face keeps its size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from facerig.errors import InvalidInput
+from facerig.rig.expression import broadcast_batch, check_params, check_params_model, finite_float
+from facerig.rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_ypr, ypr_to_matrix
+from facerig.types import FaceParams
+
+__all__ = ["set_pose", "transfer_pose", "face_anchor", "anchor_ndc", "repose", "ANCHOR_LANDMARKS",
+           "get_pose"]
+
+#: MediaPipe ids: eye corners (subject's right eye 33/133, left eye 362/263) and mouth corners 61/291
+ANCHOR_LANDMARKS = {"eyes": (33, 133, 362, 263), "mouth": (61, 291)}
+#: anchor = eye_centre + ANCHOR_EYE_TO_MOUTH * (mouth_centre - eye_centre)
+ANCHOR_EYE_TO_MOUTH = 0.5
+#: the largest |pitch| (degrees) a pose edit may produce (yaw/pitch/roll are singular at 90)
+MAX_PITCH = 89.0
+
+
+def _landmark_rows(model: Any, ids: Sequence[int]) -> list[int]:
+    cache = model.__dict__.setdefault("_rig_landmark_rows", {})
+    key = tuple(ids)
+    if key not in cache:
+        index = [int(i) for i in model.landmark_index.tolist()]
+        pos = {mp: row for row, mp in enumerate(index)}
+        missing = [i for i in ids if i not in pos]
+        if missing:
+            raise InvalidInput("model", f"a face model whose landmarks include MediaPipe ids {list(ids)}",
+                               f"{model.name} lacks {missing}")
+        cache[key] = [pos[i] for i in ids]
+    return cache[key]
+
+
+def face_anchor(params: FaceParams, model: Any, posed: bool = False) -> torch.Tensor:
+    """The eye-mouth anchor (B, 3) in the head frame (or the world frame with ``posed=True``)."""
+    check_params_model(params, model)
+    with torch.no_grad():
+        verts = model(identity=params.identity.to(model.mean.dtype),
+                      expression=params.expression.to(model.mean.dtype),
+                      jaw_pose=params.jaw_pose.to(model.mean.dtype))
+        lm = model.landmarks(verts).double()
+    eyes = lm[:, _landmark_rows(model, ANCHOR_LANDMARKS["eyes"])].mean(1)
+    mouth = lm[:, _landmark_rows(model, ANCHOR_LANDMARKS["mouth"])].mean(1)
+    a = eyes + ANCHOR_EYE_TO_MOUTH * (mouth - eyes)
+    if posed:
+        a = (axis_angle_to_matrix(params.rotation.double()) @ a[..., None])[..., 0]
+    return a
+
+
+def anchor_ndc(params: FaceParams, model: Any) -> torch.Tensor:
+    """Where the anchor projects: (B, 2) NDC (y down) of the crop."""
+    from facerig.render.camera import project
+
+    world = face_anchor(params, model, posed=True)
+    return project(world[:, None], params.camera.double(), params.camera_kind, params.focal)[:, 0, :2]
+
+
+def repose(params: FaceParams, model: Any, rotation: torch.Tensor,
+           anchor_head: torch.Tensor | None = None, anchor_from: FaceParams | None = None) -> FaceParams:
+    """``params`` with ``rotation`` (B,3 axis-angle) and the camera translation re-anchored.
+
+    ``anchor_head`` (B,3): the head-frame anchor to keep in place (default: ``face_anchor(params)``);
+    the anchor's world position before the change is taken with ``anchor_from``'s rotation and
+    camera (default ``params``) - used by :func:`facerig.rig.sequence.align_sequence`.
+    """
+    src = params if anchor_from is None else anchor_from
+    a = face_anchor(params, model) if anchor_head is None else anchor_head.double()
+    r_old = axis_angle_to_matrix(src.rotation.double())
+    r_new = axis_angle_to_matrix(rotation.double())
+    a_old = (r_old @ a[..., None])[..., 0]
+    a_new = (r_new @ a[..., None])[..., 0]
+    cam = src.camera.double().clone()
+    if params.camera_kind == "weak_perspective":
+        cam[:, 1:3] += (a_old - a_new)[:, :2]
+    else:
+        cam += a_old - a_new
+    return params.replace(rotation=rotation.to(params.rotation.dtype).clone(),
+                          camera=cam.to(params.camera.dtype))
+
+
+def _angles(v: Any, name: str, b: int) -> torch.Tensor | None:
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor | Sequence) and not isinstance(v, str):
+        t = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(b)
+        if t.shape[0] != b or not torch.isfinite(t).all():
+            raise InvalidInput(name, f"a number or {b} finite numbers (degrees)", v)
+        return t.clone()
+    return torch.full((b,), finite_float(v, name), dtype=torch.float64)
+
+
+def get_pose(params: FaceParams) -> torch.Tensor:
+    """Yaw, pitch, roll (B, 3) in degrees of the params' head rotation."""
+    check_params(params)
+    return matrix_to_ypr(axis_angle_to_matrix(params.rotation.double()))
+
+
+def set_pose(params: FaceParams, model: Any, yaw: Any = None, pitch: Any = None, roll: Any = None,
+             relative: bool = True) -> FaceParams:
+    """Change the head's yaw/pitch/roll (degrees, ``docs/conventions.md`` signs: yaw > 0 turns the
+    nose to image right, pitch > 0 lifts it, roll > 0 turns the face counter-clockwise on screen).
+
+    ``relative=True`` adds the given angles to the current ones; ``relative=False`` sets them (an
+    angle left at None keeps its current value either way). Angles are numbers or one per face. The
+    result's |pitch| must stay below 89 degrees. The face stays anchored (module docstring).
+    """
+    check_params_model(params, model)
+    b = params.batch_size
+    vals = [_angles(v, n, b) for v, n in ((yaw, "yaw"), (pitch, "pitch"), (roll, "roll"))]
+    ypr = get_pose(params)
+    for k, v in enumerate(vals):
+        if v is not None:
+            ypr[:, k] = ypr[:, k] + v if relative else v
+    if (ypr[:, 1].abs() > MAX_PITCH).any():
+        raise InvalidInput("pitch", f"a resulting pitch within +-{MAX_PITCH:g} degrees",
+                           [round(x, 2) for x in ypr[:, 1].tolist()])
+    rot = matrix_to_axis_angle(ypr_to_matrix(ypr))
+    return repose(params, model, rot)
+
+
+def transfer_pose(params: FaceParams, reference_params: FaceParams, model: Any) -> FaceParams:
+    """Head rotation from ``reference_params`` (batch 1 broadcasts; any face model, since the world
+    frame is shared), re-anchored on ``params``' own face."""
+    check_params_model(params, model)
+    check_params(reference_params, "reference_params")
+    rot = broadcast_batch(reference_params.rotation, params.batch_size, "reference_params")
+    return repose(params, model, rot.to(params.rotation))
