@@ -10,7 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.facerig-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install --quiet -e ".[dev,text,identity]"
   touch "$stamp"
 fi
