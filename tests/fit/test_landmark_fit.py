@@ -109,7 +109,7 @@ def test_lbfgs_refine_perspective(model):
     p = project(model.landmarks(world), pcam, "perspective", focal)
     init = fit_landmarks(model, p[..., :2], None)
     start = torch.stack([init.camera[:, 1], init.camera[:, 2], -focal / init.camera[:, 0]], 1)
-    out = refine_lbfgs(model, p[..., :2], init.weights, init.identity, init.expression, init.jaw_pose,
+    out = refine_lbfgs(model, p[..., :2], init.base_weights, init.identity, init.expression, init.jaw_pose,
                        init.rotation, start, camera_kind="perspective", focal=focal, steps=60,
                        identity_prior=1e-7, expression_prior=1e-8)
     world2 = pose_vertices(model(out["identity"], out["expression"]), out["rotation"])

@@ -161,7 +161,7 @@ def _geometry_fit(model: FaceModel, landmarks: Sequence[FaceLandmarks], config: 
         model.has_jaw_joint or config.camera_kind == "perspective")
     if refine:
         cam = res.camera if config.camera_kind == "weak_perspective" else weak_to_perspective(res.camera, config.focal)
-        r = refine_lbfgs(m64, target, res.weights, res.identity, res.expression, res.jaw_pose, res.rotation, cam,
+        r = refine_lbfgs(m64, target, res.base_weights, res.identity, res.expression, res.jaw_pose, res.rotation, cam,
                          camera_kind=config.camera_kind, focal=config.focal,
                          identity_prior=config.landmark.identity_prior,
                          expression_prior=config.landmark.expression_prior,

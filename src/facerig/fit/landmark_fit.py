@@ -50,8 +50,9 @@ class LandmarkFitResult:
     rotation: torch.Tensor      # (B, 3) axis-angle
     camera: torch.Tensor        # (B, 3) weak perspective (s, tx, ty)
     jaw_pose: torch.Tensor      # (B, 3)
-    weights: torch.Tensor       # (B, L) final per-landmark weights
+    weights: torch.Tensor       # (B, L) final per-landmark weights (model x robust x visibility)
     residual_ndc: torch.Tensor  # (B, L) final 2D residual norms in NDC
+    base_weights: torch.Tensor | None = None  # (B, L) model x visibility weights (no robust part)
 
 
 # ------------------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ def fit_landmarks(
     world = pose_vertices(verts, rot)
     lm_ndc = _project_wp(model.landmarks(world), cam)
     r_norm = (lm_ndc - target).norm(dim=-1)
-    return LandmarkFitResult(identity, expression, rot, cam, jaw, lw * robust * vis, r_norm)
+    return LandmarkFitResult(identity, expression, rot, cam, jaw, lw * robust * vis, r_norm, lw * vis)
 
 
 def _solve_shared(h: torch.Tensor, g: torch.Tensor, n_id: int, lo: torch.Tensor, hi: torch.Tensor,
@@ -366,11 +367,15 @@ def refine_lbfgs(
     camera_kind: str = "weak_perspective",
     focal: float = 12.0,
     steps: int = 30,
-    identity_prior: float = 2e-3,
-    expression_prior: float = 2e-4,
+    identity_prior: float = 1e-7,
+    expression_prior: float = 1e-8,
     fit_identity: bool = True,
+    robust_scale: float = 0.05,
 ) -> dict[str, torch.Tensor]:
-    """Gradient refinement of all parameters (any model, any camera) with L-BFGS."""
+    """Gradient refinement of all parameters (any model, any camera) with L-BFGS.
+
+    ``weights`` (B, L): per-landmark weights, best without a robust part (``base_weights`` of the
+    Gauss-Newton result): the pseudo-Huber loss here does its own outlier handling."""
     params = {
         "identity": identity.detach().clone().requires_grad_(fit_identity),
         "expression": expression.detach().clone().requires_grad_(True),
@@ -383,6 +388,7 @@ def refine_lbfgs(
     rng = model.expression_range
     w = weights.detach()
     n = w.sum()
+    delta2 = robust_scale ** 2
 
     def closure():
         opt.zero_grad()
@@ -392,10 +398,13 @@ def refine_lbfgs(
         v = model(params["identity"], e, params["jaw_pose"])
         world = pose_vertices(v, params["rotation"])
         ndc = project(model.landmarks(world), params["camera"], camera_kind, focal)[..., :2]
-        loss = (w[..., None] * (ndc - target) ** 2).sum() / n
+        r2 = ((ndc - target) ** 2).sum(-1)
+        # pseudo-Huber: quadratic near 0, linear for residuals beyond robust_scale (outliers count less,
+        # but a part the linear fit could not explain, e.g. a jaw joint, still pulls)
+        loss = (w * delta2 * (torch.sqrt(1 + r2 / delta2) - 1)).sum() / n
         loss = loss + identity_prior * (params["identity"] ** 2).sum() / target.shape[0] / target.shape[1]
         loss = loss + expression_prior * (params["expression"] ** 2).sum() / target.shape[0] / target.shape[1]
-        loss = loss + 1e-3 * (params["jaw_pose"] ** 2).sum()
+        loss = loss + 1e-7 * (params["jaw_pose"] ** 2).sum() / target.shape[0]
         loss.backward()
         return loss
 

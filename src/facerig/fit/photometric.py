@@ -49,11 +49,12 @@ def fit_light(normals: torch.Tensor, colors: torch.Tensor, iterations: int = 3) 
     a = _sh_design(normals.double())
     y = colors.double()
     w = torch.ones(y.shape[0], dtype=torch.float64)
-    lam = 1e-4 * torch.eye(9, dtype=torch.float64)
+    eye = torch.eye(9, dtype=torch.float64)
     sol = torch.zeros(9, 3, dtype=torch.float64)
     for _ in range(iterations):
         aw = a * w[:, None]
-        sol = torch.linalg.solve(aw.T @ a + lam * w.sum(), aw.T @ y)
+        ata = aw.T @ a
+        sol = torch.linalg.solve(ata + 1e-7 * ata.trace() / 9 * eye, aw.T @ y)
         r = (a @ sol - y).norm(dim=1)
         delta = 1.5 * r.median().clamp_min(1e-4)
         w = torch.where(r <= delta, torch.ones_like(r), delta / r)
