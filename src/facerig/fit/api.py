@@ -331,7 +331,7 @@ def _smooth_camera_in_frame(p: FaceParams, found: list[int], n: int, sigma: floa
 
     cam = p.camera.detach().double().numpy()
     pts = []
-    for k, i in enumerate(found):
+    for k in range(len(found)):
         crop = p.crop[k]
         s, tx, ty = cam[k] if p.camera_kind == "weak_perspective" else (1.0, 0.0, 0.0)
         # head origin in crop NDC: (s*tx, -s*ty); in pixels, then in the frame

@@ -142,11 +142,11 @@ def _shape_system(model: FaceModel, rot: torch.Tensor, cam: torch.Tensor, n_id: 
 
 def _spd_solve(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Solve H x = g for batched symmetric positive definite H (B,K,K), g (B,K) by Cholesky."""
-    l, info = torch.linalg.cholesky_ex(h)
+    chol, info = torch.linalg.cholesky_ex(h)
     if bool((info != 0).any()):
         jitter = 1e-9 * h.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1e-12)
-        l = torch.linalg.cholesky(h + torch.diag_embed(jitter[:, None].expand(-1, h.shape[-1]) * 1e3))
-    return torch.cholesky_solve(g[..., None], l)[..., 0]
+        chol = torch.linalg.cholesky(h + torch.diag_embed(jitter[:, None].expand(-1, h.shape[-1]) * 1e3))
+    return torch.cholesky_solve(g[..., None], chol)[..., 0]
 
 
 def _solve_box(h: torch.Tensor, g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
@@ -337,9 +337,9 @@ def _solve_shared(h: torch.Tensor, g: torch.Tensor, n_id: int, lo: torch.Tensor,
     b, k, _ = h.shape
     hii, hio, hoo = h[:, :n_id, :n_id], h[:, :n_id, n_id:], h[:, n_id:, n_id:]
     gi, go = g[:, :n_id], g[:, n_id:]
-    l, _ = torch.linalg.cholesky_ex(hoo)
-    hoo_inv_hoi = torch.cholesky_solve(hio.transpose(1, 2), l)           # (B, k_o, n_id)
-    hoo_inv_go = torch.cholesky_solve(go[..., None], l)[..., 0]          # (B, k_o)
+    chol, _ = torch.linalg.cholesky_ex(hoo)
+    hoo_inv_hoi = torch.cholesky_solve(hio.transpose(1, 2), chol)           # (B, k_o, n_id)
+    hoo_inv_go = torch.cholesky_solve(go[..., None], chol)[..., 0]          # (B, k_o)
     schur = (hii - hio @ hoo_inv_hoi).sum(0)
     rhs = (gi - torch.einsum("bij,bj->bi", hio, hoo_inv_go)).sum(0)
     ident = _spd_solve(schur[None], rhs[None])[0]
