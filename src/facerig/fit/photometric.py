@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from facerig.morphable.base import FaceModel
-from facerig.render.camera import ndc_to_pixels, pose_vertices, project
+from facerig.render.camera import pose_vertices
 from facerig.types import FaceParams
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def fit_photometric(model: FaceModel, params: FaceParams, images: list[np.ndarra
                     share_albedo: bool = False) -> tuple[FaceParams, dict[str, Any]]:
     """Fit light and albedo for every face of ``params`` against its image (frame, uint8 RGB)."""
     from facerig.detect.crops import warp_to_crop
-    from facerig.render.buffers import render_buffers
-    from facerig.render.raster import rasterize
+    from facerig.render.buffers import render_buffers, screen_vertices
+    from facerig.render.raster import interpolate, vertex_normals
     from facerig.render.shading import shading as sh_shading
 
     b = params.batch_size
@@ -126,7 +126,9 @@ def fit_photometric(model: FaceModel, params: FaceParams, images: list[np.ndarra
             p = params[i]
             crop = p.crop[0]
             img = torch.tensor(warp_to_crop(images[i], crop), dtype=torch.float32).permute(2, 0, 1) / 255.0
-            buf = render_buffers(model, p, size=crop.size)
+            frags: list = []
+            buf = render_buffers(model, p, size=crop.size, vertices=verts_all[i : i + 1], fragments_out=frags)
+            frag = frags[0]
             skin = _skin_mask(buf)[0]
             if int(skin.sum()) < 50:
                 log.warning("face %d: too few visible skin pixels (%d) for a photometric fit", i, int(skin.sum()))
@@ -141,14 +143,11 @@ def fit_photometric(model: FaceModel, params: FaceParams, images: list[np.ndarra
             lights.append(light.float())
             # per-vertex albedo
             world = world_all[i : i + 1]
-            scr = project(world, p.camera, p.camera_kind, p.focal)[0]
-            px = ndc_to_pixels(scr[:, :2], crop.size)
-            from facerig.render.raster import vertex_normals
-
+            scr = screen_vertices(world, p, crop.size, "crop")[0][0]         # (V,3) pixels + depth
+            px = scr[:, :2]
             vn = vertex_normals(world, model.faces)[0]
             shade_v = sh_shading(vn[None], light[None].to(vn.dtype))[0]     # (V,3)
-            frag = rasterize(torch.cat([px, scr[:, 2:]], -1)[None], model.faces, crop.size, crop.size)
-            zb = frag.zbuf[0] if hasattr(frag, "zbuf") else None
+            zb = frag.zbuf[0]
             inside = (px[:, 0] >= 0) & (px[:, 1] >= 0) & (px[:, 0] < crop.size) & (px[:, 1] < crop.size)
             vis = inside & (vn[:, 2] > 0.15)
             if zb is not None:
@@ -170,8 +169,9 @@ def fit_photometric(model: FaceModel, params: FaceParams, images: list[np.ndarra
             lum_pred = pred_const.mean(1)
             ss_res = float(((lum - lum_pred) ** 2).sum())
             ss_tot = float(((lum - lum.mean()) ** 2).sum())
-            buf2 = render_buffers(model, p.replace(albedo=alb[None].float(), light=light[None].float()), size=crop.size)
-            rend = buf2.render[0].permute(1, 2, 0)[skin]
+            alb_img = interpolate(alb[None].to(buf.normal.dtype), model.faces, frag)
+            rend_img = alb_img * sh_shading(buf.normal, light[None].to(buf.normal.dtype))
+            rend = rend_img[0].permute(1, 2, 0)[skin]
             reports.append({
                 "skin_pixels": int(skin.sum()),
                 "mae_const_albedo_255": float((pred_const - col).abs().mean() * 255),
