@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     from facerig.errors import FacerigError
 
     debug = os.environ.get("FACERIG_DEBUG") == "1"
+    if not debug:
+        _silence_native_stderr()
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app(args=argv, standalone_mode=False)
@@ -45,6 +47,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"facerig: internal error: {type(e).__name__}: {e} (set FACERIG_DEBUG=1 for a traceback)",
               file=sys.stderr)
         return 1
+
+
+def _silence_native_stderr() -> None:
+    """Native libraries (MediaPipe's TFLite/absl) log banners to file descriptor 2, some of them from
+    worker threads at any time. Python's own stderr moves to a duplicate of the terminal's stderr and
+    descriptor 2 goes to /dev/null, so the CLI's messages stay exactly one line. FACERIG_DEBUG=1 keeps
+    everything."""
+    if getattr(_silence_native_stderr, "done", False) or sys.stderr is not sys.__stderr__:
+        return  # already done, or stderr is redirected by the caller (tests, embedding programs)
+    try:
+        sys.stderr.flush()
+        keep = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = os.fdopen(keep, "w", buffering=1, encoding="utf-8", errors="replace")
+    except (OSError, ValueError):
+        return
+    _silence_native_stderr.done = True  # type: ignore[attr-defined]
 
 
 def _entry() -> None:

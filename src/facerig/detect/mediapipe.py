@@ -347,7 +347,7 @@ class FaceDetector:
                     raise InvalidInput(f"frames[{i}]", f"a frame of size {size[1]}x{size[0]}",
                                        f"{rgb.shape[1]}x{rgb.shape[0]}")
                 size = rgb.shape[:2]
-                faces = self._run(graph, rgb, i, retry=False)
+                faces = self._run(graph, rgb, i, retry=False, boxes=False)
                 chosen: FaceLandmarks | None = None
                 if faces:
                     if last_box is not None and len(faces) > 1:
