@@ -116,7 +116,7 @@ def export_buffers(fm: Any, params: Any, output: Path, *, size: int, images: lis
     """Write buffers as PNG + float arrays (buffers/NAME_*.png, NAME_buffers.npz) and preview.png."""
     from facerig.io.image import save_image
     from facerig.render.buffers import render_buffers
-    from facerig.viz import buffer_to_rgb, draw_mesh, hstack, label
+    from facerig.viz import buffer_to_rgb, hstack, label
 
     bdir = output / "buffers"
     bdir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+
 def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     """Rodrigues: (..., 3) axis-angle (radians) -> (..., 3, 3); exact, with a Taylor branch near 0."""
     theta2 = (aa * aa).sum(-1)

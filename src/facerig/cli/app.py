@@ -54,3 +54,62 @@ def render(
     from facerig import pipelines
 
     pipelines.run_render(params, output, size=size, space=space, model_path=model_path)
+
+
+@app.command()
+def edit(
+    image: Annotated[str, typer.Argument(help="photo with a face (jpg/png/...)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output image (.png/.jpg)")] = Path("edited.png"),
+    smile: Annotated[float | None, typer.Option(help="shortcut for --expression mouthSmile=VALUE (0..1)")] = None,
+    expression: Annotated[list[str] | None, typer.Option(
+        "--expression", "-e", help="NAME=VALUE blendshape value, repeatable (e.g. jawOpen=0.5)")] = None,
+    preset: Annotated[str | None, typer.Option(help="expression preset: smile, sad, surprised, open_mouth, ...")] = None,
+    intensity: Annotated[float | None, typer.Option(help="preset/text intensity (0..2)")] = None,
+    text: Annotated[str | None, typer.Option(help="describe the expression: \"make her smile a lot\"")] = None,
+    yaw: Annotated[float | None, typer.Option(help="degrees; > 0 turns the nose to image right")] = None,
+    pitch: Annotated[float | None, typer.Option(help="degrees; > 0 lifts the nose")] = None,
+    roll: Annotated[float | None, typer.Option(help="degrees; > 0 rotates counter-clockwise on screen")] = None,
+    absolute: Annotated[bool, typer.Option("--absolute", help="yaw/pitch/roll are absolute angles, not offsets")] = False,
+    light: Annotated[str | None, typer.Option(help="light preset: front, left, right, top, bottom, rim, soft, dim")] = None,
+    light_azimuth: Annotated[float | None, typer.Option(help="directional light azimuth, degrees (> 0: from image right)")] = None,
+    light_elevation: Annotated[float | None, typer.Option(help="directional light elevation, degrees (> 0: from above)")] = None,
+    light_intensity: Annotated[float, typer.Option(help="light intensity factor")] = 1.0,
+    like: Annotated[str | None, typer.Option("--like", help="reference photo to copy from (with --take)")] = None,
+    take: Annotated[str | None, typer.Option(help="what to copy from --like: expression,pose,light")] = None,
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights)")] = "warp",
+    face: Annotated[str, typer.Option(help="which face: largest, or an index (0 = largest)")] = "largest",
+    model: ModelOpt = "builtin",
+    seed: Annotated[int | None, typer.Option(help="random seed (engines that sample)")] = None,
+    preview: Annotated[bool, typer.Option(help="also write OUT_preview.png: source, buffers before/after, result")] = False,
+) -> None:
+    """Edit the expression, head pose or lighting of the face in a photo."""
+    from facerig.edit import run_edit
+
+    run_edit(image, output, preview=preview, engine=engine, reference=like, model=model, face=face, seed=seed,
+             smile=smile, expression=list(expression) if expression else None, preset=preset,
+             intensity=intensity, text=text, yaw=yaw, pitch=pitch, roll=roll,
+             pose_relative=False if absolute else None, light=light, light_azimuth=light_azimuth,
+             light_elevation=light_elevation, light_intensity=light_intensity if light_intensity != 1.0 else None,
+             take=take)
+
+
+@app.command()
+def reenact(
+    source_image: Annotated[str, typer.Argument(help="photo of the face to animate")],
+    driving_video: Annotated[str, typer.Argument(help="video whose head motion and expressions drive it")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="output video (.mp4)")] = Path("reenacted.mp4"),
+    relative: Annotated[bool, typer.Option("--relative/--absolute",
+                                           help="apply the driving motion relative to its first frame (default)")] = True,
+    smooth: Annotated[float, typer.Option(help="temporal smoothing sigma in frames (0: off)")] = 1.0,
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights)")] = "warp",
+    face: Annotated[str, typer.Option(help="which face of the source: largest, or an index")] = "largest",
+    model: ModelOpt = "builtin",
+    max_frames: Annotated[int | None, typer.Option(help="use at most this many driving frames")] = None,
+    preview: Annotated[bool, typer.Option(help="also write OUT_preview.mp4: source | driving | result")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+) -> None:
+    """Animate the face of a photo with the head motion and expressions of a video (audio kept)."""
+    from facerig.edit import run_reenact
+
+    run_reenact(source_image, driving_video, output, relative=relative, smooth=smooth, engine=engine, face=face,
+                model=model, max_frames=max_frames, preview=preview, progress=progress)

@@ -162,7 +162,8 @@ def iter_frames(
     bad = 0
     try:
         vs = container.streams.video[0]
-        vs.thread_type = "AUTO"
+        # frame threading ("AUTO") deadlocks in avcodec_free_context when a caller stops early
+        # (max_frames, closing the generator): slice threading only
         for packet in container.demux(vs):
             try:
                 frames = packet.decode()
