@@ -1,0 +1,92 @@
+"""The engine protocol: what turns (source image, source params, target params) into a new image.
+
+Every engine (the training-free ``warp`` engine here; diffusion engines later) implements
+:class:`Engine`. The pipelines in :mod:`facerig.edit` only talk to this protocol:
+
+* :meth:`Engine.prepare` does the per-source work once (crop, source buffers, segmentation, ...)
+  and returns an opaque state object;
+* :meth:`Engine.render_frame` turns that state and one face's target params into an output image of
+  the source image's size (the per-frame hook of :meth:`reenact`);
+* :meth:`Engine.edit` = ``prepare`` + ``render_frame`` for one image;
+* :meth:`Engine.reenact` yields one output frame per target params of a sequence (default: one
+  ``prepare``, then ``render_frame`` per frame, always from the SOURCE image, so there is no drift).
+  Diffusion engines may override it to denoise temporal windows together.
+
+Images are RGB ``uint8 (H, W, 3)`` arrays in the source image's frame; params are batch-1
+:class:`~facerig.types.FaceParams` of the fitted source face (``params.crop`` set), the target params
+come from :mod:`facerig.rig`. ``generator`` is a ``torch.Generator`` (or an int seed) for engines
+that sample noise.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from facerig.errors import InvalidInput
+
+__all__ = ["Engine"]
+
+
+class Engine(ABC):
+    """Base class of all engines. Subclasses set ``name`` and ``requires_weights``."""
+
+    name: ClassVar[str] = "base"
+    requires_weights: ClassVar[bool] = False
+    #: one line for ``facerig edit --help`` / the registry listing
+    description: ClassVar[str] = ""
+
+    def __init__(self, weights: Any = None, device: str = "cpu", **options: Any) -> None:
+        if self.requires_weights and weights is None:
+            raise InvalidInput("--weights", f"a weights path for the {self.name} engine", None)
+        self.weights = weights
+        self.device = device
+        self.options = dict(options)
+
+    # ---- per-source / per-frame hooks ------------------------------------------------------
+    @abstractmethod
+    def prepare(self, source_image: np.ndarray, source_params: Any, model: Any, **kw: Any) -> Any:
+        """Per-source precomputation, reused for every target (frames of a reenactment)."""
+
+    @abstractmethod
+    def render_frame(self, state: Any, target_params: Any, *, generator: Any = None, **kw: Any) -> np.ndarray:
+        """One output image (source image size, uint8 RGB) for ``target_params`` (batch 1)."""
+
+    # ---- the two entry points used by the pipelines ----------------------------------------
+    def edit(self, source_image: np.ndarray, source_params: Any, target_params: Any, model: Any, *,
+             generator: Any = None, **kw: Any) -> np.ndarray:
+        """Edit one image: the source face re-rendered with ``target_params``."""
+        _check_image(source_image)
+        state = self.prepare(source_image, source_params, model, **kw)
+        return self.render_frame(state, target_params, generator=generator, **kw)
+
+    def reenact(self, source_image: np.ndarray, source_params: Any, target_sequence: Any, model: Any, *,
+                generator: Any = None, progress: Callable[[int, int], None] | None = None,
+                **kw: Any) -> Iterator[np.ndarray]:
+        """Yield one frame per item of ``target_sequence`` (a batched FaceParams or a sequence of
+        batch-1 FaceParams), each rendered from the source image."""
+        _check_image(source_image)
+        state = self.prepare(source_image, source_params, model, **kw)
+        n = len(target_sequence)
+        for i in range(n):
+            item = target_sequence[i]
+            yield self.render_frame(state, item, generator=generator, **kw)
+            if progress is not None:
+                progress(i + 1, n)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _check_image(image: Any) -> None:
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise InvalidInput("source_image", "an RGB uint8 (H, W, 3) array", f"{a.dtype} {a.shape}")
+
+
+def as_sequence(params: Any) -> Sequence[Any]:
+    """A batched FaceParams already indexes like a sequence; lists pass through."""
+    return params

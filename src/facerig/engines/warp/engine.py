@@ -1,0 +1,473 @@
+"""The warp engine: training-free image editing by mesh-driven dense warping.
+
+Algorithm (details and measured figures in docs/warp-engine.md):
+
+1. **Work region**: an axis-aligned square around the face (``roi_scale`` x the face size,
+   clipped to the frame) in the ORIGINAL frame; fields are computed on a work grid of at most
+   ``work_size`` pixels per side (native resolution when smaller), the final resampling runs on the
+   full-resolution frame, and pixels outside the region are never touched.
+2. **Dense correspondence** (backward warp): the target mesh is rasterised; every covered target
+   pixel takes the source position given by its target barycentrics applied to the SOURCE mesh's
+   projected vertices (exact surface correspondence).
+3. **Extension**: the displacement is extended outside the mesh by push-pull interpolation and
+   faded to zero with a raised-cosine falloff whose radius is long inside the person mask (hair,
+   ears and neck move with the head) and short on the background (which stays put).
+4. **Visibility**: target pixels whose source point was hidden (z-test against the source depth),
+   back-facing or extremely stretched are filled from the mirrored surface point (``mirror_index``)
+   when that one is visible, else inpainted (Telea).
+5. **Mouth**: where the target opens the mouth more than the source, the interior is synthesised
+   (:mod:`.mouth`); a source that is already open is reused (stretched) instead.
+6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped),
+   faded out beyond the face inside the person mask.
+7. **Compositing**: all layers are blended in the work region; displacement and ratio are exactly 0
+   and 1 far from the face, so the result is seamless with the untouched frame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import torch
+
+from facerig.engines.base import Engine, _check_image
+from facerig.engines.warp.field import (
+    border_taper,
+    cos_falloff,
+    distance_outside,
+    push_pull,
+    resize,
+    sample,
+)
+from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
+from facerig.errors import IncompatibleModel, InvalidInput
+
+
+@dataclass
+class WarpOptions:
+    """Tunable parameters of the warp engine (all have defaults that work on ordinary portraits)."""
+
+    roi_scale: float = 2.4          # side of the work region / face size
+    work_size: int = 768            # max side of the work grid (fields); the final warp is full-res
+    falloff_person: float = 0.65    # falloff radius inside the person mask (hair, neck), x face size
+    falloff_background: float = 0.12  # falloff radius on the background, x face size
+    relight_falloff: float = 0.5    # fade of the relight ratio outside the mesh, x face size
+    relight_hair: float = 0.8       # fraction of the relight applied to hair/neck next to the face
+    ratio_clamp: tuple[float, float] = (0.25, 4.0)
+    same_light_clamp: tuple[float, float] = (0.9, 1.1)  # ratio range when only geometry changes
+    occlusion_tol: float = 0.015    # z-test tolerance, x face size
+    max_stretch: float = 8.0        # target/source triangle area ratio treated as "not seen"
+    segmentation: bool = True       # MediaPipe selfie segmentation (else an elliptical prior)
+    synth_mouth: bool = True
+    mirror_fill: bool = True
+    interpolation: str = "cubic"    # final full-resolution resampling: cubic | linear
+    seed: int = 0                   # noise of synthesised regions
+
+
+@dataclass
+class WarpSource:
+    """Per-source precomputation (reused across the frames of a reenactment)."""
+
+    frame: np.ndarray              # full-res source image (uint8)
+    roi: tuple[int, int, int, int]  # x0, y0, x1, y1 in frame pixels
+    k: float                        # frame pixels per work pixel
+    work_hw: tuple[int, int]
+    image: np.ndarray               # work-grid source (float32 [0,1])
+    verts: np.ndarray               # (V, 3) source screen vertices in work pixels (x, y, depth)
+    shade: np.ndarray               # (V, 3) source SH shading per vertex
+    front: np.ndarray               # (F,) source triangle front-facing
+    area: np.ndarray                # (F,) source triangle screen area
+    zbuf: np.ndarray                # (H, W) source depth (3x3 farthest; -inf on background)
+    inner: np.ndarray               # (H, W) source coverage eroded (safe to borrow mirror colours)
+    face_index: np.ndarray          # (H, W) source triangle per pixel (-1 background)
+    person: np.ndarray              # (H, W) soft person mask
+    face_px: float                  # face size in work pixels
+    lip_rgb: np.ndarray
+    skin_rgb: np.ndarray
+    noise: float
+    opening: float                  # source inner-lip opening (work px)
+    teeth_rgb: np.ndarray | None    # colours seen in the source's open mouth (None: closed)
+    cavity_rgb: np.ndarray | None
+    model: Any
+    params: Any
+    faces: np.ndarray
+    regions: dict[str, int]
+    mirror: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class WarpEngine(Engine):
+    """Training-free default engine: mesh-driven warp + relight + fill (see module docstring)."""
+
+    name: ClassVar[str] = "warp"
+    requires_weights: ClassVar[bool] = False
+    description: ClassVar[str] = "training-free mesh-driven warp with relighting and mouth/occlusion fill (default)"
+
+    def __init__(self, weights: Any = None, device: str = "cpu", **options: Any) -> None:
+        super().__init__(weights, device)
+        known = set(WarpOptions.__dataclass_fields__)
+        bad = sorted(set(options) - known)
+        if bad:
+            raise InvalidInput("warp engine options", f"names among {', '.join(sorted(known))}", bad)
+        self.opts = WarpOptions(**options)
+        if self.opts.interpolation not in ("cubic", "linear"):
+            raise InvalidInput("interpolation", "cubic or linear", self.opts.interpolation)
+        self.last_timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------------------------------
+    # geometry
+    @staticmethod
+    def _geometry(model: Any, params: Any, roi: tuple[int, int, int, int], k: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Screen vertices (V, 3) in work pixels and per-vertex SH shading (V, 3) of a batch-1 face."""
+        from facerig.render.buffers import screen_vertices
+        from facerig.render.camera import pose_vertices
+        from facerig.render.raster import vertex_normals
+        from facerig.render.shading import sh_basis
+
+        if params.crop is None:
+            raise InvalidInput("params.crop", "the crop transform of the fitted face (params from fit_image)", None)
+        with torch.no_grad():
+            v = model(params.identity, params.expression, params.jaw_pose)
+            world = pose_vertices(v, params.rotation.to(v.dtype))
+            scr, _ = screen_vertices(world, params, space="frame")
+            nrm = vertex_normals(world, model.faces.long())
+            shade = sh_basis(nrm) @ params.light.to(nrm.dtype)  # (1, V, 3)
+        s = scr[0].double().numpy()
+        out = np.empty_like(s)
+        out[:, 0] = (s[:, 0] - roi[0]) / k
+        out[:, 1] = (s[:, 1] - roi[1]) / k
+        out[:, 2] = s[:, 2] / k
+        return out, shade[0].double().numpy()
+
+    @staticmethod
+    def _raster(verts: np.ndarray, faces_t: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        from facerig.render.raster import rasterize
+
+        with torch.no_grad():
+            fr = rasterize(torch.from_numpy(verts[None]).float(), faces_t, hw[0], hw[1])
+        return fr.face_index[0].numpy(), fr.bary[0].numpy().astype(np.float64)
+
+    @staticmethod
+    def _tri_area(xy: np.ndarray, faces: np.ndarray) -> np.ndarray:
+        a, b, c = xy[faces[:, 0]], xy[faces[:, 1]], xy[faces[:, 2]]
+        return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+
+    # ------------------------------------------------------------------------------------------
+    def prepare(self, source_image: np.ndarray, source_params: Any, model: Any, **kw: Any) -> WarpSource:
+        t0 = time.perf_counter()
+        _check_image(source_image)
+        if source_params.batch_size != 1:
+            raise InvalidInput("source_params", "the params of one face (batch 1)", source_params.batch_size)
+        if getattr(model, "name", None) != source_params.model:
+            raise IncompatibleModel(f"params of the {source_params.model} model given with the {model.name} model")
+        crop = source_params.crop[0]
+        frame = np.ascontiguousarray(source_image)
+        H, W = frame.shape[:2]
+        if tuple(crop.frame_size) != (H, W):
+            raise InvalidInput("source_image", f"the image the params were fitted on ({crop.frame_size[1]}x"
+                               f"{crop.frame_size[0]})", f"{W}x{H}")
+        o = self.opts
+        full, _ = self._geometry(model, source_params, (0, 0, W, H), 1.0)
+        lo, hi = full[:, :2].min(0), full[:, :2].max(0)
+        face = float(np.mean(hi - lo))
+        centre = (lo + hi) / 2 + np.array([0.0, -0.05 * face])
+        half = o.roi_scale * face / 2
+        x0, y0 = int(np.floor(max(0, centre[0] - half))), int(np.floor(max(0, centre[1] - half)))
+        x1, y1 = int(np.ceil(min(W, centre[0] + half))), int(np.ceil(min(H, centre[1] + half)))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            raise InvalidInput("source_params", "a face inside the image", f"face region {x0},{y0}-{x1},{y1}")
+        k = max(1.0, max(x1 - x0, y1 - y0) / float(o.work_size))
+        hw = (max(8, int(round((y1 - y0) / k))), max(8, int(round((x1 - x0) / k))))
+        kx, ky = (x1 - x0) / hw[1], (y1 - y0) / hw[0]
+        k = float((kx + ky) / 2)
+        roi_img = frame[y0:y1, x0:x1]
+        work = roi_img if hw == roi_img.shape[:2] else cv2.resize(roi_img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+        image = work.astype(np.float32) / 255.0
+        verts, shade = self._geometry(model, source_params, (x0, y0, x1, y1), k)
+        faces = model.faces.long().cpu().numpy()
+        fi, bary = self._raster(verts, model.faces.long(), hw)
+        cov = fi >= 0
+        zbuf = np.full(hw, -np.inf, np.float64)
+        zbuf[cov] = np.einsum("nk,nk->n", bary[cov], verts[faces[fi[cov]], 2])
+        # z-test reference: the farthest depth in a 3x3 neighbourhood, so steep slopes near the
+        # silhouette do not hide their own pixels
+        zbuf = cv2.erode(np.where(cov, zbuf, -1e9).astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.float64)
+        zbuf[zbuf < -1e8] = -np.inf
+        area = self._tri_area(verts[:, :2], faces)
+        front = area < 0  # clockwise on screen (y down) = front facing
+        face_px = face / k
+        regions = {n: i for i, n in enumerate(getattr(model, "region_names", ()))}
+        reg_pix = np.where(cov, model.face_region.cpu().numpy()[np.maximum(fi, 0)], -1)
+        person = self._person(work, verts, face_px)
+        lips = reg_pix == regions.get("lips", -2)
+        skin = reg_pix == regions.get("skin", -2)
+        lip_rgb = image[lips].mean(0) if lips.sum() > 10 else np.array([0.6, 0.35, 0.35], np.float32)
+        skin_rgb = image[skin].mean(0) if skin.sum() > 10 else np.array([0.6, 0.5, 0.45], np.float32)
+        noise = 0.0
+        if skin.sum() > 50:
+            g = image.mean(2)
+            hp = g - cv2.GaussianBlur(g, (0, 0), 1.0)
+            noise = float(1.4826 * np.median(np.abs(hp[skin])) * 1.3)
+        teeth_rgb = cavity_rgb = None
+        op_s = mouth_opening(verts[:, :2]) if verts.shape[0] > 400 else 0.0
+        inside = reg_pix == regions.get("mouth_interior", -2)
+        if op_s > 0.08 * max(mouth_width(verts[:, :2]), 1.0) and inside.sum() > 20:
+            px = image[inside]
+            lum = px.mean(1)
+            hi, lo = np.percentile(lum, 75), np.percentile(lum, 30)
+            if px[lum >= hi].mean() > 1.1 * float(np.mean(lip_rgb)):
+                teeth_rgb = px[lum >= hi].mean(0)
+            cavity_rgb = px[lum <= lo].mean(0)
+        mirror = model.mirror_index.long().cpu().numpy() if hasattr(model, "mirror_index") else None
+        st = WarpSource(
+            frame=frame, roi=(x0, y0, x1, y1), k=k, work_hw=hw, image=image, verts=verts, shade=shade,
+            front=front, area=np.abs(area), zbuf=zbuf,
+            inner=cv2.erode(cov.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, int(0.02 * face / k))) > 0, face_index=fi, person=person, face_px=face_px,
+            lip_rgb=lip_rgb.astype(np.float32), skin_rgb=skin_rgb.astype(np.float32), noise=noise,
+            opening=op_s, teeth_rgb=teeth_rgb, cavity_rgb=cavity_rgb,
+            model=model, params=source_params, faces=faces, regions=regions, mirror=mirror,
+        )
+        st.timings["prepare"] = time.perf_counter() - t0
+        return st
+
+    def _person(self, work: np.ndarray, verts: np.ndarray, face_px: float) -> np.ndarray:
+        from facerig.engines.warp.segment import person_mask
+
+        lo, hi = verts[:, :2].min(0), verts[:, :2].max(0)
+        return person_mask(work, (lo + hi) / 2, face_px, use_model=self.opts.segmentation)
+
+    # ------------------------------------------------------------------------------------------
+    def render_frame(self, state: WarpSource, target_params: Any, *, generator: Any = None,
+                     return_layers: bool = False, **kw: Any) -> np.ndarray:
+        o = self.opts
+        tm: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if target_params.batch_size != 1:
+            raise InvalidInput("target_params", "the params of one face (batch 1)", target_params.batch_size)
+        st = state
+        h, w = st.work_hw
+        faces = st.faces
+        F = st.face_px
+        vt, shade_t = self._geometry(st.model, target_params, st.roi, st.k)
+        fi, bary = self._raster(vt, st.model.faces.long(), (h, w))
+        tm["raster"] = time.perf_counter() - t0
+        cov = fi >= 0
+        iy, ix = np.nonzero(cov)
+        f = fi[iy, ix]
+        b = bary[iy, ix]
+        tri = faces[f]
+        src = np.einsum("nk,nkc->nc", b, st.verts[tri])
+        pix = np.stack([ix + 0.5, iy + 0.5], 1)
+        d = src[:, :2] - pix
+        region_of = st.model.face_region.cpu().numpy()[f]
+        r_mouth = st.regions.get("mouth_interior", -2)
+        r_eyes = st.regions.get("eyes", -2)
+
+        # ---- visibility of the source point
+        sx = np.clip(src[:, 0].astype(np.int64), 0, w - 1)
+        sy = np.clip(src[:, 1].astype(np.int64), 0, h - 1)
+        tol = o.occlusion_tol * F
+        hidden = st.zbuf[sy, sx] > src[:, 2] + tol
+        hidden |= ~st.front[f]
+        area_t = np.abs(self._tri_area(vt[:, :2], faces))
+        stretch = area_t[f] / np.maximum(st.area[f], 1e-3)
+        hidden |= (stretch > o.max_stretch) & (region_of != r_mouth) & (region_of != r_eyes)
+        if hidden.any():  # drop specks: only blobs of some size are really "not seen"
+            hm = np.zeros((h, w), np.uint8)
+            hm[iy[hidden], ix[hidden]] = 1
+            hm = cv2.morphologyEx(hm, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+            n, lab, stats, _ = cv2.connectedComponentsWithStats(hm, connectivity=8)
+            small = stats[:, cv2.CC_STAT_AREA] < max(6.0, (0.03 * F) ** 2)
+            small[0] = True
+            hidden = ~small[lab[iy, ix]]
+
+        # ---- relight ratio at the same surface point
+        s_t = np.einsum("nk,nkc->nc", b, shade_t[tri])
+        s_s = np.einsum("nk,nkc->nc", b, st.shade[tri])
+        lo_c, hi_c = o.ratio_clamp
+        # luminance ratio (geometry + light direction); per-channel ratios of a coloured fitted light
+        # would tint the face
+        lum_t, lum_s = s_t.mean(1), s_s.mean(1)
+        r_l = np.where(lum_s > 1e-3, lum_t / np.maximum(lum_s, 1e-3), 1.0)
+        # (the fitted light's colour is not reliable - albedo/light colour are ambiguous from one
+        # photo - so a light's colour change is NOT transferred; only its luminance)
+        tint = np.ones(3)
+        light_changed = not torch.allclose(target_params.light.double(), st.params.light.double(), atol=1e-5)
+        if not light_changed:  # same light: only mild shading changes from the moved geometry
+            lo_c, hi_c = max(lo_c, o.same_light_clamp[0]), min(hi_c, o.same_light_clamp[1])
+        ratio = np.clip(r_l[:, None] * tint[None, :], lo_c, hi_c)
+        tm["correspond"] = time.perf_counter() - t0
+
+        # ---- dense fields on a quarter grid: displacement (2) + log ratio (3)
+        q = 4 if min(h, w) >= 128 else 1
+        hq, wq = (h + q - 1) // q, (w + q - 1) // q
+        D = np.zeros((h, w, 5), np.float32)
+        D[iy, ix, :2] = d
+        D[iy, ix, 2:] = np.log(ratio)
+        known = np.zeros((h, w), np.float32)
+        known[iy[~hidden], ix[~hidden]] = 1.0
+        covf = cov.astype(np.float32)
+        # the extension interpolates the values on the visible rim of the mesh (so it is continuous
+        # there); interior values would pull it towards the face's mean displacement
+        rim = known - cv2.erode(known, np.ones((3, 3), np.uint8), iterations=max(1, q // 2))
+        Dq = resize(D * rim[..., None], (hq, wq), cv2.INTER_AREA)
+        Kq = resize(rim, (hq, wq), cv2.INTER_AREA)
+        Kq = np.clip(Kq * (q * q) / max(q, 1), 0, 1) if q > 1 else Kq
+        crim = covf - cv2.erode(covf, np.ones((3, 3), np.uint8), iterations=max(1, q // 2))
+        Rq = resize(D[..., 2:] * crim[..., None], (hq, wq), cv2.INTER_AREA)
+        Cq = resize(crim, (hq, wq), cv2.INTER_AREA)
+        Cq = np.clip(Cq * q, 0, 1) if q > 1 else Cq
+        ext_d = push_pull(Dq[..., :2] / np.maximum(Kq, 1e-6)[..., None], Kq)
+        ext_r = push_pull(Rq / np.maximum(Cq, 1e-6)[..., None], Cq)
+        # falloff radii grow with the displacement so the field never folds
+        mag = np.linalg.norm(d, axis=1)
+        dmax = float(np.percentile(mag, 98)) if mag.size else 0.0
+        dist = distance_outside(resize(covf, (hq, wq), cv2.INTER_AREA) > 0.5) * q
+        pers_q = resize(st.person, (hq, wq), cv2.INTER_AREA)
+        blur = max(0.03 * F, 1.2 * dmax) / q
+        pers_q = cv2.GaussianBlur(pers_q, (0, 0), max(blur, 0.5))
+        r_p = max(o.falloff_person * F, 4.0 * dmax)
+        r_b = max(o.falloff_background * F, 3.0 * dmax)
+        wt = pers_q * cos_falloff(dist / r_p) + (1 - pers_q) * cos_falloff(dist / r_b)
+        # continuous at the mesh boundary (1), fading over the hair/neck, fast on the background
+        wl = cos_falloff(dist / max(o.relight_falloff * F, 1.0)) * (
+            pers_q * o.relight_hair + (1 - pers_q * o.relight_hair) * cos_falloff(dist / max(0.08 * F, 1.0)))
+        field_q = np.concatenate([ext_d * wt[..., None], ext_r * wl[..., None]], 2)
+        taper = border_taper(hq, wq, max(2.0, 0.04 * max(hq, wq)))
+        field_q *= taper[..., None]
+        fld = resize(field_q, (h, w))
+        # exact values inside the visible mesh; a thin blend band at the mesh boundary
+        inner = cv2.erode(known, np.ones((3, 3), np.uint8), iterations=1)
+        inner = cv2.GaussianBlur(inner, (0, 0), 1.0) * known
+        fld[..., :2] = inner[..., None] * D[..., :2] + (1 - inner[..., None]) * fld[..., :2]
+        cin = cv2.GaussianBlur(covf, (0, 0), 1.0) * covf
+        fld[..., 2:] = cin[..., None] * D[..., 2:] + (1 - cin[..., None]) * fld[..., 2:]
+        sig = max(0.6, 0.012 * F)
+        fld[..., 2:] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2:]), (0, 0), sig)
+        tm["fields"] = time.perf_counter() - t0
+
+        # ---- fill layers (work grid): mirror / inpaint for hidden points, synthesised mouth
+        fill = np.zeros((h, w, 3), np.float32)
+        alpha = np.zeros((h, w), np.float32)
+        rng = _rng(generator, o.seed)
+        if hidden.any():
+            hy, hx = iy[hidden], ix[hidden]
+            ok = np.zeros(hy.size, bool)
+            if o.mirror_fill and st.mirror is not None:
+                mtri = st.mirror[tri[hidden]]
+                msrc = np.einsum("nk,nkc->nc", b[hidden], st.verts[mtri])
+                mx = np.clip(msrc[:, 0].astype(np.int64), 0, w - 1)
+                my = np.clip(msrc[:, 1].astype(np.int64), 0, h - 1)
+                mfi = st.face_index[my, mx]
+                ok = (mfi >= 0) & st.inner[my, mx] & (st.zbuf[my, mx] <= msrc[:, 2] + tol)
+                ok &= st.front[np.maximum(mfi, 0)]
+                if ok.any():
+                    col = sample(st.image, msrc[ok, :2])
+                    s_m = np.einsum("nk,nkc->nc", b[hidden][ok], st.shade[mtri[ok]]).mean(1)
+                    rm = np.clip(s_t[hidden][ok].mean(1) / np.maximum(s_m, 1e-3), lo_c, hi_c)[:, None] * tint
+                    fill[hy[ok], hx[ok]] = col * rm
+                    alpha[hy[ok], hx[ok]] = 1.0
+            if (~ok).any():
+                alpha[hy[~ok], hx[~ok]] = 2.0  # marker: inpaint later
+        mouth_w = 0.0
+        if o.synth_mouth and r_mouth >= 0:
+            op_t = mouth_opening(vt[:, :2])
+            mw = mouth_width(vt[:, :2])
+            if op_t > max(1.5, 0.03 * mw):
+                mouth_w = 1.0 if st.opening < 1.0 else float(np.clip((op_t / st.opening - 1.15) / 0.35, 0, 1))
+            if mouth_w > 0:
+                mm = np.zeros((h, w), np.float32)
+                sel = region_of == r_mouth
+                mm[iy[sel], ix[sel]] = 1.0
+                if mm.any():
+                    ys_, xs_ = np.nonzero(mm)
+                    pad = 3
+                    bx0, by0 = max(0, xs_.min() - pad), max(0, ys_.min() - pad)
+                    bx1, by1 = min(w, xs_.max() + pad + 1), min(h, ys_.max() + pad + 1)
+                    synth = synthesize_mouth(vt[:, :2], (bx0, by0, bx1, by1), st.lip_rgb, st.skin_rgb,
+                                             st.noise, rng, teeth_rgb=st.teeth_rgb, cavity_rgb=st.cavity_rgb)
+                    # anti-aliased interior mask: blurred, re-steepened around the contour
+                    ma = np.clip(cv2.GaussianBlur(mm[by0:by1, bx0:bx1], (0, 0), 0.9) * 1.7 - 0.35, 0, 1)
+                    a_m = (ma * mouth_w)[..., None]
+                    rl = np.exp(fld[by0:by1, bx0:bx1, 2:])
+                    region = fill[by0:by1, bx0:bx1]
+                    a_old = alpha[by0:by1, bx0:bx1, None].clip(0, 1)
+                    fill[by0:by1, bx0:bx1] = region * (1 - a_m) + synth * rl * a_m
+                    alpha[by0:by1, bx0:bx1] = np.where(
+                        a_m[..., 0] > 0, np.maximum(a_m[..., 0], a_old[..., 0] * (1 - a_m[..., 0])),
+                        alpha[by0:by1, bx0:bx1])
+        tm["fill"] = time.perf_counter() - t0
+
+        # ---- inpaint what neither the source nor its mirror saw (work grid)
+        need = alpha >= 1.5
+        warped_w = None
+        if alpha.any():
+            warped_w = cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE) * np.exp(fld[..., 2:])
+        if need.any():
+            base = np.where(alpha[..., None] > 0, fill, warped_w)
+            m8 = cv2.dilate(need.astype(np.uint8), np.ones((3, 3), np.uint8))
+            u8 = np.clip(base * 255, 0, 255).astype(np.uint8)
+            inp = cv2.inpaint(u8, m8, max(3.0, 0.02 * F), cv2.INPAINT_TELEA).astype(np.float32) / 255
+            fill = np.where(need[..., None], inp, fill)
+            alpha = np.where(need, 1.0, alpha)
+        if alpha.any():
+            # outside the fill regions the fill layer holds the plain warp, so softened edges blend
+            # towards the right colours (not towards black)
+            fill = np.where(alpha[..., None] > 0, fill, warped_w)
+            # soft edges of the fill (hidden regions) without eating into synthesised mouths
+            alpha = np.maximum(cv2.GaussianBlur(alpha, (0, 0), 0.8), alpha * (alpha < 1))
+            alpha = np.clip(alpha, 0, 1)
+        tm["inpaint"] = time.perf_counter() - t0
+
+        out = self._compose(st, fld, fill, alpha)
+        tm["compose"] = time.perf_counter() - t0
+        self.last_timings = tm
+        if return_layers:
+            self.last_layers = {"field": fld, "fill": fill, "alpha": alpha, "mouth_weight": mouth_w,
+                                "hidden_fraction": float(hidden.mean()) if hidden.size else 0.0}
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def _compose(self, st: WarpSource, fld: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = st.roi
+        H, W = y1 - y0, x1 - x0
+        frame = st.frame
+        if (H, W) != fld.shape[:2]:
+            fld = resize(fld, (H, W))
+            fld[..., :2] *= st.k
+            fill = resize(fill, (H, W))
+            alpha = resize(alpha, (H, W))
+        interp = cv2.INTER_CUBIC if self.opts.interpolation == "cubic" else cv2.INTER_LINEAR
+        mx, my = _maps(fld[..., :2], x0, y0)
+        warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        ratio = np.exp(fld[..., 2:])
+        res = warped * ratio
+        if alpha.any():
+            a = alpha[..., None]
+            res = res * (1 - a) + fill * 255.0 * a
+        out = frame.copy()
+        out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
+        return out
+
+
+def _maps(disp: np.ndarray, x0: float, y0: float) -> tuple[np.ndarray, np.ndarray]:
+    """cv2.remap maps (integer pixel centres) for a displacement field on a grid at offset x0, y0."""
+    h, w = disp.shape[:2]
+    xs = np.arange(w, dtype=np.float32)[None, :] + np.float32(x0)
+    ys = np.arange(h, dtype=np.float32)[:, None] + np.float32(y0)
+    return (xs + disp[..., 0]).astype(np.float32), (ys + disp[..., 1]).astype(np.float32)
+
+
+def _rng(generator: Any, seed: int) -> np.random.Generator:
+    if isinstance(generator, np.random.Generator):
+        return generator
+    if isinstance(generator, (int, np.integer)):
+        return np.random.default_rng(int(generator))
+    if isinstance(generator, torch.Generator):
+        return np.random.default_rng(int(generator.initial_seed()))
+    return np.random.default_rng(seed)

@@ -1,0 +1,85 @@
+"""Dense-field helpers of the warp engine: push-pull extension, falloff weights, sampling."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def push_pull(values: np.ndarray, weights: np.ndarray, min_side: int = 3) -> np.ndarray:
+    """Fill a sparse field smoothly: ``values`` (H, W, C) known where ``weights`` (H, W) > 0.
+
+    Pull: a Gaussian pyramid of ``values * weights`` and ``weights``; push: from the coarsest
+    level down, every level keeps its own (normalised) estimate where it has data (weight ~1) and
+    takes the upsampled coarser estimate elsewhere. The result is a smooth (membrane-like)
+    extension that equals ``values`` where the weight is 1.
+    """
+    v = values.astype(np.float32, copy=False)
+    if v.ndim == 2:
+        v = v[:, :, None]
+    c = v.shape[2]
+    if c > 4:
+        return np.concatenate([push_pull(v[:, :, i:i + 4], weights, min_side) for i in range(0, c, 4)], 2)
+    w = np.clip(weights.astype(np.float32), 0, 1)
+    levels = []
+    vw = v * w[:, :, None]
+    while min(w.shape) > min_side:
+        levels.append((vw, w))
+        vw = cv2.pyrDown(vw)
+        w = cv2.pyrDown(w)
+        if vw.ndim == 2:
+            vw = vw[:, :, None]
+    est = vw / np.maximum(w, 1e-6)[:, :, None]
+    if w.max() <= 1e-6:
+        est[:] = 0
+    for vw_l, w_l in reversed(levels):
+        up = cv2.pyrUp(est, dstsize=(w_l.shape[1], w_l.shape[0]))
+        if up.ndim == 2:
+            up = up[:, :, None]
+        a = np.clip(w_l * 2.0, 0, 1)[:, :, None]
+        est = a * (vw_l / np.maximum(w_l, 1e-6)[:, :, None]) + (1 - a) * up
+    return est if values.ndim == 3 else est[:, :, 0]
+
+
+def cos_falloff(t: np.ndarray) -> np.ndarray:
+    """1 at t <= 0, 0 at t >= 1, raised cosine (C1) in between."""
+    return (0.5 * (1.0 + np.cos(np.pi * np.clip(t, 0.0, 1.0)))).astype(np.float32)
+
+
+def border_taper(h: int, w: int, width: float) -> np.ndarray:
+    """(h, w) weights: 0 on the border, 1 farther than ``width`` pixels inside (raised cosine)."""
+    ys = np.arange(h, dtype=np.float32) + 0.5
+    xs = np.arange(w, dtype=np.float32) + 0.5
+    dy = np.minimum(ys, h - ys)
+    dx = np.minimum(xs, w - xs)
+    width = max(float(width), 1.0)
+    ty = 1 - cos_falloff(dy / width)
+    tx = 1 - cos_falloff(dx / width)
+    return np.minimum(ty[:, None], tx[None, :])
+
+
+def distance_outside(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (pixels) of every pixel to ``mask`` (0 inside)."""
+    inv = (~mask.astype(bool)).astype(np.uint8)
+    return cv2.distanceTransform(inv, cv2.DIST_L2, 5)
+
+
+def sample(image: np.ndarray, xy: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Sample ``image`` at continuous pixel coordinates ``xy`` (..., 2) (pixel centres at +0.5)."""
+    shp = xy.shape[:-1]
+    flat = xy.reshape(-1, 2).astype(np.float32) - 0.5
+    mx = flat[:, 0].reshape(-1, 1)
+    my = flat[:, 1].reshape(-1, 1)
+    out = cv2.remap(image, mx, my, interpolation, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(*shp, *image.shape[2:])
+
+
+def resize(a: np.ndarray, hw: tuple[int, int], interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    if a.shape[:2] == tuple(hw):
+        return a
+    if a.ndim == 3 and a.shape[2] > 4:
+        return np.concatenate([resize(a[:, :, i:i + 4], hw, interpolation) for i in range(0, a.shape[2], 4)], 2)
+    out = cv2.resize(a, (hw[1], hw[0]), interpolation=interpolation)
+    if a.ndim == 3 and out.ndim == 2:
+        out = out[:, :, None]
+    return out
