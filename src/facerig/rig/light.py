@@ -48,6 +48,11 @@ LIGHT_PRESETS: MappingProxyType = MappingProxyType({
 })
 LIGHT_PRESET_NAMES: tuple[str, ...] = tuple(LIGHT_PRESETS)
 
+#: exposure of each preset relative to the photo when relighting keeps the brightness: a light from
+#: the side should move light across the face, not make the photo darker; only "dim" (and the
+#: back-lit "rim") are meant to be darker.
+PRESET_EXPOSURE: MappingProxyType = MappingProxyType({name: 1.0 for name in LIGHT_PRESETS} | {"dim": 0.5, "rim": 0.6})
+
 
 @lru_cache(maxsize=1)
 def _frontal_normals() -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,18 +170,22 @@ def set_light(params: FaceParams, light: Any, intensity: float = 1.0, keep_brigh
     multiplied by ``intensity``.
 
     ``keep_brightness=False``: absolute, on the presets' scale (``front`` = exposure of a typical
-    fit). ``keep_brightness=True``: calibrated to the photo's own exposure. A light on the presets'
-    scale (a preset name, or SH from :func:`directional` with ``preset_scale=True``) is multiplied by
-    ``brightness(current light) / brightness(front preset)``, so ``front`` keeps the exposure exactly
-    and ``dim``/``rim`` stay darker than it; other SH is rescaled to the current brightness as by
-    :func:`relight_keep_brightness`. ``intensity`` multiplies after that.
+    fit). ``keep_brightness=True``: calibrated to the photo's own exposure. A preset name is scaled
+    so its mean frontal shading equals the current light's times :data:`PRESET_EXPOSURE` (1 for all
+    but ``dim`` 0.5 and ``rim`` 0.6: a side light moves light across the face without darkening the
+    photo). SH from :func:`directional` with ``preset_scale=True`` is multiplied by
+    ``brightness(current light) / brightness(front preset)``; other SH is rescaled to the current
+    brightness as by :func:`relight_keep_brightness`. ``intensity`` multiplies after that.
     """
     check_params(params)
     s = finite_float(intensity, "intensity", 0.0)
     new = _as_light(light, params.batch_size, params.light).double()
     if keep_brightness:
         old_b = _brightness(params.light)
-        if preset_scale if preset_scale is not None else isinstance(light, str):
+        if isinstance(light, str):
+            # a preset: the photo's exposure times the preset's own exposure
+            ref_b = _brightness(new) / PRESET_EXPOSURE[light.strip().lower()]
+        elif preset_scale:
             ref_b = _brightness(light_preset("front", dtype=torch.float64)[None])
         else:
             ref_b = _brightness(new)
