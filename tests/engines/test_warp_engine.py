@@ -105,27 +105,35 @@ def test_relight_left_brightens_image_left(fitted, astronaut):
     assert ratio["left"] > ratio["right"] * 1.1
 
 
-@pytest.mark.parametrize("what", ["jawOpen", "yaw"])
-def test_refit_moves_in_requested_direction(fitted, astronaut, what):
+def test_refit_jaw_open_moves_up(fitted, astronaut):
+    from facerig.edit import _fit_one
+
+    model, params, eng, state = fitted
+    target = EditSpec(expression={"jawOpen": 0.6}).apply(params, model)
+    out = eng.render_frame(state, target)
+    refit = _fit_one(out, model, "largest", "edited")
+    j = list(model.expression_names).index("jawOpen")
+    assert float(refit.expression[0, j]) > float(params.expression[0, j]) + 0.2
+
+
+@pytest.mark.parametrize("yaw", [-15, 15])
+def test_refit_yaw_matches_request(fitted, astronaut, yaw):
+    """Issue #3: the re-fitted yaw is within ~3 degrees of the request (measured: NOT met yet, the
+    re-fit sees ~55-60 % of the requested rotation, see docs/warp-engine.md and
+    docs/edit-accuracy.md); the weaker direction check below always runs."""
     from facerig.edit import _fit_one
     from facerig.rotations import axis_angle_to_ypr
 
     model, params, eng, state = fitted
-    if what == "jawOpen":
-        target = EditSpec(expression={"jawOpen": 0.6}).apply(params, model)
-    else:
-        target = EditSpec(yaw=15).apply(params, model)
+    target = EditSpec(yaw=yaw).apply(params, model)
     out = eng.render_frame(state, target)
     refit = _fit_one(out, model, "largest", "edited")
-    if what == "jawOpen":
-        j = list(model.expression_names).index("jawOpen")
-        assert float(refit.expression[0, j]) > float(params.expression[0, j]) + 0.2
-    else:
-        y0 = float(axis_angle_to_ypr(params.rotation.double())[0, 0])
-        y1 = float(axis_angle_to_ypr(refit.rotation.double())[0, 0])
-        # measured: the re-fit sees ~7 of the requested 15 degrees (a 2D warp lacks the 3D cues a
-        # detector uses: ears, hair, the far cheek's silhouette); see docs/warp-engine.md
-        assert 5.0 < (y1 - y0) < 18.0, (y0, y1)
+    y0 = float(axis_angle_to_ypr(params.rotation.double())[0, 0])
+    yt = float(axis_angle_to_ypr(target.rotation.double())[0, 0])
+    y1 = float(axis_angle_to_ypr(refit.rotation.double())[0, 0])
+    assert np.sign(y1 - y0) == np.sign(yaw) and abs(y1 - y0) > 0.3 * abs(yaw), (y0, y1)
+    if abs(y1 - yt) > 3.0:
+        pytest.xfail(f"re-fitted yaw {y1 - y0:+.1f} for a {yaw:+d} degree request (issue #3 pose target not met)")
 
 
 def test_grace_hopper_smile_changes_face_keeps_size(grace_hopper):
@@ -135,3 +143,25 @@ def test_grace_hopper_smile_changes_face_keeps_size(grace_hopper):
     assert res.image.shape == grace_hopper.shape
     assert psnr(res.image, grace_hopper) > 25  # local change only
     assert not np.array_equal(res.image, grace_hopper)
+
+
+def test_numpy_barycentrics_match_rasteriser(fitted):
+    from facerig.render.raster import rasterize
+
+    model, params, eng, state = fitted
+    vt, _ = eng._geometry(model, EditSpec(yaw=10).apply(params, model), state.roi, state.k)
+    fi, bary = eng._raster(vt, model.faces.long(), state.work_hw)
+    ref = rasterize(torch.from_numpy(vt[None]).float(), model.faces.long(), *state.work_hw)
+    assert np.array_equal(ref.face_index[0].numpy(), fi)
+    assert np.abs(ref.bary[0].numpy() - bary).max() < 1e-5
+
+
+def test_head_proxy_option(fitted, astronaut):
+    model, params, _, _ = fitted
+    eng = get_engine("warp", head_proxy=True)
+    state = eng.prepare(astronaut, params, model)
+    assert state.head is not None and np.all(state.head.radii > 0)
+    assert psnr(eng.render_frame(state, params), astronaut) > 35  # no pose change: no proxy motion
+    out = eng.render_frame(state, EditSpec(yaw=15).apply(params, model))
+    near, _ = head_mask(model, params, astronaut.shape[:2], 0.6)
+    assert psnr(out, astronaut, near) < 35 and psnr(out, astronaut, ~near) > 28

@@ -26,6 +26,8 @@ Algorithm (details and measured figures in docs/warp-engine.md):
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,6 +44,7 @@ from facerig.engines.warp.field import (
     resize,
     sample,
 )
+from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
 from facerig.errors import IncompatibleModel, InvalidInput
 
@@ -63,6 +66,7 @@ class WarpOptions:
     segmentation: bool = True       # MediaPipe selfie segmentation (else an elliptical prior)
     synth_mouth: bool = True
     mirror_fill: bool = True
+    head_proxy: bool = False        # experimental: hair/ears/forehead follow an ellipsoid head in 3D
     interpolation: str = "cubic"    # final full-resolution resampling: cubic | linear
     seed: int = 0                   # noise of synthesised regions
 
@@ -96,6 +100,9 @@ class WarpSource:
     faces: np.ndarray
     regions: dict[str, int]
     mirror: np.ndarray
+    head: HeadProxy | None = None  # ellipsoid head proxy (head frame) for pixels outside the mesh
+    head_map: tuple[np.ndarray, np.ndarray] | None = None  # head frame -> work screen (A, b)
+    rim_face: np.ndarray | None = None  # (F,) triangles at the mesh's outer boundary (2 rings)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -120,9 +127,10 @@ class WarpEngine(Engine):
     # ------------------------------------------------------------------------------------------
     # geometry
     @staticmethod
-    def _geometry(model: Any, params: Any, roi: tuple[int, int, int, int], k: float
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Screen vertices (V, 3) in work pixels and per-vertex SH shading (V, 3) of a batch-1 face."""
+    def _geometry(model: Any, params: Any, roi: tuple[int, int, int, int], k: float, head: bool = False
+                  ) -> tuple[np.ndarray, ...]:
+        """Screen vertices (V, 3) in work pixels and per-vertex SH shading (V, 3) of a batch-1 face
+        (and, with ``head=True``, the head-frame vertices (V, 3))."""
         from facerig.render.buffers import screen_vertices
         from facerig.render.camera import pose_vertices
         from facerig.render.raster import vertex_normals
@@ -141,15 +149,33 @@ class WarpEngine(Engine):
         out[:, 0] = (s[:, 0] - roi[0]) / k
         out[:, 1] = (s[:, 1] - roi[1]) / k
         out[:, 2] = s[:, 2] / k
+        if head:
+            return out, shade[0].double().numpy(), v[0].double().numpy()
         return out, shade[0].double().numpy()
 
     @staticmethod
     def _raster(verts: np.ndarray, faces_t: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        from facerig.render.raster import rasterize
+        """Face index (H, W) and screen-space barycentrics (H, W, 3) (zeros off the mesh).
+
+        Visibility is the shared rasteriser's (numba z-buffer on CPU); the barycentrics are
+        recomputed here in numpy for the covered pixels only (no autograd / torch dispatch: this
+        runs once per frame and was the largest per-frame cost)."""
+        from facerig.render.raster import visibility
 
         with torch.no_grad():
-            fr = rasterize(torch.from_numpy(verts[None]).float(), faces_t, hw[0], hw[1])
-        return fr.face_index[0].numpy(), fr.bary[0].numpy().astype(np.float64)
+            fi = visibility(torch.from_numpy(verts[None]).float(), faces_t, hw[0], hw[1])[0].numpy()
+        bary = np.zeros((*hw, 3), np.float64)
+        iy, ix = np.nonzero(fi >= 0)
+        if iy.size:
+            tri = verts[faces_t.numpy()[fi[iy, ix]], :2].astype(np.float32).astype(np.float64)
+            (x0, y0), (x1, y1), (x2, y2) = tri[:, 0].T, tri[:, 1].T, tri[:, 2].T
+            area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+            area = np.where(area == 0, 1e-30, area)
+            px, py = ix + 0.5, iy + 0.5
+            w1 = ((y2 - y0) * (px - x0) - (x2 - x0) * (py - y0)) / area
+            w2 = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) / area
+            bary[iy, ix] = np.stack([1 - w1 - w2, w1, w2], 1)
+        return fi, bary
 
     @staticmethod
     def _tri_area(xy: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -158,6 +184,10 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     def prepare(self, source_image: np.ndarray, source_params: Any, model: Any, **kw: Any) -> WarpSource:
+        with _few_threads():
+            return self._prepare(source_image, source_params, model)
+
+    def _prepare(self, source_image: np.ndarray, source_params: Any, model: Any) -> WarpSource:
         t0 = time.perf_counter()
         _check_image(source_image)
         if source_params.batch_size != 1:
@@ -187,7 +217,7 @@ class WarpEngine(Engine):
         roi_img = frame[y0:y1, x0:x1]
         work = roi_img if hw == roi_img.shape[:2] else cv2.resize(roi_img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
         image = work.astype(np.float32) / 255.0
-        verts, shade = self._geometry(model, source_params, (x0, y0, x1, y1), k)
+        verts, shade, vhead = self._geometry(model, source_params, (x0, y0, x1, y1), k, head=True)
         faces = model.faces.long().cpu().numpy()
         fi, bary = self._raster(verts, model.faces.long(), hw)
         cov = fi >= 0
@@ -230,6 +260,8 @@ class WarpEngine(Engine):
             lip_rgb=lip_rgb.astype(np.float32), skin_rgb=skin_rgb.astype(np.float32), noise=noise,
             opening=op_s, teeth_rgb=teeth_rgb, cavity_rgb=cavity_rgb,
             model=model, params=source_params, faces=faces, regions=regions, mirror=mirror,
+            head=fit_head(vhead) if (o.head_proxy and vhead.shape[0] > 152) else None,
+            head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces),
         )
         st.timings["prepare"] = time.perf_counter() - t0
         return st
@@ -243,6 +275,11 @@ class WarpEngine(Engine):
     # ------------------------------------------------------------------------------------------
     def render_frame(self, state: WarpSource, target_params: Any, *, generator: Any = None,
                      return_layers: bool = False, **kw: Any) -> np.ndarray:
+        with _few_threads():
+            return self._render_frame(state, target_params, generator=generator, return_layers=return_layers)
+
+    def _render_frame(self, state: WarpSource, target_params: Any, *, generator: Any = None,
+                      return_layers: bool = False) -> np.ndarray:
         o = self.opts
         tm: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -252,7 +289,7 @@ class WarpEngine(Engine):
         h, w = st.work_hw
         faces = st.faces
         F = st.face_px
-        vt, shade_t = self._geometry(st.model, target_params, st.roi, st.k)
+        vt, shade_t, vhead_t = self._geometry(st.model, target_params, st.roi, st.k, head=True)
         fi, bary = self._raster(vt, st.model.faces.long(), (h, w))
         tm["raster"] = time.perf_counter() - t0
         cov = fi >= 0
@@ -299,13 +336,13 @@ class WarpEngine(Engine):
         light_changed = not torch.allclose(target_params.light.double(), st.params.light.double(), atol=1e-5)
         if not light_changed:  # same light: only mild shading changes from the moved geometry
             lo_c, hi_c = max(lo_c, o.same_light_clamp[0]), min(hi_c, o.same_light_clamp[1])
-        ratio = np.clip(r_l[:, None] * tint[None, :], lo_c, hi_c)
+        ratio = np.clip(r_l, lo_c, hi_c)[:, None]  # one (luminance) channel: the tint is neutral
         tm["correspond"] = time.perf_counter() - t0
 
-        # ---- dense fields on a quarter grid: displacement (2) + log ratio (3)
+        # ---- dense fields on a quarter grid: displacement (2) + log luminance ratio (1)
         q = 4 if min(h, w) >= 128 else 1
         hq, wq = (h + q - 1) // q, (w + q - 1) // q
-        D = np.zeros((h, w, 5), np.float32)
+        D = np.zeros((h, w, 3), np.float32)
         D[iy, ix, :2] = d
         D[iy, ix, 2:] = np.log(ratio)
         known = np.zeros((h, w), np.float32)
@@ -314,6 +351,13 @@ class WarpEngine(Engine):
         # the extension interpolates the values on the visible rim of the mesh (so it is continuous
         # there); interior values would pull it towards the face's mean displacement
         rim = known - cv2.erode(known, np.ones((3, 3), np.uint8), iterations=max(1, q // 2))
+        if st.head is not None and st.rim_face is not None:
+            # with the head proxy, only the mesh's real outer boundary is continued outwards; a
+            # self-occlusion silhouette (the far cheek of a turned head) is a depth edge: the hair /
+            # background behind it follows the proxy instead of stretching the cheek outwards
+            bnd = np.zeros((h, w), np.float32)
+            bnd[iy, ix] = st.rim_face[f]
+            rim = rim * bnd
         Dq = resize(D * rim[..., None], (hq, wq), cv2.INTER_AREA)
         Kq = resize(rim, (hq, wq), cv2.INTER_AREA)
         Kq = np.clip(Kq * (q * q) / max(q, 1), 0, 1) if q > 1 else Kq
@@ -336,7 +380,10 @@ class WarpEngine(Engine):
         # continuous at the mesh boundary (1), fading over the hair/neck, fast on the background
         wl = cos_falloff(dist / max(o.relight_falloff * F, 1.0)) * (
             pers_q * o.relight_hair + (1 - pers_q * o.relight_hair) * cos_falloff(dist / max(0.08 * F, 1.0)))
-        field_q = np.concatenate([ext_d * wt[..., None], ext_r * wl[..., None]], 2)
+        disp_q = ext_d * wt[..., None]
+        if st.head is not None:
+            disp_q = disp_q + self._head_field(st, vhead_t, vt, (hq, wq), q, Kq, wt, pers_q, dist, r_p, r_b)
+        field_q = np.concatenate([disp_q, ext_r * wl[..., None]], 2)
         taper = border_taper(hq, wq, max(2.0, 0.04 * max(hq, wq)))
         field_q *= taper[..., None]
         fld = resize(field_q, (h, w))
@@ -347,7 +394,7 @@ class WarpEngine(Engine):
         cin = cv2.GaussianBlur(covf, (0, 0), 1.0) * covf
         fld[..., 2:] = cin[..., None] * D[..., 2:] + (1 - cin[..., None]) * fld[..., 2:]
         sig = max(0.6, 0.012 * F)
-        fld[..., 2:] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2:]), (0, 0), sig)
+        fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
         tm["fields"] = time.perf_counter() - t0
 
         # ---- fill layers (work grid): mirror / inpaint for hidden points, synthesised mouth
@@ -433,6 +480,45 @@ class WarpEngine(Engine):
         return out
 
     # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _head_field(st: WarpSource, vhead_t: np.ndarray, vt: np.ndarray, hwq: tuple[int, int], q: int,
+                    Kq: np.ndarray, wt: np.ndarray, pers_q: np.ndarray, dist: np.ndarray, r_p: float,
+                    r_b: float) -> np.ndarray:
+        """Correction (quarter grid, work pixels) that makes hair, ears and the top of the head follow
+        the ellipsoid head proxy in 3D (see :mod:`.head`), continuous with the mesh at its rim.
+
+        Inside the proxy's silhouette (above the mouth line, faded to the chin) the displacement is
+        the proxy's own backward flow ``de`` plus the mesh-rim residual ``ext_d - E`` (``E``: the
+        proxy flow continued from the rim) faded by the usual falloff ``wt``; outside it (long hair,
+        ears that stick out, the neck) the correction is continued smoothly and faded with the
+        person / background radii. The caller adds it to ``ext_d * wt``."""
+        hq, wq = hwq
+        head = st.head
+        A_t, b_t = affine_head_to_screen(vhead_t, vt)
+        ys, xs = np.mgrid[0:hq, 0:wq]
+        xy = np.stack([(xs.ravel() + 0.5) * q, (ys.ravel() + 0.5) * q], 1).astype(np.float64)
+        de, we, hy = ellipsoid_flow(head, st.head_map, (A_t, b_t), xy, mirror=False)
+        de = de.reshape(hq, wq, 2).astype(np.float32)
+        t = np.clip((hy.reshape(hq, wq) - head.chin_y) / max(head.mouth_y - head.chin_y, 1e-6), 0, 1)
+        h_w = (we.reshape(hq, wq) * t * t * (3 - 2 * t)).astype(np.float32)
+        E = push_pull(de, Kq)
+        G = de - wt[..., None] * E
+        kn = (h_w > 0.5).astype(np.float32)
+        if kn.sum() < 4:
+            return np.zeros((hq, wq, 2), np.float32)
+        G_ext = push_pull(G * kn[..., None], kn)
+        G_ext = kn[..., None] * G + (1 - kn[..., None]) * G_ext
+        dist_e = distance_outside(kn > 0.5) * q
+        # person where the pixel is person now or where it comes from (the silhouette moves)
+        mx = ((xy[:, 0] + de.reshape(-1, 2)[:, 0]) / q - 0.5).reshape(hq, wq).astype(np.float32)
+        my = ((xy[:, 1] + de.reshape(-1, 2)[:, 1]) / q - 0.5).reshape(hq, wq).astype(np.float32)
+        p_src = cv2.remap(pers_q, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        pmix = np.maximum(pers_q, p_src)
+        fall_e = pmix * cos_falloff(dist_e / r_p) + (1 - pmix) * cos_falloff(dist_e / r_b)
+        g = np.maximum(h_w, fall_e) * (pmix + (1 - pmix) * cos_falloff(dist / r_b))
+        return (g[..., None] * G_ext).astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------
     def _compose(self, st: WarpSource, fld: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = st.roi
         H, W = y1 - y0, x1 - x0
@@ -453,6 +539,37 @@ class WarpEngine(Engine):
         out = frame.copy()
         out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
         return out
+
+
+@contextmanager
+def _few_threads() -> Iterator[None]:
+    """Run the per-frame torch work (a 478-vertex model, small tables) on one intra-op thread.
+
+    The tensors are tiny, so extra threads only add synchronisation; on a loaded 2-core machine
+    torch's spinning workers made a 0.7 ms model evaluation take ~70 ms (measured). The previous
+    thread count is restored afterwards (process-global setting: do not render from several
+    threads at once)."""
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _boundary_faces(faces: np.ndarray, rings: int = 2) -> np.ndarray:
+    """(F,) bool: triangles with an edge on the mesh boundary, grown by ``rings`` vertex rings."""
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), 1)
+    uniq, inv, cnt = np.unique(e, axis=0, return_inverse=True, return_counts=True)
+    on = (cnt[inv.reshape(-1)] == 1).reshape(3, -1).any(0)
+    for _ in range(max(0, rings - 1)):
+        vv = np.zeros(int(faces.max()) + 1, bool)
+        vv[faces[on].ravel()] = True
+        on = vv[faces].any(1)
+    return on
 
 
 def _maps(disp: np.ndarray, x0: float, y0: float) -> tuple[np.ndarray, np.ndarray]:
