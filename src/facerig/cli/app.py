@@ -113,3 +113,132 @@ def reenact(
 
     run_reenact(source_image, driving_video, output, relative=relative, smooth=smooth, engine=engine, face=face,
                 model=model, max_frames=max_frames, preview=preview, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation (facerig.eval.runner / facerig.eval.report; docs/evaluation.md)
+
+LpipsOpt = Annotated[str | None, typer.Option("--lpips-weights", help="LPIPS backbone weights (torchvision alexnet/vgg16 "
+                                                 "layout or an lpips full-model dict); enables LPIPS")]
+LpipsHeadsOpt = Annotated[str | None, typer.Option("--lpips-heads", help="LPIPS linear heads (lpips weights/v0.1/alex.pth)")]
+LpipsNetOpt = Annotated[str, typer.Option("--lpips-net", help="LPIPS backbone: alex | vgg")]
+InceptionOpt = Annotated[str | None, typer.Option("--inception-weights", help="pytorch-fid Inception weights "
+                                                     "(pt_inception-2015-12-05-6726825d.pth); enables FID/KID")]
+ClipOpt = Annotated[str | None, typer.Option("--clip-model", help="local Hugging Face CLIP folder; enables the CLIP score")]
+I3dOpt = Annotated[str | None, typer.Option("--i3d-torchscript", help="TorchScript I3D feature extractor; enables FVD")]
+MetricsOpt = Annotated[str, typer.Option("--metrics", help="comma list of identity, quality, refit (default: all)")]
+ThumbOpt = Annotated[bool, typer.Option("--thumbnails/--no-thumbnails",
+                                        help="worst/best sample thumbnails in report.html (off: never publish "
+                                             "third-party faces)")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+MaxSideOpt = Annotated[int, typer.Option("--max-side", help="downscale images whose long side is larger before every "
+                                                            "metric (0: full size)")]
+
+
+def _eval_config(metrics: str, lpips_weights: str | None, lpips_heads: str | None, lpips_net: str,
+                 inception_weights: str | None, clip_model: str | None, i3d: str | None, model: str,
+                 frame_stride: int = 8, max_frames: int = 48, max_side: int = 1024):
+    from facerig.errors import InvalidInput
+    from facerig.eval.runner import EvalConfig
+
+    chosen = {m.strip().lower() for m in metrics.split(",") if m.strip()}
+    bad = chosen - {"identity", "quality", "refit", "all"}
+    if bad:
+        raise InvalidInput("--metrics", "a comma list of identity, quality, refit", sorted(bad))
+    every = "all" in chosen or not chosen
+    if lpips_net not in ("alex", "vgg"):
+        raise InvalidInput("--lpips-net", "alex or vgg", lpips_net)
+    if frame_stride < 1:
+        raise InvalidInput("--frame-stride", "a positive number of frames", frame_stride)
+    return EvalConfig(identity=every or "identity" in chosen, image_quality=every or "quality" in chosen,
+                      refit=every or "refit" in chosen, lpips_weights=lpips_weights, lpips_heads=lpips_heads,
+                      lpips_net=lpips_net, inception_weights=inception_weights, clip_model=clip_model,
+                      i3d_torchscript=i3d, model=model, frame_stride=frame_stride, max_frames=max_frames,
+                      max_side=max_side if max_side > 0 else None)
+
+
+def _print_report_line(rep: dict, out: Path) -> None:
+    rows = rep.get("table", [])
+    print(f"evaluated {rep.get('num_samples', 0)} samples ({rep.get('num_failed', 0)} with failures) "
+          f"in {len(rows)} groups -> {out}/report.html, report.md, report.json")
+
+
+@app.command()
+def evaluate(
+    data: Annotated[str, typer.Argument(help="run folder of `facerig benchmark`, a manifest (.csv/.json/.jsonl) or a "
+                                             "folder with source/ output/ [target/ params/]")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="report folder (default: the run folder, or DATA/eval)")] = None,
+    metrics: MetricsOpt = "all",
+    lpips_weights: LpipsOpt = None,
+    lpips_heads: LpipsHeadsOpt = None,
+    lpips_net: LpipsNetOpt = "alex",
+    inception_weights: InceptionOpt = None,
+    clip_model: ClipOpt = None,
+    i3d_torchscript: I3dOpt = None,
+    frame_stride: Annotated[int, typer.Option(help="videos: evaluate every k-th frame")] = 8,
+    max_frames: Annotated[int, typer.Option(help="videos: read at most this many frames")] = 48,
+    model: ModelOpt = "builtin",
+    max_side: MaxSideOpt = 1024,
+    thumbnails: ThumbOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Compute identity, image-quality, edit-accuracy and video metrics of given outputs; write a report."""
+    from facerig.eval.runner import evaluate_path
+
+    cfg = _eval_config(metrics, lpips_weights, lpips_heads, lpips_net, inception_weights, clip_model, i3d_torchscript,
+                       model, frame_stride, max_frames, max_side)
+    rep = evaluate_path(data, output, config=cfg, thumbnails=thumbnails, progress=progress)
+    _print_report_line(rep, Path(rep["_out"]))
+
+
+@app.command()
+def benchmark(
+    protocol: Annotated[str, typer.Argument(help="edit | reenact | personalize | text")],
+    data: Annotated[list[str] | None, typer.Option("--data", help="folder of photos (videos for reenact), a photo, or "
+                                                                  "a .txt list of paths; repeatable")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="run folder (re-running resumes)")] = Path("outputs/benchmark"),
+    engines: Annotated[str, typer.Option("--engines", help="comma list of engines, e.g. warp")] = "warp",
+    weights: Annotated[str | None, typer.Option("--weights", help="weights of engines that need them")] = None,
+    limit: Annotated[int | None, typer.Option(help="use at most this many inputs of each --data entry")] = None,
+    package_photos: Annotated[bool, typer.Option("--package-photos", help="add the public-domain astronaut and "
+                                                                           "grace_hopper photos")] = False,
+    cases: Annotated[str | None, typer.Option("--cases", help="comma list of edit cases or edit types to run "
+                                                              "(default: all of the protocol's)")] = None,
+    max_frames: Annotated[int, typer.Option(help="reenact: driving frames per clip")] = 24,
+    metrics: MetricsOpt = "all",
+    lpips_weights: LpipsOpt = None,
+    lpips_heads: LpipsHeadsOpt = None,
+    lpips_net: LpipsNetOpt = "alex",
+    inception_weights: InceptionOpt = None,
+    clip_model: ClipOpt = None,
+    i3d_torchscript: I3dOpt = None,
+    frame_stride: Annotated[int, typer.Option(help="reenact: evaluate every k-th frame")] = 8,
+    model: ModelOpt = "builtin",
+    max_side: MaxSideOpt = 1024,
+    thumbnails: ThumbOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Run engines over a protocol's inputs and evaluate them (resumable); write a report."""
+    from facerig.errors import InvalidInput
+    from facerig.eval.protocols import get_protocol
+    from facerig.eval.runner import run_benchmark
+
+    proto = get_protocol(protocol)
+    if not data:
+        raise InvalidInput("--data", "a folder of inputs (repeatable)", None)
+    names = [e.strip() for e in engines.split(",") if e.strip()]
+    if not names:
+        raise InvalidInput("--engines", "a comma list of engine names", engines)
+    from facerig.engines import _resolve
+
+    for n in names:
+        _resolve(n)
+    for d in data:
+        if not Path(d).exists():
+            raise InvalidInput("--data", "an existing folder or file", d)
+    cfg = _eval_config(metrics, lpips_weights, lpips_heads, lpips_net, inception_weights, clip_model, i3d_torchscript,
+                       model, frame_stride, max_frames, max_side)
+    rep = run_benchmark(proto.name, data, names, output, weights=weights, config=cfg, limit=limit,
+                        package_photos=package_photos, max_frames=max_frames, thumbnails=thumbnails, progress=progress,
+                        cases=cases.split(",") if cases else None)
+    _print_report_line(rep, output)
