@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LandmarkFitConfig:
-    iterations: int = 6
+    iterations: int = 5
     identity_prior: float = 1e-7      # weight of ||identity||^2 (~N(0,1) coefficients) vs the mean squared NDC residual: (landmark sigma ~0.007 NDC)^2 / 478
     expression_prior: float = 1e-8    # weight of ||expression||^2 (blendshapes are also boxed to their range)
     robust_scale: float = 0.02        # Geman-McClure scale, NDC units (~1% of the crop side)
