@@ -32,7 +32,7 @@ def main() -> None:
     names = ["neutral", *model.expression_names]
     n = len(names)
     exp = torch.zeros(n, model.n_expression)
-    for i, name in enumerate(names[1:], 1):
+    for i in range(1, n):
         exp[i, i - 1] = 1.0
     light = directional_light_sh(-30.0, 30.0, intensity=1.0, ambient=0.45)
     span = float((model.mean[:, 1].max() - model.mean[:, 1].min()).item())
