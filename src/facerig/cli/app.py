@@ -242,3 +242,79 @@ def benchmark(
                         package_photos=package_photos, max_frames=max_frames, thumbnails=thumbnails, progress=progress,
                         cases=cases.split(",") if cases else None)
     _print_report_line(rep, output)
+
+
+# ---------------------------------------------------------------------------------------------
+# training data and training (facerig.train.prepare / facerig.train.data; docs/training.md)
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[list[str], typer.Argument(help="folders / files of photos or videos")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="shard folder (re-running resumes)")],
+    crop: Annotated[str, typer.Option(help="alignment: ffhq | square")] = "ffhq",
+    size: Annotated[int, typer.Option(help="side of the aligned crops, pixels")] = 256,
+    buffers: Annotated[bool, typer.Option("--buffers/--no-buffers", help="also store float16 buffers (render, normal, albedo, mask)")] = False,
+    shard_size: Annotated[int, typer.Option(help="about this many inputs per shard (a person is never split)")] = 500,
+    album_by_folder: Annotated[bool, typer.Option("--album-by-folder", help="each sub-folder is one person (shared identity)")] = False,
+    frame_stride: Annotated[int, typer.Option(help="videos: every k-th frame")] = 10,
+    max_frames: Annotated[int | None, typer.Option(help="videos: at most this many frames (after the stride)")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many persons/videos/photos (sorted)")] = None,
+    workers: Annotated[int, typer.Option(help="processes on this machine")] = 1,
+    rank: Annotated[int | None, typer.Option(help="this machine's rank (default: env RANK or 0)")] = None,
+    world_size: Annotated[int | None, typer.Option(help="number of ranks (default: env WORLD_SIZE or 1)")] = None,
+    model: ModelOpt = "builtin",
+    progress: ProgressOpt = True,
+) -> None:
+    """Detect, align and fit faces of photos/videos into WebDataset-style tar shards for training."""
+    from facerig.train.prepare import PrepareOptions, prepare_dataset
+
+    opts = PrepareOptions(crop=crop, size=size, buffers=buffers, shard_size=shard_size, frame_stride=frame_stride,
+                          max_frames=max_frames, album_by_folder=album_by_folder, limit=limit, model=model)
+    idx = prepare_dataset(inputs, output, opts, workers=workers, rank=rank, world_size=world_size, progress=progress)
+    run = idx["run"]
+    print(f"rank {run['rank']}/{run['world_size']}: {run['shards_done']} shards written, "
+          f"{run['shards_already_done']} already done; {run['items']} inputs in {run['wall_seconds']} s "
+          f"({run['items_per_second']} /s). index: {idx['samples']} samples, {idx['identities']} identities, "
+          f"{idx['skipped']} skipped ({idx['finished_shards']}/{idx['num_shards']} shards) -> {output}/index.json")
+
+
+@app.command()
+def train(
+    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig")],
+    data: Annotated[Path, typer.Option("--data", help="shard folder written by `facerig prepare`")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="run folder (checkpoints/, final/pipeline)")],
+    config: Annotated[str, typer.Option("--config", help="recipe: tiny_cpu | paper_stage1 | a YAML path")] = "tiny_cpu",
+    max_steps: Annotated[int | None, typer.Option(help="override the recipe's max_steps (smoke runs)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the run's latest checkpoint")] = False,
+) -> None:
+    """Train an engine's model on prepared shards (stage 1 for diffusionrig)."""
+    from facerig.errors import InvalidInput
+
+    if engine != "diffusionrig":
+        raise InvalidInput("engine", "diffusionrig", engine)
+    from facerig.engines.diffusionrig.engine import train_diffusionrig
+
+    out = train_diffusionrig(config, data, output, max_steps=max_steps, resume=resume)
+    print(f"trained -> {out}")
+
+
+@app.command()
+def personalize(
+    engine: Annotated[str, typer.Argument(help="engine: diffusionrig")],
+    album: Annotated[Path, typer.Option("--album", help="folder of photos of ONE person (or its prepared shards)")],
+    base: Annotated[str, typer.Option("--base", help="stage-1 run / pipeline folder, or a model_*.pt")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="run folder")],
+    config: Annotated[str, typer.Option("--config", help="recipe whose train section is used (default paper_stage2)")] = "paper_stage2",
+    max_steps: Annotated[int | None, typer.Option(help="override the recipe's max_steps")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the run's latest checkpoint")] = False,
+) -> None:
+    """Stage 2: fine-tune a model on one person's album (encoder frozen, the album's identity stored)."""
+    from facerig.errors import InvalidInput
+
+    if engine != "diffusionrig":
+        raise InvalidInput("engine", "diffusionrig", engine)
+    from facerig.engines.diffusionrig.engine import personalize_diffusionrig
+
+    out = personalize_diffusionrig(album, base, output, config=config, max_steps=max_steps, resume=resume)
+    print(f"personalized -> {out}")

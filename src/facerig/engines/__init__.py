@@ -17,6 +17,7 @@ DEFAULT_ENGINE = "warp"
 # name -> "module:ClassName" (imported on first use, so `import facerig.engines` stays light)
 _REGISTRY: dict[str, str] = {
     "warp": "facerig.engines.warp.engine:WarpEngine",
+    "diffusionrig": "facerig.engines.diffusionrig.engine:DiffusionRigEngine",
 }
 
 
