@@ -76,8 +76,11 @@ def synthesize_mouth(
     hue = np.array([1.0, min(hue[1], 0.7), min(hue[2], 0.7)], np.float32)  # keep it red, never blue
     scale = min(1.4, max(0.5, skin_l / 0.6))
     lip_chroma = lip / max(float(lip.mean()), 1e-3)
-    back = 0.045 * lip_chroma ** 1.5 * scale                                      # throat: very dark red
-    front = 0.16 * lip_chroma ** 1.3 * scale                                      # shaded inner walls
+    # in the lips' own hue (saturated a little more), so the interior reads as a mouth, not a hole:
+    # dark red at the back, the lips' colour in shadow on the inner walls
+    sat = lip.mean() * lip_chroma ** 1.4
+    back = 0.13 * sat * scale                                                     # throat: dark red
+    front = 0.40 * sat * scale                                                    # shaded inner walls
     near = 1.0 - np.minimum(np.minimum(d_up, d_lo) / max(2.0, 0.3 * open_c), 1.0)  # 1 at the lip edge
     near = np.maximum(near, side ** 3)
     out = back[None, None] * (1 - near[..., None]) + front[None, None] * near[..., None]
@@ -118,7 +121,7 @@ def synthesize_mouth(
         tl = np.minimum(tl, 0.3 * gap)
         k = np.clip((open_c / width - 0.12) / 0.15, 0, 1)
         m_lo = np.clip((tl - d_lo) / soft + 0.5, 0, 1) * np.clip((0.36 - np.abs(uc - 0.5)) / 0.08, 0, 1) * k
-        m_lo = m_lo * (1 - m_up)
+        m_lo = 0.6 * m_lo * (1 - m_up)  # the lower teeth are mostly behind the lower lip
         lower = teeth_base[None, None] * (0.62 * (1 - 0.6 * side ** 1.5))[..., None]
         out = out * (1 - m_lo[..., None]) + lower * m_lo[..., None]
 
