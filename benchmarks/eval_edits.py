@@ -116,7 +116,7 @@ def evaluate_photo(name: str, img: np.ndarray, model: Any, eng: Any) -> dict[str
     state = eng.prepare(img, params, model)
     names = list(model.expression_names)
     edits: list[tuple[str, str, Any]] = [("expression", p, EditSpec(preset=p)) for p in PRESETS]
-    edits += [("pose", f"{k}{v:+d}", EditSpec(**{k: v})) for k, v in POSES]
+    edits += [("pose", f"{k}{v:+d}", EditSpec(**{k: v}, pose_anchor=eng.pose_anchor)) for k, v in POSES]
     edits += [("light", lt, EditSpec(light=lt)) for lt in LIGHTS]
     outs, rows = [], []
     for kind, label, spec in edits:

@@ -100,6 +100,15 @@ def _crop_view(image: np.ndarray, crop: Any, scale: float = 1.6) -> np.ndarray:
 # helpers
 
 
+def _with_anchor(es: Any, anchor: str | None, eng: Any) -> Any:
+    """The spec with the pose anchor to use: the caller's, else the spec's own when it is not the
+    default, else the engine's (``Engine.pose_anchor``)."""
+    import dataclasses
+
+    chosen = anchor or (es.pose_anchor if es.pose_anchor != "face" else getattr(eng, "pose_anchor", "face"))
+    return dataclasses.replace(es, pose_anchor=chosen).validate()
+
+
 def build_spec(spec: Any = None, **kwargs: Any) -> Any:
     """An :class:`~facerig.rig.EditSpec` from an EditSpec, a dict, and/or keyword arguments.
 
@@ -218,6 +227,7 @@ def edit(
     buffers: bool = True,
     buffer_size: int = 256,
     engine_options: dict[str, Any] | None = None,
+    anchor: str | None = None,
     **kwargs: Any,
 ) -> EditResult:
     """Edit the expression / head pose / lighting of the face in ``image``.
@@ -254,9 +264,10 @@ def edit(
             ref_params = _fit_one(_load_source_image(reference, "--like"), fm, "largest", "the reference image")
     elif reference is not None:
         raise InvalidInput("take", "what to take from the reference (expression, pose, light)", None)
+    eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
+    es = _with_anchor(es, anchor, eng)
     after = es.apply(params, fm, reference=ref_params)
     timings["rig"] = time.perf_counter() - t0 - sum(timings.values())
-    eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
     gen = None if seed is None else torch.Generator().manual_seed(int(seed))
     t1 = time.perf_counter()
     out = eng.edit(src, params, after, fm, generator=gen)
@@ -274,7 +285,7 @@ def edit(
 
 def run_edit(image: str, output: Path, *, preview: bool = False, engine: str = "warp",
              reference: str | None = None, model: str = "builtin", face: str = "largest",
-             seed: int | None = None, **spec_fields: Any) -> EditResult:
+             seed: int | None = None, anchor: str | None = None, **spec_fields: Any) -> EditResult:
     """`facerig edit`: one image in, the edited image (and optionally a preview sheet) out."""
     from facerig.io.image import save_image
 
@@ -284,7 +295,7 @@ def run_edit(image: str, output: Path, *, preview: bool = False, engine: str = "
     if reference is not None and not spec_fields.get("take"):
         raise InvalidInput("--take", "what to take from --like (expression, pose, light)", None)
     res = edit(image, None, engine, reference=reference, model=model, face=face, seed=seed, buffers=preview,
-               **spec_fields)
+               anchor=anchor, **spec_fields)
     save_image(out_path, res.image)
     msg = f"edited {image} with the {res.engine} engine -> {out_path}"
     if preview:
@@ -313,6 +324,7 @@ def reenact(
     face: Any = "largest",
     progress: bool | Callable[[int, int], None] = True,
     engine_options: dict[str, Any] | None = None,
+    anchor: str | None = None,
     seed: int | None = None,
 ) -> ReenactResult:
     """Animate the face of ``source_image`` with the motion of ``driving_video``; write ``output``.
@@ -350,10 +362,10 @@ def reenact(
     cfg = FitConfig(photometric=False)
     fr = fit_video(str(drv), fm, cfg, max_frames=max_frames)
     timings["fit_driving"] = time.perf_counter() - t1
-    seq = align_sequence(sp, fr.params, fm, relative=relative)
+    eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
+    seq = align_sequence(sp, fr.params, fm, relative=relative, anchor=anchor or getattr(eng, "pose_anchor", "face"))
     if smooth > 0 and seq.batch_size > 1:
         seq = smooth_sequence(seq, smooth)
-    eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
     n = seq.batch_size
     bar = None
     cb: Callable[[int, int], None] | None = None

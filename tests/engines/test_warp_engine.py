@@ -116,24 +116,22 @@ def test_refit_jaw_open_moves_up(fitted, astronaut):
     assert float(refit.expression[0, j]) > float(params.expression[0, j]) + 0.2
 
 
-@pytest.mark.parametrize("yaw", [-15, 15])
+@pytest.mark.parametrize("yaw", [-20, -10, 10, 20])
 def test_refit_yaw_matches_request(fitted, astronaut, yaw):
-    """Issue #3: the re-fitted yaw is within ~3 degrees of the request (measured: NOT met yet, the
-    re-fit sees ~55-60 % of the requested rotation, see docs/warp-engine.md and
-    docs/edit-accuracy.md); the weaker direction check below always runs."""
+    """Issue #3: re-fitting the output gives the requested yaw (target: within 2 degrees up to 20;
+    this check allows 2.5 on one photo, docs/edit-accuracy.md has the means over many photos).
+    The warp engine turns the head about its centre (Engine.pose_anchor = "head"); turned about the
+    eye-mouth centre the same warp re-fits at about half the request."""
     from facerig.edit import _fit_one
     from facerig.rotations import axis_angle_to_ypr
 
     model, params, eng, state = fitted
-    target = EditSpec(yaw=yaw).apply(params, model)
+    target = EditSpec(yaw=yaw, pose_anchor=eng.pose_anchor).apply(params, model)
     out = eng.render_frame(state, target)
     refit = _fit_one(out, model, "largest", "edited")
     y0 = float(axis_angle_to_ypr(params.rotation.double())[0, 0])
-    yt = float(axis_angle_to_ypr(target.rotation.double())[0, 0])
     y1 = float(axis_angle_to_ypr(refit.rotation.double())[0, 0])
-    assert np.sign(y1 - y0) == np.sign(yaw) and abs(y1 - y0) > 0.3 * abs(yaw), (y0, y1)
-    if abs(y1 - yt) > 3.0:
-        pytest.xfail(f"re-fitted yaw {y1 - y0:+.1f} for a {yaw:+d} degree request (issue #3 pose target not met)")
+    assert abs((y1 - y0) - yaw) < 2.5, (yaw, y1 - y0)
 
 
 def test_grace_hopper_smile_changes_face_keeps_size(grace_hopper):

@@ -81,6 +81,7 @@ def edit(
     model: ModelOpt = "builtin",
     seed: Annotated[int | None, typer.Option(help="random seed (engines that sample)")] = None,
     preview: Annotated[bool, typer.Option(help="also write OUT_preview.png: source, buffers before/after, result")] = False,
+    anchor: Annotated[str | None, typer.Option(help="point a pose change keeps in place: face (eye-mouth centre) | head (head centre); default: the engine's")] = None,
 ) -> None:
     """Edit the expression, head pose or lighting of the face in a photo."""
     from facerig.edit import run_edit
@@ -90,7 +91,7 @@ def edit(
              intensity=intensity, text=text, yaw=yaw, pitch=pitch, roll=roll,
              pose_relative=False if absolute else None, light=light, light_azimuth=light_azimuth,
              light_elevation=light_elevation, light_intensity=light_intensity if light_intensity != 1.0 else None,
-             take=take)
+             take=take, anchor=anchor)
 
 
 @app.command()
@@ -107,12 +108,13 @@ def reenact(
     max_frames: Annotated[int | None, typer.Option(help="use at most this many driving frames")] = None,
     preview: Annotated[bool, typer.Option(help="also write OUT_preview.mp4: source | driving | result")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+    anchor: Annotated[str | None, typer.Option(help="point a pose change keeps in place: face (eye-mouth centre) | head (head centre); default: the engine's")] = None,
 ) -> None:
     """Animate the face of a photo with the head motion and expressions of a video (audio kept)."""
     from facerig.edit import run_reenact
 
     run_reenact(source_image, driving_video, output, relative=relative, smooth=smooth, engine=engine, face=face,
-                model=model, max_frames=max_frames, preview=preview, progress=progress)
+                model=model, max_frames=max_frames, preview=preview, progress=progress, anchor=anchor)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ class Engine(ABC):
     requires_weights: ClassVar[bool] = False
     #: one line for ``facerig edit --help`` / the registry listing
     description: ClassVar[str] = ""
+    #: point a pose edit keeps in place (facerig.rig.pose.anchor_point): "face" (eye-mouth centre,
+    #: as DiffusionRig/RigFace, for engines that generate the whole head) or "head" (the head's
+    #: centre, for engines that move the photo's own pixels and must keep hair/outline consistent)
+    pose_anchor: ClassVar[str] = "face"
 
     def __init__(self, weights: Any = None, device: str = "cpu", **options: Any) -> None:
         if self.requires_weights and weights is None:

@@ -97,6 +97,24 @@ def repose(params: FaceParams, model: Any, rotation: torch.Tensor,
                           camera=cam.to(params.camera.dtype))
 
 
+ANCHORS = ("face", "head")
+
+
+def anchor_point(params: FaceParams, model: Any, anchor: str = "face") -> torch.Tensor:
+    """The head-frame point (B,3, float64) a pose edit keeps in place.
+
+    ``"face"``: the eye-mouth centre (DiffusionRig/RigFace: the face stays where it was; what
+    generative engines expect). ``"head"``: the model's origin, the centre of the head, about which
+    a real head turns (the face then moves within the head's outline, as in a photo of a turned
+    head; what pixel-warping engines need, since they keep the hair and ears).
+    """
+    if anchor == "face":
+        return face_anchor(params, model)
+    if anchor == "head":
+        return torch.zeros(params.batch_size, 3, dtype=torch.float64, device=params.rotation.device)
+    raise InvalidInput("anchor", f"one of {', '.join(ANCHORS)}", anchor)
+
+
 def _angles(v: Any, name: str, b: int) -> torch.Tensor | None:
     if v is None:
         return None
@@ -117,13 +135,14 @@ def get_pose(params: FaceParams) -> torch.Tensor:
 
 
 def set_pose(params: FaceParams, model: Any, yaw: Any = None, pitch: Any = None, roll: Any = None,
-             relative: bool = True) -> FaceParams:
+             relative: bool = True, anchor: str = "face") -> FaceParams:
     """Change the head's yaw/pitch/roll (degrees, ``docs/conventions.md`` signs: yaw > 0 turns the
     nose to image right, pitch > 0 lifts it, roll > 0 turns the face counter-clockwise on screen).
 
     ``relative=True`` adds the given angles to the current ones; ``relative=False`` sets them (an
     angle left at None keeps its current value either way). Angles are numbers or one per face. The
-    result's |pitch| must stay below 89 degrees. The face stays anchored (module docstring).
+    result's |pitch| must stay below 89 degrees. ``anchor``: the point kept in place
+    (:func:`anchor_point`; default the eye-mouth centre, module docstring).
     """
     check_params_model(params, model)
     b = params.batch_size
@@ -136,13 +155,13 @@ def set_pose(params: FaceParams, model: Any, yaw: Any = None, pitch: Any = None,
         raise InvalidInput("pitch", f"a resulting pitch within +-{MAX_PITCH:g} degrees",
                            [round(x, 2) for x in ypr[:, 1].tolist()])
     rot = matrix_to_axis_angle(ypr_to_matrix(ypr))
-    return repose(params, model, rot)
+    return repose(params, model, rot, anchor_head=anchor_point(params, model, anchor))
 
 
-def transfer_pose(params: FaceParams, reference_params: FaceParams, model: Any) -> FaceParams:
+def transfer_pose(params: FaceParams, reference_params: FaceParams, model: Any, anchor: str = "face") -> FaceParams:
     """Head rotation from ``reference_params`` (batch 1 broadcasts; any face model, since the world
     frame is shared), re-anchored on ``params``' own face."""
     check_params_model(params, model)
     check_params(reference_params, "reference_params")
     rot = broadcast_batch(reference_params.rotation, params.batch_size, "reference_params")
-    return repose(params, model, rot.to(params.rotation))
+    return repose(params, model, rot.to(params.rotation), anchor_head=anchor_point(params, model, anchor))

@@ -22,7 +22,7 @@ import torch
 
 from facerig.errors import InvalidInput
 from facerig.rig.expression import _clamp, check_params, check_params_model, check_same_model, finite_float
-from facerig.rig.pose import face_anchor, repose
+from facerig.rig.pose import anchor_point, repose
 from facerig.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from facerig.types import FaceParams
 
@@ -36,11 +36,13 @@ def _compose_relative(drv: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return matrix_to_axis_angle(rd @ rd[:1].transpose(-1, -2) @ rs)
 
 
-def align_sequence(source: FaceParams, driving: FaceParams, model: Any, relative: bool = False) -> FaceParams:
+def align_sequence(source: FaceParams, driving: FaceParams, model: Any, relative: bool = False,
+                   anchor: str = "face") -> FaceParams:
     """One source face + T driving frames -> T frames of the source's face doing the driving motion.
 
     ``source`` must hold one face; ``driving`` T >= 1 frames of the same face model (any identity).
-    See the module docstring for what comes from where and the anchoring.
+    See the module docstring for what comes from where and the anchoring; ``anchor`` as in
+    :func:`facerig.rig.pose.set_pose` ("face": eye-mouth centre, "head": the head's centre).
     """
     check_params_model(source, model, "source")
     check_params(driving, "driving")
@@ -59,8 +61,8 @@ def align_sequence(source: FaceParams, driving: FaceParams, model: Any, relative
         exp = driving.expression.double()
         jaw = driving.jaw_pose.double()
     frames = base.replace(expression=exp.to(source.expression), jaw_pose=jaw.to(source.jaw_pose))
-    anchor = face_anchor(source, model).expand(t, 3)
-    out = repose(frames, model, rot.to(source.rotation), anchor_head=anchor, anchor_from=base)
+    point = anchor_point(source, model, anchor).expand(t, 3)
+    out = repose(frames, model, rot.to(source.rotation), anchor_head=point, anchor_from=base)
     out.meta = {**source.meta, "aligned": {"relative": bool(relative), "frames": t}}
     return out
 

@@ -54,6 +54,7 @@ class EditSpec:
     pitch: float | None = None
     roll: float | None = None
     pose_relative: bool = True
+    pose_anchor: str = "face"  # "face" (eye-mouth centre, DiffusionRig/RigFace) | "head" (head centre)
     # light
     light: Any = None  # preset name or SH (9,3)/(B,9,3)
     light_azimuth: float | None = None
@@ -70,6 +71,8 @@ class EditSpec:
         bad = take - set(TAKE_CHOICES)
         if bad or isinstance(self.take, str):
             raise InvalidInput("take", f"a set of {', '.join(TAKE_CHOICES)}", sorted(bad) or self.take)
+        if self.pose_anchor not in ("face", "head"):
+            raise InvalidInput("pose_anchor", "face or head", self.pose_anchor)
         if self.text is not None and self.preset is not None:
             raise InvalidInput("text", "either text or preset, not both", (self.text, self.preset))
         if self.text is not None and (not isinstance(self.text, str) or not self.text.strip()):
@@ -162,9 +165,10 @@ class EditSpec:
             out = set_expression(out, self.expression, model, mode=self.expression_mode)
         # 2. pose
         if "pose" in take:
-            out = transfer_pose(out, reference, model)
+            out = transfer_pose(out, reference, model, anchor=self.pose_anchor)
         elif any(v is not None for v in (self.yaw, self.pitch, self.roll)):
-            out = set_pose(out, model, self.yaw, self.pitch, self.roll, relative=self.pose_relative)
+            out = set_pose(out, model, self.yaw, self.pitch, self.roll, relative=self.pose_relative,
+                           anchor=self.pose_anchor)
         # 3. light
         if "light" in take:
             out = transfer_light(out, reference)
