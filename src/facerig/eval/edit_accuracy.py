@@ -9,8 +9,9 @@
 * ``*_rmse``: the root-mean-square counterparts (P-RMSE, E-RMSE, L-RMSE).
 
 The re-estimator is facerig's own fitter (:func:`facerig.fit.api.fit_image`); results name it. For
-the papers' "DECA re-inference RMSE", :func:`deca_reinference_rmse` takes an injected DECA-like
-callable (the user's DECA weights; facerig does not ship them).
+the papers' "DECA re-inference RMSE", :func:`deca_reinference_rmse` takes the path of the user's
+DECA ``deca_model.tar`` (loaded by :mod:`facerig.eval.deca`; facerig does not ship it) or an
+injected DECA-like callable.
 
 Also here: a **blendshape-derived AU estimate** (ARKit coefficients -> FACS action units through a
 fixed mapping table; NOT OpenFace) and **CLIP score** with an injected CLIP model.
@@ -19,6 +20,7 @@ fixed mapping table; NOT OpenFace) and **CLIP score** with an injected CLIP mode
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -149,26 +151,37 @@ def edit_accuracy(requested: FaceParams, outputs: Sequence[Any], *, model: Any =
 
 
 def deca_reinference_rmse(requested: dict[str, Any], outputs: Sequence[Any],
-                          deca: Callable[[Any], dict[str, Any]], *, keys: Sequence[str] = ("pose", "exp", "light"),
-                          estimator: str | None = None) -> dict[str, Any]:
+                          deca: Callable[[Any], dict[str, Any]] | str | os.PathLike[str] | torch.nn.Module, *,
+                          keys: Sequence[str] = ("pose", "exp", "light"), estimator: str | None = None,
+                          exp_dims: int | None = 50, detector: Any = None) -> dict[str, Any]:
     """DECA re-inference RMSE (DiffusionRig's protocol): run the user's DECA encoder on each output
     and compare with the DECA codes that drove the edit.
 
     ``requested``: {key: (N, ...) array} codes used for the edit (DECA ``pose`` (N, 6), ``exp``
-    (N, 50), ``light`` (N, 9, 3)...). ``deca(image) -> {key: array}`` one output's codes, or None when
-    it finds no face (counted). Returns ``{key}_rmse`` per key over the valid outputs."""
+    (N, 50; wider FLAME codes are cut to the first ``exp_dims``), ``light`` (N, 9, 3)...). ``deca``:
+    the path of DECA's released ``deca_model.tar`` (or a loaded :class:`facerig.eval.deca.DecaEncoder`):
+    each output is detected (MediaPipe), DECA-cropped and encoded by :class:`facerig.eval.deca.DecaEstimator`;
+    or a callable ``deca(image) -> {key: array}`` of one output's codes, or None when it finds no face
+    (counted). Returns ``{key}_rmse`` (and ``_mae``) per key over the valid outputs: the RMSE over all
+    entries of that group (pose: 6 = global + jaw axis-angle; exp; light: 27 SH values)."""
+    if isinstance(deca, (str, os.PathLike, torch.nn.Module)):
+        from facerig.eval.deca import DecaEstimator
+
+        deca_fn: Callable[[Any], dict[str, Any] | None] = DecaEstimator(deca, detector=detector)
+    else:
+        deca_fn = deca
     n = len(outputs)
     codes: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     valid = np.zeros(n, bool)
     for i, img in enumerate(outputs):
-        out = deca(img)
+        out = deca_fn(img)
         if out is None:
             continue
         valid[i] = True
         for k in keys:
             codes[k].append(np.asarray(out[k], dtype=np.float64).reshape(-1))
     res: dict[str, Any] = {"metric": "deca_reinference_rmse",
-                           "estimator": estimator or getattr(deca, "estimator", "user-supplied DECA encoder"),
+                           "estimator": estimator or getattr(deca_fn, "estimator", "user-supplied DECA encoder"),
                            "num_items": n, "num_failed": int((~valid).sum())}
     for k in keys:
         req = np.asarray(requested[k], dtype=np.float64).reshape(n, -1)[valid]
@@ -176,6 +189,8 @@ def deca_reinference_rmse(requested: dict[str, Any], outputs: Sequence[Any],
             res[f"{k}_rmse"] = math.nan
             continue
         est = np.stack(codes[k])
+        if k == "exp" and exp_dims is not None:
+            req, est = req[:, :exp_dims], est[:, :exp_dims]
         if est.shape != req.shape:
             raise InvalidInput(f"deca()[{k!r}]", f"codes of shape {req.shape[1:]}", est.shape[1:])
         res[f"{k}_rmse"] = float(np.sqrt(((est - req) ** 2).mean()))

@@ -344,12 +344,11 @@ class Evaluator:
         if c.clip_model and self._clip is None:
             self._clip = _HFClip(c.clip_model)
         if c.i3d_torchscript:
-            import torch
-
+            from facerig.eval.i3d import I3DFeatures
             from facerig.eval.weights import resolve_weights
 
-            self._i3d = torch.jit.load(str(resolve_weights(c.i3d_torchscript, "I3D TorchScript model")),
-                                       map_location="cpu").eval()
+            # StyleGAN-V's convention (uint8 clips, rescale/resize inside the network): facerig.eval.i3d
+            self._i3d = I3DFeatures(str(resolve_weights(c.i3d_torchscript, "I3D TorchScript model")))
 
     @property
     def detector(self) -> Any:
@@ -617,16 +616,14 @@ class Evaluator:
             k = min(n, 16)
             m["warping_error"] = _r(vm.temporal_warping_error(list(drv[:k]), [fit_size(out[i], drv[i]) for i in range(k)])["value"])
         if self._i3d is not None:
-            import torch
 
             def feats(frames: np.ndarray) -> list[float]:
-                clip = torch.from_numpy(np.stack([cv2.resize(f, (224, 224)) for f in frames[:16]])).float() / 127.5 - 1
-                with torch.no_grad():
-                    return [round(float(v), 5) for v in self._i3d(clip.permute(3, 0, 1, 2)[None]).reshape(-1)]
+                return [round(float(v), 5) for v in self._i3d([np.asarray(frames)])[0]]
 
-            rec["i3d"] = feats(out)
-            if drv is not None:
-                rec["i3d_real"] = feats(drv)
+            if len(out) >= self._i3d.num_frames:  # shorter clips have no I3D features (FVD skips them)
+                rec["i3d"] = feats(out)
+                if drv is not None and len(drv) >= self._i3d.num_frames:
+                    rec["i3d_real"] = feats(drv)
 
 
 def _strength(edit_type: str, before: Any, after: Any) -> dict[str, Any]:

@@ -9,14 +9,15 @@
   difference (0..1 scale) over pixels whose forward-backward flow is consistent (occlusion mask).
 * **identity drift**: per-frame dlib descriptor distance to the first output frame and (when given)
   to the source identity; the slope over time is reported too.
-* **FVD**: the Fréchet distance between I3D features of real and generated clips. facerig does not
-  build I3D (no weights shipped): :func:`fvd_from_features` takes features from the user's I3D
-  (e.g. the 400-class Kinetics logits/pool features the FVD paper uses), or :func:`fvd` an injected
-  ``extractor(clips) -> (N, D)``.
+* **FVD**: the Fréchet distance between I3D features of real and generated clips. facerig ships no
+  I3D weights: :func:`fvd` takes the path of the user's StyleGAN-V-style ``i3d_torchscript.pt``
+  (see :mod:`facerig.eval.i3d`) or an injected ``extractor(clips) -> (N, D)``;
+  :func:`fvd_from_features` takes precomputed features (e.g. the 400-d Kinetics logits).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -155,8 +156,16 @@ def fvd_from_features(real: Any, generated: Any, *, estimator: str = "user-suppl
             "n_generated": len(b)}
 
 
-def fvd(real_clips: Sequence[Any], generated_clips: Sequence[Any], extractor: Callable[[Any], Any]) -> dict[str, Any]:
-    """FVD with an injected ``extractor(clips) -> (N, D)`` (the user's I3D; clips as it expects them)."""
+def fvd(real_clips: Sequence[Any], generated_clips: Sequence[Any],
+        extractor: Callable[[Any], Any] | str | os.PathLike[str], *, num_frames: int = 16) -> dict[str, Any]:
+    """FVD with the user's I3D: ``extractor`` is the path of the StyleGAN-V-style ``i3d_torchscript.pt``
+    (wrapped by :class:`facerig.eval.i3d.I3DFeatures`: clips as (T, H, W, 3) uint8 frames or [0, 1]
+    floats, first ``num_frames`` frames, 400-d logits) or a callable ``extractor(clips) -> (N, D)``
+    (clips as it expects them)."""
+    if isinstance(extractor, (str, os.PathLike)):
+        from facerig.eval.i3d import I3DFeatures
+
+        extractor = I3DFeatures(extractor, num_frames=num_frames)
     fa = np.asarray(extractor(real_clips), dtype=np.float64)
     fb = np.asarray(extractor(generated_clips), dtype=np.float64)
     return fvd_from_features(fa, fb, estimator=getattr(extractor, "estimator", "user-supplied I3D extractor"))
