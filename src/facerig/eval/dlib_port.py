@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facerig.detect.crops import umeyama_similarity
 from facerig.errors import AssetMissing, InvalidInput
 
 __all__ = [
@@ -443,22 +444,6 @@ class ChipGeometry:
     bbox: tuple[int, int, int, int]
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (Umeyama, no reflection) mapping src -> dst: 2x3 matrix."""
-    ms, md = src.mean(0), dst.mean(0)
-    s0, d0 = src - ms, dst - md
-    cov = d0.T @ s0 / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    sgn = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sgn[1, 1] = -1
-    r = u @ sgn @ vt
-    var = (s0 ** 2).sum() / len(src)
-    c = np.trace(np.diag(d) @ sgn) / var
-    t = md - c * r @ ms
-    return np.concatenate([c * r, t[:, None]], 1)
-
-
 def _point_down(p: np.ndarray) -> np.ndarray:
     return p / 2.0 - np.array([1.25, 0.75])
 
@@ -470,7 +455,7 @@ def face_chip_geometry(points5: np.ndarray, image_hw: tuple[int, int], size: int
     ``extract_image_chips`` uses."""
     pts = np.asarray(points5, dtype=np.float64).reshape(5, 2)
     src = (padding + DLIB_MEAN_FACE_5) / (2 * padding + 1) * size
-    m = _similarity(src, pts)
+    m = umeyama_similarity(src, pts)
     p = m[:, :2] @ np.array([1.0, 0.0])
     angle = math.atan2(p[1], p[0])
     scale = float(np.hypot(*p))
