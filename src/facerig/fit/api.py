@@ -20,6 +20,7 @@ from facerig.errors import InvalidInput, NoFaceFound
 from facerig.fit.landmark_fit import LandmarkFitConfig, fit_landmarks, refine_lbfgs
 from facerig.morphable.base import FaceModel
 from facerig.render.camera import ndc_to_pixels, pose_vertices, project
+from facerig.render.shading import NEUTRAL_DC
 from facerig.types import CropTransform, FaceLandmarks, FaceParams
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def _assemble(model: FaceModel, fit: dict[str, torch.Tensor], crops: list[CropTr
               meta: dict[str, Any]) -> FaceParams:
     b = fit["rotation"].shape[0]
     light = torch.zeros(b, 9, 3, dtype=config.dtype)
-    light[:, 0, :] = 3.5449  # DC only: shading 1.0 (see conventions.md), replaced by the photometric fit
+    light[:, 0, :] = NEUTRAL_DC  # shading 1.0 (see conventions.md), replaced by the photometric fit
     camera = fit["camera"]
     if config.camera_kind == "perspective" and camera.shape[-1] == 3 and fit.get("camera_kind") != "perspective":
         camera = weak_to_perspective(camera, config.focal)

@@ -23,8 +23,6 @@ from facerig.types import FaceParams
 
 log = logging.getLogger(__name__)
 
-#: DC coefficient of a neutral light: shading = LIGHT_DC * const_0 * Y_0 = 1 (const_0 = 1/sqrt(4 pi))
-LIGHT_DC = math.sqrt(4 * math.pi)
 SKIN_EXCLUDE = ("eyes", "brows", "lips", "mouth_interior", "iris")
 
 

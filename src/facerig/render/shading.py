@@ -37,6 +37,9 @@ SH_CONSTANTS: tuple[float, ...] = (
     (_PI / 4) * (1 / 2) * math.sqrt(5 / (4 * _PI)),
 )
 
+#: DC coefficient of a neutral (ambient, white) light: shading = NEUTRAL_DC * SH_CONSTANTS[0] = 1
+NEUTRAL_DC: float = math.sqrt(4 * _PI)
+
 # order-2 Legendre coefficients of the clamped cosine max(0, t): 1/4, 1/2, 5/16
 _A0, _A1, _A2 = 0.25, 0.5, 5.0 / 16.0
 

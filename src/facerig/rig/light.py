@@ -24,15 +24,13 @@ from typing import Any
 import torch
 
 from facerig.errors import InvalidInput
-from facerig.render.shading import directional_light_sh, shading
+from facerig.render.shading import NEUTRAL_DC, directional_light_sh, shading
 from facerig.rig.expression import broadcast_batch, check_params, finite_float
 from facerig.types import FaceParams
 
 __all__ = ["LIGHT_PRESETS", "LIGHT_PRESET_NAMES", "directional", "light_preset", "set_light",
            "relight_keep_brightness", "transfer_light", "mean_frontal_shading", "NEUTRAL_DC"]
 
-#: DC of the neutral light (shading 1 everywhere)
-NEUTRAL_DC = math.sqrt(4 * math.pi)
 DEFAULT_AMBIENT = 0.3
 
 #: name -> (azimuth deg, elevation deg, key intensity, ambient), before the brightness calibration
