@@ -155,7 +155,6 @@ def export_buffers(fm: Any, params: Any, output: Path, *, size: int, images: lis
 def _overlay(fm: Any, p: Any, image: np.ndarray) -> np.ndarray:
     """Mesh of one fitted face drawn over the crop of the photo it was fitted to."""
     from facerig.detect.crops import warp_to_crop
-    from facerig.fit.api import project_landmarks_to_frame  # noqa: F401  (same projection)
     from facerig.render.camera import ndc_to_pixels, pose_vertices, project
     from facerig.viz import draw_mesh
 

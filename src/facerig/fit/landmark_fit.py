@@ -121,24 +121,14 @@ def _pose_step(x_model: torch.Tensor, target: torch.Tensor, w: torch.Tensor, rot
     return matrix_to_axis_angle(r_new), cam + delta[:, 3:]
 
 
-def _shape_system(model: FaceModel, rot: torch.Tensor, cam: torch.Tensor, n_id: int, n_exp: int):
-    """Linear map from (identity, expression) to the landmarks' NDC, and the constant part.
-
-    Returns A (B, 2L, n_id + n_exp) and c (B, 2L) with ndc = A @ coeffs + c (x rows then y rows).
-    """
-    lm_basis_id = model.landmarks_of_basis("identity")[:n_id]       # (K, L, 3)
-    lm_basis_exp = model.landmarks_of_basis("expression")[:n_exp]
-    basis = torch.cat([lm_basis_id, lm_basis_exp], 0).to(rot.dtype)  # (K, L, 3)
-    mean = model.landmarks(model.mean[None].to(rot.dtype))[0]        # (L, 3)
-    r = axis_angle_to_matrix(rot)                                    # (B,3,3)
-    s, tx, ty = cam[:, 0:1], cam[:, 1:2], cam[:, 2:3]
-    rb = torch.einsum("bij,klj->bkli", r, basis)                     # (B,K,L,3)
-    ax = s[:, :, None] * rb[..., 0]                                  # (B,K,L)
-    ay = -s[:, :, None] * rb[..., 1]
-    a = torch.cat([ax, ay], 2).transpose(1, 2)                       # (B,2L,K)
-    ym = mean[None] @ r.transpose(-1, -2)                            # (B,L,3)
-    c = torch.cat([s * (ym[..., 0] + tx), -s * (ym[..., 1] + ty)], 1)
-    return a, c
+def _basis_jacobian(model: FaceModel, which: str, k: int, rot: torch.Tensor, cam: torch.Tensor) -> torch.Tensor:
+    """Jacobian (B, 2L, k) of the landmarks' weak-perspective NDC (x rows then y rows) w.r.t. the
+    first ``k`` coefficients of the ``which`` ("identity" | "expression") basis; the projection is
+    linear in them, so this is exact."""
+    basis = model.landmarks_of_basis(which)[:k].to(rot.dtype)       # (K, L, 3)
+    rb = torch.einsum("bij,klj->bkli", axis_angle_to_matrix(rot), basis)  # (B,K,L,3)
+    s = cam[:, 0, None, None]
+    return torch.cat([s * rb[..., 0], -s * rb[..., 1]], 2).transpose(1, 2)
 
 
 def _spd_solve(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -302,10 +292,10 @@ def _fit_landmarks(model, target, depth, config, share_identity, fixed_identity,
         jp, res = _pose_jacobian(lm, target, rot, cam)             # (B,2L,6), (B,2L)
         blocks = []
         if n_id:
-            blocks.append(_shape_system(model, rot, cam, n_id, 0)[0])
+            blocks.append(_basis_jacobian(model, "identity", n_id, rot, cam))
         blocks.append(jp)
         if n_exp:
-            blocks.append(_shape_system(model, rot, cam, 0, n_exp)[0])
+            blocks.append(_basis_jacobian(model, "expression", n_exp, rot, cam))
         jac = torch.cat(blocks, 2)                                  # (B,2L,k_all)
         ww = torch.cat([w, w], 1)
         jtw = jac.transpose(1, 2) * ww[:, None]
