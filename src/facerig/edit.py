@@ -182,12 +182,6 @@ def _precheck(es: Any, fm: Any) -> None:
         resolve_expression_values(es.expression, fm)
 
 
-def _model(model: Any) -> Any:
-    from facerig.morphable import load_face_model
-
-    return load_face_model(model) if isinstance(model, str) else model
-
-
 def _select(face: Any) -> str | int:
     if face in (None, "largest"):
         return "largest"
@@ -246,7 +240,9 @@ def edit(
     t0 = time.perf_counter()
     es = build_spec(spec, **kwargs)
     src = _load_source_image(image)
-    fm = _model(model)
+    from facerig.morphable import as_face_model
+
+    fm = as_face_model(model)
     _precheck(es, fm)
     timings: dict[str, float] = {}
     if params is None:
@@ -355,7 +351,9 @@ def reenact(
         raise InvalidInput("smooth", "a smoothing sigma >= 0 (frames)", smooth)
     info = probe_video(drv)
     src = _load_source_image(source_image, "SOURCE_IMAGE")
-    fm = _model(model)
+    from facerig.morphable import as_face_model
+
+    fm = as_face_model(model)
     sp = _fit_one(src, fm, face, "the source image")
     timings["fit_source"] = time.perf_counter() - t0
     t1 = time.perf_counter()

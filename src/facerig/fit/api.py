@@ -18,6 +18,7 @@ import torch
 
 from facerig.errors import InvalidInput, NoFaceFound
 from facerig.fit.landmark_fit import LandmarkFitConfig, fit_landmarks, refine_lbfgs
+from facerig.morphable import as_face_model
 from facerig.morphable.base import FaceModel
 from facerig.render.camera import ndc_to_pixels, pose_vertices, project
 from facerig.render.shading import NEUTRAL_DC
@@ -211,7 +212,7 @@ def fit_images(
     from facerig.io.image import load_image
 
     cfg = config or FitConfig()
-    model = _model(model)
+    model = as_face_model(model)
     det = detector or _default_detector()
     arrays, lms = [], []
     for i, img in enumerate(images):
@@ -255,7 +256,7 @@ def fit_video(
     keyframes), pose and expression per frame, temporally smoothed; frames with no face get
     parameters interpolated from their neighbours and are listed in ``report['missing_frames']``."""
     cfg = config or FitConfig()
-    model = _model(model)
+    model = as_face_model(model)
     if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
         from facerig.io.video import read_video
 
@@ -366,11 +367,3 @@ def _default_detector() -> Any:
 
         _DETECTOR = FaceDetector()
     return _DETECTOR
-
-
-def _model(model: FaceModel | str) -> FaceModel:
-    if isinstance(model, FaceModel):
-        return model
-    from facerig.morphable import load_face_model
-
-    return load_face_model(model)

@@ -2,7 +2,12 @@
 
 from facerig.morphable.base import FaceModel
 
-__all__ = ["FaceModel", "load_face_model"]
+__all__ = ["FaceModel", "as_face_model", "load_face_model"]
+
+
+def as_face_model(model: "FaceModel | str") -> FaceModel:
+    """A FaceModel as is, or the tier of that name loaded with its default file."""
+    return model if isinstance(model, FaceModel) else load_face_model(model)
 
 
 def load_face_model(name: str = "builtin", path: str | None = None, **kwargs) -> FaceModel:
