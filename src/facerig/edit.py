@@ -182,21 +182,13 @@ def _precheck(es: Any, fm: Any) -> None:
         resolve_expression_values(es.expression, fm)
 
 
-def _select(face: Any) -> str | int:
-    if face in (None, "largest"):
-        return "largest"
-    try:
-        return int(face)
-    except (TypeError, ValueError):
-        raise InvalidInput("face", "'largest' or a face index (0 = largest)", face) from None
-
-
 def _fit_one(image: np.ndarray, model: Any, face: Any, source: str) -> Any:
+    from facerig.detect.mediapipe import parse_face_selector
     from facerig.fit.api import FitConfig, _default_detector, fit_landmark_sets, landmark_error_report
     from facerig.fit.photometric import fit_photometric
 
     det = _default_detector()
-    lm = det.detect_one(image, select=_select(face), source=source)
+    lm = det.detect_one(image, select=parse_face_selector(face), source=source)
     cfg = FitConfig()
     params = fit_landmark_sets(model, [lm], cfg)
     params, _ = fit_photometric(model, params, [image])

@@ -25,15 +25,6 @@ def load_model(name: str = "builtin", path: str | Path | None = None) -> Any:
     return load_face_model(name, str(path) if path else None)
 
 
-def _parse_face(face: str) -> str | int:
-    if face == "largest":
-        return "largest"
-    try:
-        return int(face)
-    except ValueError:
-        raise InvalidInput("--face", "'largest' or a face index (0, 1, ...)", face) from None
-
-
 def run_fit(source: str | None, output: Path, *, model: str = "builtin", model_path: Path | None = None,
             camera_kind: str = "weak_perspective", size: int = 512, face: str = "largest", album: bool = False,
             texture_size: int = 256, max_frames: int | None = None, demo: str | None = None) -> dict[str, Any]:
@@ -69,7 +60,9 @@ def run_fit(source: str | None, output: Path, *, model: str = "builtin", model_p
         names = [f"frame{i:05d}" for i in range(result.params.batch_size)]
         kind = "video"
     else:
-        result = fit_images([str(src)], fm, cfg, select=_parse_face(face))
+        from facerig.detect.mediapipe import parse_face_selector
+
+        result = fit_images([str(src)], fm, cfg, select=parse_face_selector(face, "--face"))
         names = [src.stem]
         kind = "image"
     params = result.params

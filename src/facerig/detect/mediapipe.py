@@ -44,7 +44,7 @@ import numpy as np
 from facerig.errors import FaceTooSmall, ImageTooSmall, InvalidInput, NoFaceFound
 from facerig.types import FaceLandmarks
 
-__all__ = ["FaceDetector"]
+__all__ = ["FaceDetector", "parse_face_selector"]
 
 # MediaPipe's C++ side logs to stderr (glog/absl) unless told otherwise; keep the CLI's output clean.
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -88,6 +88,16 @@ def _box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def parse_face_selector(face: Any, name: str = "face") -> str | int:
+    """A user's face choice ("largest", None, an index or its text) -> what ``detect_one`` takes."""
+    if face in (None, "largest"):
+        return "largest"
+    try:
+        return int(face)
+    except (TypeError, ValueError):
+        raise InvalidInput(name, "'largest' or a face index (0 = largest)", face) from None
 
 
 class FaceDetector:
