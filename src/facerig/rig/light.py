@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from facerig.errors import InvalidInput
-from facerig.render.shading import NEUTRAL_DC, directional_light_sh, shading
+from facerig.render.shading import NEUTRAL_DC, directional_light_sh, fit_sh, shading
 from facerig.rig.expression import broadcast_batch, check_params, finite_float
 from facerig.types import FaceParams
 
-__all__ = ["LIGHT_PRESETS", "LIGHT_PRESET_NAMES", "directional", "light_preset", "set_light",
+__all__ = ["DISPLAY_GAMMA", "display_light_sh", "LIGHT_PRESETS", "LIGHT_PRESET_NAMES", "directional", "light_preset", "set_light",
            "relight_keep_brightness", "transfer_light", "mean_frontal_shading", "NEUTRAL_DC"]
 
 DEFAULT_AMBIENT = 0.3
@@ -77,8 +77,40 @@ def mean_frontal_shading(light: torch.Tensor) -> torch.Tensor:
     return (s * w[:, None]).sum(-2).to(light.dtype)
 
 
+#: gamma between physical irradiance and the pixel values facerig's lights are fitted to (sRGB ~ 2.2)
+DISPLAY_GAMMA = 2.2
+
+
+@lru_cache(maxsize=1)
+def _sphere_normals() -> tuple[torch.Tensor, torch.Tensor]:
+    """A Fibonacci sample of the whole sphere of normals with fitting weights that favour the
+    frontal hemisphere (what a camera sees of a face) but keep the back constrained."""
+    n = 3000
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = i * math.pi * (3 - math.sqrt(5))
+    r = torch.sqrt(1 - z * z)
+    normals = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+    return normals, 0.2 + z.clamp(min=0)
+
+
+def display_light_sh(physical: torch.Tensor, gamma: float = DISPLAY_GAMMA) -> torch.Tensor:
+    """The SH light (9, 3) in facerig's light space of a *physical* SH light (9, 3).
+
+    The photometric fit explains sRGB pixel values as albedo x shading, so a fitted light is
+    display-referred: its shading is (physical irradiance) ** (1 / gamma), up to scale. A light
+    described physically (a key light and an ambient fill, :func:`directional`) is converted by
+    fitting order-2 SH to that encoded irradiance over the sphere of normals (weighted towards the
+    front), so relighting a photo with it gives the contrast a real light of that kind gives in a
+    photo, not gamma times more. The overall scale is set afterwards by the brightness calibration.
+    """
+    normals, w = _sphere_normals()
+    e = shading(normals, physical.double()).clamp(min=0.0)
+    return fit_sh(normals, e.pow(1.0 / gamma), w, ridge=1e-9)
+
+
 def _raw_directional(azimuth: float, elevation: float, intensity: Any, ambient: Any) -> torch.Tensor:
-    return directional_light_sh(azimuth, elevation, intensity, ambient, dtype=torch.float64)
+    return display_light_sh(directional_light_sh(azimuth, elevation, intensity, ambient, dtype=torch.float64))
 
 
 @lru_cache(maxsize=1)
