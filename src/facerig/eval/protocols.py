@@ -114,7 +114,8 @@ PROTOCOLS: dict[str, Protocol] = {
         columns=("n", "num_failed", "l1", "psnr", "ssim", "lpips", "id_distance", "csim_dlib", "apd_deg", "aed",
                  "landmark_jitter", "warping_error", "identity_drift", "fvd"),
         notes=("Per-frame metrics are computed on every k-th frame (--frame-stride) to keep runs modest.",
-               "FVD needs I3D features: facerig does not build I3D (give a TorchScript extractor)."),
+               "FVD needs the user's I3D weights (--i3d: StyleGAN-V i3d_torchscript.pt or pytorch-i3d "
+               "rgb_imagenet.pt); facerig ships none."),
     ),
     "personalize": Protocol(
         name="personalize",

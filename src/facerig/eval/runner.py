@@ -198,6 +198,8 @@ class EvalConfig:
     lpips_net: str = "alex"
     inception_weights: str | None = None
     clip_model: str | None = None
+    #: the user's I3D file for FVD: StyleGAN-V i3d_torchscript.pt or pytorch-i3d rgb_imagenet.pt (format
+    #: detected; the field keeps its first name for saved configs)
     i3d_torchscript: str | None = None
     model: str = "builtin"
     frame_stride: int = 8
@@ -247,9 +249,19 @@ def estimators_used(config: EvalConfig) -> dict[str, str]:
                         else "not computed (no --inception-weights)")
     est["clip"] = (f"CLIP (local model {Path(config.clip_model).name}), 100*max(cos, 0)" if config.clip_model
                    else "not computed (no --clip-model)")
-    est["i3d"] = (f"I3D TorchScript {Path(config.i3d_torchscript).name}" if config.i3d_torchscript
-                  else "not computed (facerig does not build I3D; give --i3d-torchscript)")
+    est["i3d"] = (_i3d_estimator(config.i3d_torchscript) if config.i3d_torchscript
+                  else "not computed (facerig ships no I3D weights; give --i3d)")
     return est
+
+
+def _i3d_estimator(path: str) -> str:
+    from facerig.eval.i3d import detect_i3d_format, i3d_estimator
+
+    try:
+        kind = "torchscript" if detect_i3d_format(path) == "torchscript" else "pytorch-i3d"
+    except FacerigError:
+        return f"I3D {Path(path).name} (unreadable)"
+    return i3d_estimator(kind, Path(path).name)
 
 
 class _HFClip:
@@ -347,8 +359,9 @@ class Evaluator:
             from facerig.eval.i3d import I3DFeatures
             from facerig.eval.weights import resolve_weights
 
-            # StyleGAN-V's convention (uint8 clips, rescale/resize inside the network): facerig.eval.i3d
-            self._i3d = I3DFeatures(str(resolve_weights(c.i3d_torchscript, "I3D TorchScript model")))
+            # the file's format is detected: StyleGAN-V TorchScript or pytorch-i3d state dict (facerig.eval.i3d)
+            self._i3d = I3DFeatures(str(resolve_weights(c.i3d_torchscript, "I3D model (i3d_torchscript.pt or "
+                                                        "rgb_imagenet.pt)")))
 
     @property
     def detector(self) -> Any:

