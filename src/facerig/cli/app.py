@@ -199,8 +199,10 @@ def benchmark(
     data: Annotated[list[str] | None, typer.Option("--data", help="folder of photos (videos for reenact), a photo, or "
                                                                   "a .txt list of paths; repeatable")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="run folder (re-running resumes)")] = Path("outputs/benchmark"),
-    engines: Annotated[str, typer.Option("--engines", help="comma list of engines, e.g. warp")] = "warp",
-    weights: Annotated[str | None, typer.Option("--weights", help="weights of engines that need them")] = None,
+    engines: Annotated[str, typer.Option("--engines", help="comma list of engines, each NAME[:KEY=VALUE...], e.g. "
+                                                           "warp,diffusionrig:weights=RUN:steps=20")] = "warp",
+    weights: Annotated[str | None, typer.Option("--weights", help="weights of the engines that need them (or of the "
+                                                                  "only engine); NAME:weights=PATH sets one engine's")] = None,
     limit: Annotated[int | None, typer.Option(help="use at most this many inputs of each --data entry")] = None,
     package_photos: Annotated[bool, typer.Option("--package-photos", help="add the public-domain astronaut and "
                                                                            "grace_hopper photos")] = False,
@@ -232,9 +234,10 @@ def benchmark(
     if not names:
         raise InvalidInput("--engines", "a comma list of engine names", engines)
     from facerig.engines import _resolve
+    from facerig.eval.runner import parse_engine_spec
 
     for n in names:
-        _resolve(n)
+        _resolve(parse_engine_spec(n)[0])
     for d in data:
         if not Path(d).exists():
             raise InvalidInput("--data", "an existing folder or file", d)

@@ -12,8 +12,10 @@ metrics make up each protocol's table (see docs/evaluation.md).
   video metrics (landmark jitter, temporal warping error, identity drift) for both.
 * ``personalize`` — DiffusionRig's re-inference RMSE: an engine personalised on an album of one
   person edits held-out photos of that person; the outputs are re-fitted and compared with the
-  requested pose / expression / light (RMSE). Only engines with ``supports_personalization`` run
-  it; the others are reported as "not supported" (the warp engine is training-free).
+  requested pose / expression / light (RMSE). Engines whose weights are already personalised
+  (``personal.json`` with them, e.g. a DiffusionRig stage-2 run) are used as they are; engines with
+  ``supports_personalization`` are personalised in the run; the others are reported as "not
+  supported" (the warp engine is training-free; DiffusionRig weights without ``personal.json``).
 * ``text`` — text-driven expression edits: the text is turned into a preset by facerig's own text
   matcher, the output re-fitted; blendshape-derived AU accuracy (ARKit -> FACS table, not
   OpenFace), AED, ID distance, and the CLIP score when a CLIP model folder is given.
@@ -123,7 +125,8 @@ PROTOCOLS: dict[str, Protocol] = {
         description="an engine personalised on an album of one person edits held-out photos of that person; "
                     "outputs are re-fitted and compared with the requested pose / expression / light",
         reference="DiffusionRig (Ding et al. 2023): DECA re-inference RMSE of pose / expression / light",
-        inputs="a folder of person sub-folders (album photos; the last 2 sorted photos are held out)",
+        inputs="a folder of person sub-folders (album photos + heldout/; without heldout/ the last 2 sorted "
+               "photos are held out)",
         edit_types=("expression", "pose", "light"),
         columns=("n", "num_failed", "pose_rmse_deg", "exp_rmse", "light_rmse", "id_distance"),
         cases=_EXPR[1:2] + _POSE[:1] + _LIGHT[:1],

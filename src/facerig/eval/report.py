@@ -95,6 +95,10 @@ def build_report(protocol: str, summary: dict[str, Any], records: Sequence[dict[
     data = run.get("data")
     if data:
         run["data"] = [_short_path(d, None) for d in data] if isinstance(data, list) else _short_path(data, None)
+    if isinstance(run.get("personalization"), dict):  # no absolute paths of the machine that ran it
+        run["personalization"] = {k: ({f: (_short_path(x, None) if f in ("personal_json", "album") else x)
+                                       for f, x in h.items()} if isinstance(h, dict) else h)
+                                  for k, h in run["personalization"].items()}
     unsupported = run.get("unsupported_engines") or []
     base = Path(run.pop("out")) if run.get("out") else None
     samples = [{k: (_short_path(r[k], base) if k in ("source", "output", "target") else r.get(k))
@@ -117,9 +121,10 @@ def build_report(protocol: str, summary: dict[str, Any], records: Sequence[dict[
         "num_failed": summary.get("num_failed", 0),
         "num_sources": summary.get("num_sources"),
         "not_computed": not_computed,
-        "unsupported_engines": [{"engine": e, "reason": f"the {e} engine does not support the {protocol} protocol "
+        "unsupported_engines": [{"engine": e, "reason": (run.get("unsupported_reasons") or {}).get(e) or (
+                                 f"the {e} engine does not support the {protocol} protocol "
                                  "(no personalisation: training-free)" if protocol == "personalize" else
-                                 f"the {e} engine does not support the {protocol} protocol"} for e in unsupported],
+                                 f"the {e} engine does not support the {protocol} protocol")} for e in unsupported],
         "config": asdict(config) if hasattr(config, "__dataclass_fields__") else dict(config or {}),
         "run": run,
         "versions": _versions(),
@@ -190,6 +195,23 @@ def _used_estimators(rep: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _personalization_lines(rep: dict[str, Any]) -> list[str]:
+    """One line per engine of the personalize protocol: how it was personalised."""
+    out = []
+    for eng, h in sorted(((rep.get("run") or {}).get("personalization") or {}).items()):
+        if not isinstance(h, dict):
+            continue
+        bits = [f"{eng}: {h.get('mode', '?')}"]
+        if h.get("personal_json"):
+            bits.append(f"personal.json {_short_path(h['personal_json'], None)}")
+        if h.get("num_photos") is not None:
+            bits.append(f"album of {h['num_photos']} photos")
+        if h.get("persons") is not None:
+            bits.append("held-out photos of " + (", ".join(h["persons"]) or "nobody"))
+        out.append("; ".join(bits))
+    return out
+
+
 def render_markdown(rep: dict[str, Any], plots: Sequence[str] = ()) -> str:
     p = rep["protocol"]
     L = [f"# facerig benchmark: {p['title']}", ""]
@@ -202,7 +224,9 @@ def render_markdown(rep: dict[str, Any], plots: Sequence[str] = ()) -> str:
               f"source photos/clips: {rep.get('num_sources') or '–'}. Mean ± std over samples; "
               "re-ID / same-person rate are fractions.", ""]
     for u in rep.get("unsupported_engines") or []:
-        L.append(f"**Not run:** {u['reason']}.")
+        L += [f"**Not run:** {u['reason']}.", ""]
+    for line in _personalization_lines(rep):
+        L += [f"**Personalisation:** {line}.", ""]
     head, body = _table_rows(rep, rep["table"], ("engine", "edit_type"))
     L += ["## Results", "", _md_table(head, body), ""]
     if rep.get("fvd"):
@@ -277,6 +301,8 @@ def render_html(rep: dict[str, Any], plot_pngs: Sequence[tuple[str, bytes]] = ()
                  f"sources: {e(str(rep.get('num_sources') or '–'))}. Mean ± std over samples.</p>")
     for u in rep.get("unsupported_engines") or []:
         parts.append(f"<p class=\"fail\"><b>Not run:</b> {e(u['reason'])}.</p>")
+    for line in _personalization_lines(rep):
+        parts.append(f"<p><b>Personalisation:</b> {e(line)}.</p>")
     head, body = _table_rows(rep, rep["table"], ("engine", "edit_type"))
     parts += ["<h2>Results</h2>", _html_table(head, body)]
     parts.append("<h2>Estimators</h2><ul>" + "".join(f"<li><b>{e(lbl)}</b>: {e(est)}</li>"

@@ -39,7 +39,7 @@ from facerig.eval.protocols import IMAGE_SUFFIXES, VIDEO_SUFFIXES, get_protocol
 log = logging.getLogger(__name__)
 
 __all__ = ["Sample", "EvalConfig", "load_samples", "run_evaluation", "summarize", "run_benchmark", "evaluate_path",
-           "Evaluator", "estimators_used", "SCHEMA"]
+           "Evaluator", "estimators_used", "SCHEMA", "make_engine", "parse_engine_spec", "personal_info", "split_album"]
 
 SCHEMA = "facerig.eval.report/1"
 SAMPLE_SCHEMA = "facerig.eval.sample/1"
@@ -934,15 +934,55 @@ def discover_sources(data: Sequence[str | os.PathLike[str]], kind: str = "image"
     return out
 
 
-def make_engine(name: Any, weights: str | None = None) -> Any:
+def parse_engine_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME[:KEY=VALUE[:KEY=VALUE...]]"`` -> (name, options), e.g.
+    ``"diffusionrig:weights=/runs/w009:steps=50"``. Values are ints / floats / true / false when they
+    read as such, else strings (a ``:`` inside a value is kept unless ``WORD=`` follows it)."""
+    text = str(spec).strip()
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise InvalidInput("--engines", "NAME[:KEY=VALUE...] entries", spec)
+    opts: dict[str, Any] = {}
+    for part in (re.split(r":(?=[A-Za-z_]\w*=)", rest) if rest else []):
+        key, eq, val = part.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise InvalidInput("--engines", f"KEY=VALUE options after {name}:", part)
+        opts[key.strip()] = _option_value(val.strip())
+    return name, opts
+
+
+def _option_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def make_engine(name: Any, weights: str | None = None, *, only: bool = True) -> Any:
+    """An engine from an instance, a name or a ``NAME:KEY=VALUE...`` spec (:func:`parse_engine_spec`).
+    ``weights`` (the global ``--weights``) goes to an engine that requires weights, or to the only
+    engine of the run (``only``); an engine's own ``weights=`` option wins."""
     if hasattr(name, "render_frame"):
         return name
     from facerig.engines import _resolve
 
-    cls = _resolve(name)
-    if getattr(cls, "requires_weights", False) and not weights:
-        raise InvalidInput("--weights", f"a weights path for the {name} engine", None)
-    return cls(weights=weights) if weights else cls()
+    ename, opts = parse_engine_spec(name)
+    cls = _resolve(ename)
+    if weights and "weights" not in opts and (only or getattr(cls, "requires_weights", False)):
+        opts["weights"] = weights
+    if getattr(cls, "requires_weights", False) and not opts.get("weights"):
+        raise InvalidInput("--weights", f"a weights path for the {ename} engine (--weights or {ename}:weights=PATH)",
+                           None)
+    try:
+        return cls(**opts)
+    except TypeError as e:
+        raise InvalidInput(f"--engines {name}", f"options the {ename} engine accepts", str(e)) from None
 
 
 def _engine_name(e: Any) -> str:
@@ -1061,32 +1101,112 @@ def _generate_reenact(sources: list[tuple[str, Path]], engines: list[Any], run: 
     return samples
 
 
+def personal_info(engine: Any) -> dict[str, Any] | None:
+    """What an engine's weights were personalised on, or None: the engine's ``personal`` dict when it
+    has one, else the ``personal.json`` stored with its weights (DiffusionRig stage 2 writes it into
+    the pipeline folder; a run folder's ``final/pipeline`` / ``pipeline`` is searched too)."""
+    info = getattr(engine, "personal", None)
+    if isinstance(info, dict) and info:
+        return dict(info)
+    w = getattr(engine, "weights", None)
+    if not isinstance(w, (str, os.PathLike)):
+        return None
+    p = Path(w)
+    for d in (p, p / "final" / "pipeline", p / "pipeline") if p.is_dir() else (p.parent,):
+        f = d / "personal.json"
+        if f.is_file():
+            try:
+                d_ = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise InvalidInput(str(f), "a readable personal.json", str(e)) from None
+            return {**(d_ if isinstance(d_, dict) else {}), "file": str(f.resolve())}
+    return None
+
+
+def split_album(person: Path) -> tuple[list[Path], list[Path]]:
+    """(album, held-out) photos of a person folder: ``heldout/`` (if present) holds the held-out
+    photos and everything else is the album; otherwise the last 2 sorted photos are held out."""
+    photos = _media_files(person, IMAGE_SUFFIXES)
+    hd = person / "heldout"
+    if hd.is_dir():
+        held = _media_files(hd, IMAGE_SUFFIXES)
+        hs = {h.resolve() for h in held}
+        return [p for p in photos if p.resolve() not in hs], held
+    return photos[:-2], photos[-2:]
+
+
 def _generate_personalize(protocol: Any, data: Sequence[str | os.PathLike[str]], engines: list[Any], run: Path,
-                          ev: Evaluator, seed: int, progress: bool) -> tuple[list[Sample], list[str]]:
-    """Engines with ``supports_personalization`` and ``personalize(images, params, model) -> engine``:
-    personalise on all but the last 2 photos of each person folder, edit the held-out 2."""
-    unsupported = [_engine_name(e) for e in engines if not getattr(e, "supports_personalization", False)]
-    ok = [e for e in engines if getattr(e, "supports_personalization", False)]
-    if not ok:
-        return [], unsupported
-    samples: list[Sample] = []
+                          ev: Evaluator, seed: int, progress: bool
+                          ) -> tuple[list[Sample], list[str], dict[str, str], dict[str, Any]]:
+    """Held-out photos of each person folder (:func:`split_album`) edited by a personalised engine.
+
+    * An engine whose weights are already personalised (:func:`personal_info`: e.g. a DiffusionRig
+      stage-2 pipeline with ``personal.json``) is used as is -- no training, the album is not read;
+      such weights belong to one person, so the data must hold one person folder (or one named
+      like the album in ``personal.json``).
+    * An engine with ``supports_personalization`` and ``personalize(images, params, model) -> engine``
+      is personalised here on the album photos of each person.
+    * Others are not run (returned with the reason).
+
+    Returns (samples, unsupported engine names, reason per unsupported engine, how each engine was
+    personalised)."""
+    import dataclasses
+
+    persons = []
     for d in data:
         for person in sorted(p for p in Path(d).iterdir() if p.is_dir()):
-            photos = _media_files(person, IMAGE_SUFFIXES)
-            if len(photos) < 3:
-                continue
-            album, held = photos[:-2], photos[-2:]
-            for eng in ok:
+            album, held = split_album(person)
+            if held if (person / "heldout").is_dir() else len(album) + len(held) >= 3:
+                persons.append((person, album, held))
+            else:
+                log.warning("personalize: %s skipped (needs >= 3 photos, or photos in heldout/)", person)
+    edits = dataclasses.replace(protocol, needs="")  # the engines below are personalised (or ready-made)
+    samples: list[Sample] = []
+    unsupported: list[str] = []
+    reasons: dict[str, str] = {}
+    how: dict[str, Any] = {}
+    for eng in engines:
+        ename = _engine_name(eng)
+        info = personal_info(eng)
+        if info is not None:
+            album_name = Path(str(info.get("album", ""))).name
+            use = persons if len(persons) <= 1 else [p for p in persons if p[0].name == album_name]
+            if len(persons) > 1 and len(use) != 1:
+                raise InvalidInput("--data", f"one person folder for the personalised {ename} weights (they belong to "
+                                   f"one person; album {info.get('album')!r})", [p[0].name for p in persons][:5])
+            how[ename] = {"mode": "pre-personalised weights (no training in this run)",
+                          "personal_json": info.get("file"), "album": info.get("album"),
+                          "num_photos": info.get("num_photos"), "persons": [p[0].name for p in use]}
+            log.info("personalize: %s uses already personalised weights (%s), no training", ename, info.get("file"))
+            for person, _album, held in use:
+                srcs = [(f"{_safe(person.name)}_{p.stem}", p) for p in held]
+                new = _generate_edits(edits, srcs, [eng], run, ev, seed, progress)
+                for s_ in new:
+                    s_.identity = person.name
+                samples += new
+        elif getattr(eng, "supports_personalization", False):
+            how[ename] = {"mode": "personalised in this run on each person's album (engine.personalize)",
+                          "persons": [p[0].name for p in persons]}
+            for person, album, held in persons:
                 imgs = [_load(str(p)) for p in album]
                 fits = [ev.fit(im) for im in imgs]
                 pe = eng.personalize([im for im, f in zip(imgs, fits, strict=True) if f is not None],
                                      [f for f in fits if f is not None], ev.face_model)
                 srcs = [(f"{_safe(person.name)}_{p.stem}", p) for p in held]
-                new = _generate_edits(protocol, srcs, [pe], run, ev, seed, progress)
-                for s in new:
-                    s.identity = person.name
+                new = _generate_edits(edits, srcs, [pe], run, ev, seed, progress)
+                for s_ in new:
+                    s_.identity = person.name
                 samples += new
-    return samples, unsupported
+        else:
+            unsupported.append(ename)
+            if getattr(eng, "requires_weights", False):
+                reasons[ename] = (f"the {ename} engine's weights are not personalised (no personal.json with them) and "
+                                  "it cannot personalise itself here: personalise them first (e.g. `facerig personalize "
+                                  f"{ename} --album ... --base ...`) and pass the result ({ename}:weights=RUN)")
+            else:
+                reasons[ename] = (f"the {ename} engine does not support the personalize protocol "
+                                  "(no personalisation: training-free)")
+    return samples, unsupported, reasons, how
 
 
 def select_cases(proto: Any, cases: Sequence[str] | None) -> Any:
@@ -1119,13 +1239,17 @@ def run_benchmark(protocol: str, data: Sequence[str | os.PathLike[str]], engines
     config = config or EvalConfig()
     if proto.name == "reenact":
         config.max_frames = max_frames
-    engs = [make_engine(e, weights) for e in engines]
+    engs = [make_engine(e, weights, only=len(engines) == 1) for e in engines]
+    names = [_engine_name(e) for e in engs]
+    if len(set(names)) != len(names):
+        raise InvalidInput("--engines", "distinct engines (outputs are stored per engine name)", names)
     ev = evaluator or Evaluator(config)
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     _seed(config.seed)
     t0 = time.perf_counter()
     unsupported: list[str] = []
+    extra: dict[str, Any] = {}
     if proto.name == "reenact":
         for d in data:
             if not Path(d).exists():
@@ -1136,12 +1260,13 @@ def run_benchmark(protocol: str, data: Sequence[str | os.PathLike[str]], engines
         for d in data:
             if not Path(d).is_dir():
                 raise InvalidInput("--data", "a folder of person sub-folders", str(d))
-        samples, unsupported = _generate_personalize(proto, data, engs, run, ev, config.seed, progress)
+        samples, unsupported, reasons, how = _generate_personalize(proto, data, engs, run, ev, config.seed, progress)
+        extra = {"unsupported_reasons": reasons, "personalization": how}
     else:
         srcs = discover_sources(data, "image", limit, package_photos)
         samples = _generate_edits(proto, srcs, engs, run, ev, config.seed, progress)
     info = {"schema": "facerig.eval.run/1", "protocol": proto.name, "engines": [_engine_name(e) for e in engs],
-            "data": [str(d) for d in data], "unsupported_engines": unsupported, "config": asdict(config)}
+            "data": [str(d) for d in data], "unsupported_engines": unsupported, **extra, "config": asdict(config)}
     (run / "manifest.json").write_text(json.dumps({**info, "samples": [_rel(asdict(s), run) for s in samples]},
                                                   indent=1))
     t_gen = time.perf_counter() - t0
