@@ -9,16 +9,22 @@ Algorithm (details and measured figures in docs/warp-engine.md):
 2. **Dense correspondence** (backward warp): the target mesh is rasterised; every covered target
    pixel takes the source position given by its target barycentrics applied to the SOURCE mesh's
    projected vertices (exact surface correspondence).
-3. **Extension**: the displacement is extended outside the mesh by push-pull interpolation and
-   faded to zero with a raised-cosine falloff whose radius is long inside the person mask (hair,
-   ears and neck move with the head) and short on the background (which stays put).
+3. **Extension**: outside the mesh the rim's motion is split into head pose and expression. The
+   expression part (a dropped chin) carries on from the nearest rim point at full strength and
+   fades within ``expression_reach``; the pose part is extended by push-pull interpolation, eases
+   from the rim's own motion to ``outline_follow`` of it (a head turning about its centre keeps
+   much of its outline) - at once where the face moves over its surroundings (occlusion), over a
+   fold-free band where it moves away from them (no doubled face edge) - and both fade to zero with
+   a raised-cosine falloff that is long inside the person mask (hair, ears and neck) and short on
+   the background (which stays put).
 4. **Visibility**: target pixels whose source point was hidden (z-test against the source depth),
    back-facing or extremely stretched are filled from the mirrored surface point (``mirror_index``)
    when that one is visible, else inpainted (Telea).
 5. **Mouth**: where the target opens the mouth more than the source, the interior is synthesised
    (:mod:`.mouth`); a source that is already open is reused (stretched) instead.
-6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped),
-   faded out beyond the face inside the person mask.
+6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped), carried
+   outwards from the rim onto skin-coloured pixels next to the face (forehead above the mesh, neck,
+   ears: ``relight_skin``) and faded out over hair and background.
 7. **Compositing**: all layers are blended in the work region; displacement and ratio are exactly 0
    and 1 far from the face, so the result is seamless with the untouched frame.
 """
@@ -40,12 +46,14 @@ from facerig.engines.warp.field import (
     border_taper,
     cos_falloff,
     distance_outside,
+    nearest_extend,
     push_pull,
     resize,
     sample,
 )
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
+from facerig.engines.warp.segment import skin_likelihood
 from facerig.errors import IncompatibleModel, InvalidInput
 
 
@@ -69,6 +77,15 @@ class WarpOptions:
     head_proxy: bool = False        # experimental: hair/ears/forehead follow an ellipsoid head in 3D
     interpolation: str = "cubic"    # final full-resolution resampling: cubic | linear
     seed: int = 0                   # noise of synthesised regions
+    extension: str = "nearest"      # continuation of the expression motion outside the mesh: nearest | membrane
+    extension_smooth: float = 0.04  # smoothing of the nearest-point extension, x face size
+    outline_follow: float = 0.5     # fraction of the rim's head-pose motion that the outline/hair follows
+    outline_band: float = 0.12      # band outside the mesh over which the pose motion eases from the
+                                    # rim's own (continuity) to outline_follow, x face size
+    band_factor: float = 2.0        # revealing-side band / the rim's pose motion (>= 1: no fold)
+    expression_reach: float = 0.3   # how far expression motion carries on outside the mesh, x face size
+    relight_skin: float = 0.6       # relight reach over skin-coloured pixels next to the face (forehead,
+                                    # neck, ears), x face size (0: off)
 
 
 @dataclass
@@ -103,6 +120,7 @@ class WarpSource:
     head: HeadProxy | None = None  # ellipsoid head proxy (head frame) for pixels outside the mesh
     head_map: tuple[np.ndarray, np.ndarray] | None = None  # head frame -> work screen (A, b)
     rim_face: np.ndarray | None = None  # (F,) triangles at the mesh's outer boundary (2 rings)
+    skin: np.ndarray | None = None  # (H, W) skin likelihood x person mask (source work grid)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -124,6 +142,8 @@ class WarpEngine(Engine):
         if bad:
             raise InvalidInput("warp engine options", f"names among {', '.join(sorted(known))}", bad)
         self.opts = WarpOptions(**options)
+        if self.opts.extension not in ("nearest", "membrane"):
+            raise InvalidInput("extension", "nearest or membrane", self.opts.extension)
         if self.opts.interpolation not in ("cubic", "linear"):
             raise InvalidInput("interpolation", "cubic or linear", self.opts.interpolation)
         self.last_timings: dict[str, float] = {}
@@ -257,6 +277,7 @@ class WarpEngine(Engine):
                 teeth_rgb = px[lum >= hi].mean(0)
             cavity_rgb = px[lum <= lo].mean(0)
         mirror = model.mirror_index.long().cpu().numpy() if hasattr(model, "mirror_index") else None
+        skin_like = skin_likelihood(image, skin) * person if o.relight_skin > 0 else None
         st = WarpSource(
             frame=frame, roi=(x0, y0, x1, y1), k=k, work_hw=hw, image=image, verts=verts, shade=shade,
             front=front, area=np.abs(area), zbuf=zbuf,
@@ -265,7 +286,7 @@ class WarpEngine(Engine):
             opening=op_s, teeth_rgb=teeth_rgb, cavity_rgb=cavity_rgb,
             model=model, params=source_params, faces=faces, regions=regions, mirror=mirror,
             head=fit_head(vhead) if (o.head_proxy and vhead.shape[0] > 152) else None,
-            head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces),
+            head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces), skin=skin_like,
         )
         st.timings["prepare"] = time.perf_counter() - t0
         return st
@@ -326,6 +347,22 @@ class WarpEngine(Engine):
             small[0] = True
             hidden = ~small[lab[iy, ix]]
 
+        # ---- the rim motion split into head pose and expression: outside the mesh, expression
+        # motion (a dropped chin) carries on unchanged, pose motion only partly - a head turning
+        # about its centre keeps much of its outline (a sphere's silhouette does not move at all)
+        d_pose = d
+        if o.outline_follow < 1.0:
+            tp = target_params
+            same_expr = tp.expression.shape == st.params.expression.shape and torch.equal(tp.expression, st.params.expression)
+            if tp.jaw_pose is not None and st.params.jaw_pose is not None:
+                same_expr = same_expr and torch.equal(tp.jaw_pose, st.params.jaw_pose)
+            if not same_expr:
+                vpose, _ = self._geometry(st.model, tp.replace(expression=st.params.expression.to(tp.expression),
+                                                               jaw_pose=st.params.jaw_pose), st.roi, st.k)
+                p_pose = np.einsum("nk,nkc->nc", b, vpose[tri])[:, :2]
+                d_pose = src[:, :2] - p_pose
+        d_expr = d - d_pose
+
         # ---- relight ratio at the same surface point
         s_t = np.einsum("nk,nkc->nc", b, shade_t[tri])
         s_s = np.einsum("nk,nkc->nc", b, st.shade[tri])
@@ -346,9 +383,10 @@ class WarpEngine(Engine):
         # ---- dense fields on a quarter grid: displacement (2) + log luminance ratio (1)
         q = 4 if min(h, w) >= 128 else 1
         hq, wq = (h + q - 1) // q, (w + q - 1) // q
-        D = np.zeros((h, w, 3), np.float32)
+        D = np.zeros((h, w, 5), np.float32)
         D[iy, ix, :2] = d
-        D[iy, ix, 2:] = np.log(ratio)
+        D[iy, ix, 2:3] = np.log(ratio)
+        D[iy, ix, 3:5] = d_expr
         known = np.zeros((h, w), np.float32)
         known[iy[~hidden], ix[~hidden]] = 1.0
         covf = cov.astype(np.float32)
@@ -362,15 +400,29 @@ class WarpEngine(Engine):
             bnd = np.zeros((h, w), np.float32)
             bnd[iy, ix] = st.rim_face[f]
             rim = rim * bnd
-        Dq = resize(D * rim[..., None], (hq, wq), cv2.INTER_AREA)
-        Kq = resize(rim, (hq, wq), cv2.INTER_AREA)
-        Kq = np.clip(Kq * (q * q) / max(q, 1), 0, 1) if q > 1 else Kq
+        # quarter-grid rim values: the area mean of the rim pixels in each cell (divided by the
+        # rim's own coverage of the cell), trusted (weight 1) where the rim covers >= 1/q of it
+        Dq = resize(D[..., :2] * rim[..., None], (hq, wq), cv2.INTER_AREA)
+        Eq = resize(D[..., 3:5] * rim[..., None], (hq, wq), cv2.INTER_AREA)
+        Kraw = resize(rim, (hq, wq), cv2.INTER_AREA)
+        Kq = np.clip(Kraw * q, 0, 1) if q > 1 else Kraw
         crim = covf - cv2.erode(covf, np.ones((3, 3), np.uint8), iterations=max(1, q // 2))
-        Rq = resize(D[..., 2:] * crim[..., None], (hq, wq), cv2.INTER_AREA)
-        Cq = resize(crim, (hq, wq), cv2.INTER_AREA)
-        Cq = np.clip(Cq * q, 0, 1) if q > 1 else Cq
-        ext_d = push_pull(Dq[..., :2] / np.maximum(Kq, 1e-6)[..., None], Kq)
-        ext_r = push_pull(Rq / np.maximum(Cq, 1e-6)[..., None], Cq)
+        Rq = resize(D[..., 2:3] * crim[..., None], (hq, wq), cv2.INTER_AREA)
+        Craw = resize(crim, (hq, wq), cv2.INTER_AREA)
+        Cq = np.clip(Craw * q, 0, 1) if q > 1 else Craw
+        if Rq.ndim == 2:
+            Rq = Rq[..., None]
+        rim_e = Eq / np.maximum(Kraw, 1e-6)[..., None]
+        rim_p = Dq / np.maximum(Kraw, 1e-6)[..., None] - rim_e
+        if o.extension == "nearest":
+            ext_e = nearest_extend(rim_e, Kq, max(0.5, o.extension_smooth * F / q))
+        else:
+            ext_e = push_pull(rim_e, Kq)
+        ext_p = push_pull(rim_p, Kq)
+        if o.relight_skin > 0:  # the rim's own ratio carried outwards (onto forehead, neck, ears)
+            ext_r = nearest_extend(Rq / np.maximum(Craw, 1e-6)[..., None], Cq, max(0.5, 0.06 * F / q))
+        else:
+            ext_r = push_pull(Rq / np.maximum(Craw, 1e-6)[..., None], Cq)
         # falloff radii grow with the displacement so the field never folds
         mag = np.linalg.norm(d, axis=1)
         dmax = float(np.percentile(mag, 98)) if mag.size else 0.0
@@ -384,7 +436,36 @@ class WarpEngine(Engine):
         # continuous at the mesh boundary (1), fading over the hair/neck, fast on the background
         wl = cos_falloff(dist / max(o.relight_falloff * F, 1.0)) * (
             pers_q * o.relight_hair + (1 - pers_q * o.relight_hair) * cos_falloff(dist / max(0.08 * F, 1.0)))
-        disp_q = ext_d * wt[..., None]
+        if st.skin is not None:  # skin next to the face takes the relight fully, fading slowly
+            sk = resize(st.skin, (hq, wq), cv2.INTER_AREA)
+            wl = np.maximum(wl, sk * cos_falloff(dist / max(o.relight_skin * F, 1.0)))
+        # expression motion (a dropped chin) carries on at full strength next to the mesh and fades
+        # within expression_reach (never faster than 3x its own size, so the field cannot fold)
+        mag_e = np.linalg.norm(d_expr, axis=1)
+        de = float(np.percentile(mag_e, 98)) if mag_e.size else 0.0
+        wt_e = wt * cos_falloff(dist / max(o.expression_reach * F, 3.0 * de, 1.0))
+        # pose motion: the rim's own motion at the rim (no tear), easing to outline_follow of it over
+        # a band (hair next to the face is compressed / stretched there rather than torn); the band
+        # is wide enough for the change of motion across it never to fold the field
+        # (the motion that matters is the rim's: the nose moves more, but it is far from the band)
+        mag_p = np.linalg.norm(rim_p, axis=2)[Kq > 0.5]
+        dp = float(np.percentile(mag_p, 98)) if mag_p.size else 0.0
+        # Where the rim moves outwards (the face turns towards that side) the face occludes what
+        # lies next to it: the motion may drop at once (the hair there is behind the face: no
+        # fold is visible, the face is drawn over it). Where the rim moves inwards (the side that
+        # turns away, revealing), a drop would show the face's edge twice: there the motion eases
+        # over a band wide enough not to fold.
+        band_open = max(o.outline_band * F, o.band_factor * (1.0 - o.outline_follow) * dp, 1.0)
+        band_occl = max(o.outline_band * F, 1.0)
+        gy, gx = np.gradient(dist)
+        gn = np.sqrt(gx * gx + gy * gy) + 1e-6
+        pm = np.linalg.norm(ext_p, axis=2) + 1e-6
+        inward = -(ext_p[..., 0] * gx + ext_p[..., 1] * gy) / (gn * pm)  # +1: backward motion points at the face
+        occl = np.clip(inward * 2.0, 0.0, 1.0)
+        occl = cv2.GaussianBlur(occl.astype(np.float32), (0, 0), max(1.0, 0.05 * F / q))
+        band = occl * band_occl + (1.0 - occl) * band_open
+        g = o.outline_follow + (1.0 - o.outline_follow) * cos_falloff(dist / band)
+        disp_q = ext_p * (g * wt)[..., None] + ext_e * wt_e[..., None]
         if st.head is not None:
             disp_q = disp_q + self._head_field(st, vhead_t, vt, (hq, wq), q, Kq, wt, pers_q, dist, r_p, r_b)
         field_q = np.concatenate([disp_q, ext_r * wl[..., None]], 2)
@@ -396,7 +477,7 @@ class WarpEngine(Engine):
         inner = cv2.GaussianBlur(inner, (0, 0), 1.0) * known
         fld[..., :2] = inner[..., None] * D[..., :2] + (1 - inner[..., None]) * fld[..., :2]
         cin = cv2.GaussianBlur(covf, (0, 0), 1.0) * covf
-        fld[..., 2:] = cin[..., None] * D[..., 2:] + (1 - cin[..., None]) * fld[..., 2:]
+        fld[..., 2:] = cin[..., None] * D[..., 2:3] + (1 - cin[..., None]) * fld[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
         tm["fields"] = time.perf_counter() - t0

@@ -52,3 +52,29 @@ def person_mask(image: np.ndarray, centre: np.ndarray, face_px: float, use_model
     m = np.clip(np.asarray(m, np.float32), 0, 1)
     # the face itself is always "person" (segmenters sometimes miss pale foreheads)
     return np.maximum(m, ellipse_prior(image.shape[:2], centre, 0.75 * face_px))
+
+
+def skin_likelihood(image: np.ndarray, skin_mask: np.ndarray, scale: float = 2.5) -> np.ndarray:
+    """Soft skin map (H, W) in [0, 1] of a float RGB image in [0, 1]: how close each pixel's
+    chroma (YCrCb) is to the face's own skin (``skin_mask``: the fitted mesh's skin pixels), as a
+    Gaussian of the Mahalanobis distance with ``scale`` standard deviations of tolerance, gated by
+    luminance (far darker or brighter pixels - dark hair, white background - are not skin)."""
+    import cv2
+
+    img = np.clip(image.astype(np.float32), 0, 1)
+    if skin_mask.sum() < 30:
+        return np.zeros(img.shape[:2], np.float32)
+    ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb)
+    samp = ycc[skin_mask]
+    mu = samp[:, 1:].mean(0)
+    cov = np.cov(samp[:, 1:].T) + np.eye(2) * 1e-5
+    inv = np.linalg.inv(cov)
+    d = ycc[..., 1:] - mu
+    m2 = np.einsum("...i,ij,...j->...", d, inv, d)
+    chroma = np.exp(-0.5 * m2 / scale ** 2)
+    y_lo, y_hi = np.percentile(samp[:, 0], [5, 95])
+    y = ycc[..., 0]
+    lum = np.clip(1 - np.maximum(0.6 * y_lo - y, y - min(1.0, 1.3 * y_hi + 0.05)) / 0.1, 0, 1)
+    lum = np.where((y >= 0.6 * y_lo) & (y <= min(1.0, 1.3 * y_hi + 0.05)), 1.0, lum)
+    out = (chroma * lum).astype(np.float32)
+    return cv2.GaussianBlur(out, (0, 0), 1.5)
