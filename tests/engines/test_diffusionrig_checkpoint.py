@@ -32,6 +32,7 @@ from facerig.engines.diffusionrig.model import (
     DiffusionRigUNet,
     GlobalEncoder,
 )
+from facerig.errors import InvalidInput
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -114,7 +115,7 @@ def test_strict_load_of_full_size_layout_and_typed_errors(tmp_path):
 
 
 def _load_tiny(variant: str, tmp_path) -> tuple[DiffusionRigUNet, GlobalEncoder]:
-    cfg = dict(TINY_UNET_CONFIG)
+    cfg = dict(TINY_UNET_CONFIG, norm_num_groups=32)  # the authors' code has 32 groups, hard-coded
     if variant == "b":
         cfg.update(resblock_updown=False, use_new_attention_order=True)
     unet = DiffusionRigUNet(**cfg)
@@ -134,3 +135,6 @@ def test_forward_matches_authors_model(variant, tmp_path):
         eps = unet(ref["x"], ref["t"], ref["cond"], code)
     torch.testing.assert_close(code, ref[f"{variant}_code"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(eps, ref[f"{variant}_eps"], rtol=1e-4, atol=1e-5)
+    # the file does not record the group count; the loader refuses anything but the authors' 32
+    with pytest.raises(InvalidInput, match="norm_num_groups"):
+        load_official_checkpoint(tmp_path / f"model_{variant}.pt", unet_config=TINY_UNET_CONFIG)

@@ -48,6 +48,8 @@ def test_shapes_and_input_checks():
     assert unet(x, 10, cond, None).shape == (2, 3, S, S)  # no global code
     with pytest.raises(InvalidInput):
         unet(x, 10, cond[:, :6], code)
+    with pytest.raises(InvalidInput, match="norm_num_groups"):
+        DiffusionRigUNet(**{**TINY_UNET_CONFIG, "norm_num_groups": 5})  # 32 and 64 channels
 
 
 def test_save_load_round_trip(tmp_path):
@@ -92,7 +94,7 @@ def test_loss_decreases_and_gradient_checkpointing_matches():
     with torch.no_grad():
         before = float(loss_at(123))
     opt = torch.optim.Adam(mod.parameters(), lr=1e-3)
-    for i in range(8):
+    for i in range(12):  # measured: 0.60 x the loss before (0.73 after 8 steps)
         loss = loss_at(i)
         opt.zero_grad()
         loss.backward()

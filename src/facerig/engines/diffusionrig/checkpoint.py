@@ -159,6 +159,12 @@ def load_official_checkpoint(
     cfg = dict(PAPER_UNET_CONFIG)
     cfg["face_model"] = OFFICIAL_FACE_MODEL
     cfg.update(unet_config or {})
+    if int(cfg.get("norm_num_groups", 32)) != 32:
+        # the group count is not in the file (norm weights are per channel): refuse instead of
+        # silently building another network than the authors' code, which hard-codes 32 groups
+        raise InvalidInput(
+            "unet_config.norm_num_groups", "32 (the released ADM code's group norms)", cfg["norm_num_groups"]
+        )
     if latent_dim is None:
         latent_dim = int(cfg["latent_dim"])
     unet = _build(DiffusionRigUNet, cfg)

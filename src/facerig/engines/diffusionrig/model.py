@@ -21,7 +21,15 @@ SiLU and the conv for up/down blocks); then with scale-shift norm
 ``h = GN(h) * (1 + s_t) + b_t`` from ``Linear(SiLU(temb))`` and *then*
 ``h = h * (1 + s_z) + b_z`` from ``Linear(SiLU(code))`` (DiffusionRig's global-code conditioning),
 then ``conv(dropout(SiLU(h)))`` (zero-initialised) plus the skip path (identity, or a 1x1 conv
-when the width changes). Group norms use 32 groups and run in float32.
+when the width changes). Group norms run in float32 with ``norm_num_groups`` groups (ADM: 32).
+
+Group count and narrow models: a group norm removes each group's spatial mean, so with ONE channel
+per group (32 groups over 32 channels) no per-channel mean of the input survives any norm, the
+output head's included, and the network cannot follow the per-channel mean (DC) of the noise it has
+to predict (measured on the 32-channel test model: slope 0.03 of predicted-noise DC on true-noise
+DC, instead of 1). DDIM then never corrects the colour of the image: a single-sample overfit came
+out about 0.3 off per channel (11 dB). The paper model has at least 4 channels per group (128 / 32);
+:data:`TINY_UNET_CONFIG` keeps that ratio (8 groups over 32 channels).
 
 Module and parameter names follow the released checkpoints one to one (``input_blocks.N.M....``,
 ``emb_layers``, ``cond_emb_layers``, ``out_layers``, ...), so loading them is a prefix strip (see
@@ -63,7 +71,8 @@ PAPER_UNET_CONFIG: dict = dict(
 )
 
 #: A CPU-test configuration that still has every block kind (plain/down/up residual blocks, a width
-#: change with a 1x1 skip conv, attention in the input, middle and output path, 2 attention heads).
+#: change with a 1x1 skip conv, attention in the input, middle and output path, 2 attention heads),
+#: with the paper's 4 channels per norm group at the narrowest width (see the module docstring).
 TINY_UNET_CONFIG: dict = dict(
     PAPER_UNET_CONFIG,
     image_size=32,
@@ -73,6 +82,7 @@ TINY_UNET_CONFIG: dict = dict(
     attention_resolutions=(16,),
     dropout=0.0,
     num_head_channels=32,
+    norm_num_groups=8,
 )
 
 
@@ -85,8 +95,8 @@ class GroupNorm32(nn.GroupNorm):
         )
 
 
-def _norm(channels: int) -> GroupNorm32:
-    return GroupNorm32(32, channels)
+def _norm(channels: int, groups: int = 32) -> GroupNorm32:
+    return GroupNorm32(groups, channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -140,12 +150,13 @@ class ResidualBlock(nn.Module):
         up: bool = False,
         down: bool = False,
         latent_dim: int = 64,
+        norm_num_groups: int = 32,
     ):
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            _norm(channels, norm_num_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         self.updown = up or down
         if up or down:
@@ -160,7 +171,7 @@ class ResidualBlock(nn.Module):
         # the released block cannot use it (a 2C vector added to C channels), so neither can this one
         self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(latent_dim, 2 * out_channels))
         self.out_layers = nn.Sequential(
-            _norm(out_channels),
+            _norm(out_channels, norm_num_groups),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
@@ -201,7 +212,12 @@ class SelfAttention(nn.Module):
     ``[q_h, k_h, v_h]`` (ADM's default); otherwise as ``[q (all heads), k, v]``."""
 
     def __init__(
-        self, channels: int, num_heads: int = 1, num_head_channels: int = -1, legacy_order: bool = True
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        legacy_order: bool = True,
+        norm_num_groups: int = 32,
     ):
         super().__init__()
         if num_head_channels == -1:
@@ -211,7 +227,7 @@ class SelfAttention(nn.Module):
                 raise InvalidInput("num_head_channels", f"a divisor of {channels}", num_head_channels)
             self.num_heads = channels // num_head_channels
         self.legacy_order = legacy_order
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, norm_num_groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = _zero(nn.Conv1d(channels, channels, 1))
 
@@ -248,6 +264,9 @@ class DiffusionRigUNet(ModelMixin, ConfigMixin):
     physical buffers (:func:`facerig.engines.diffusionrig.buffers.model_buffers`), ``global_code``
     (B, latent_dim) or None -> predicted noise (B, out_channels, H, W).
 
+    ``norm_num_groups``: groups of every group norm (ADM's 32; keep at least 4 channels per group,
+    see the module docstring).
+
     ``face_model`` records the face model whose buffers the weights were trained on (a fingerprint
     such as ``"flame-..."`` or just a model name) and ``buffer_convention`` how they were encoded;
     the buffer adapter refuses other buffers.
@@ -275,11 +294,17 @@ class DiffusionRigUNet(ModelMixin, ConfigMixin):
         latent_dim: int = 64,
         face_model: str | None = None,
         buffer_convention: str = "deca-float",
+        norm_num_groups: int = 32,
     ):
         super().__init__()
         if num_heads_upsample == -1:
             num_heads_upsample = num_heads
         channel_mult = tuple(channel_mult)
+        widths = {int(m * model_channels) for m in channel_mult}
+        if norm_num_groups < 1 or any(w % norm_num_groups for w in widths):
+            raise InvalidInput(
+                "norm_num_groups", f"a divisor of every width {sorted(widths)}", norm_num_groups
+            )
         attention_ds = {image_size // int(r) for r in attention_resolutions}
         self.model_channels = model_channels
         self.gradient_checkpointing = False
@@ -288,11 +313,24 @@ class DiffusionRigUNet(ModelMixin, ConfigMixin):
 
         def res(ch_in, ch_out=None, **kw):
             return ResidualBlock(
-                ch_in, temb, dropout, ch_out, use_scale_shift_norm, latent_dim=latent_dim, **kw
+                ch_in,
+                temb,
+                dropout,
+                ch_out,
+                use_scale_shift_norm,
+                latent_dim=latent_dim,
+                norm_num_groups=norm_num_groups,
+                **kw,
             )
 
         def attn(ch, heads):
-            return SelfAttention(ch, heads, num_head_channels, legacy_order=not use_new_attention_order)
+            return SelfAttention(
+                ch,
+                heads,
+                num_head_channels,
+                legacy_order=not use_new_attention_order,
+                norm_num_groups=norm_num_groups,
+            )
 
         ch = input_ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([ConditionedSequential([nn.Conv2d(in_channels, ch, 3, padding=1)])])
@@ -325,7 +363,9 @@ class DiffusionRigUNet(ModelMixin, ConfigMixin):
                     )
                     ds //= 2
                 self.output_blocks.append(ConditionedSequential(layers))
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), _zero(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
+        self.out = nn.Sequential(
+            _norm(ch, norm_num_groups), nn.SiLU(), _zero(nn.Conv2d(input_ch, out_channels, 3, padding=1))
+        )
 
     @property
     def cond_channels(self) -> int:
