@@ -91,3 +91,79 @@ def test_train_and_personalize_cli(astronaut, grace_hopper, tmp_path):
     for (n, a), b in zip(base.encoder.state_dict().items(), tuned.encoder.state_dict().values(), strict=True):
         if "running" not in n and "num_batches" not in n:
             assert torch.equal(a, b), n  # encoder frozen in stage 2
+
+
+# ---- personalised weights: the album's mean identity (personal.json) renders the buffers --------
+
+
+class _SpyPipeline:
+    """Delegates to a pipeline and records the conditioning buffers each sampling call gets."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.conds = []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, cond, **kw):
+        self.conds.append(cond.clone())
+        return self.pipe(cond, **kw)
+
+
+def _personal_weights(path, face_model, personal):
+    _tiny_pipeline(face_model).save_pretrained(path)
+    if personal is not None:
+        (path / "personal.json").write_text(json.dumps(personal))
+    return str(path)
+
+
+def test_personal_identity_renders_the_buffers(fitted, tmp_path, caplog):
+    import logging
+
+    img, p, m = fitted
+    fp = m.fingerprint()
+    album = (p.identity[0] + 1.5).tolist()  # an identity clearly unlike the fitted one
+    w = _personal_weights(tmp_path / "w", fp, {"identity": album, "face_model": fp, "num_photos": 3})
+    eng = get_engine("diffusionrig", weights=w, steps=1)
+    off = get_engine("diffusionrig", weights=w, steps=1, personal_identity=False)
+    with caplog.at_level(logging.INFO, logger="facerig.engines.diffusionrig.engine"):
+        st = eng.prepare(img, p, m)
+    assert "mean identity" in caplog.text and "personal.json" in caplog.text
+    st_off = off.prepare(img, p, m)
+    assert st_off.identity is None and torch.equal(st.identity, torch.tensor([album]))
+    # the source buffers change with the identity; the crop (from the source's own fit) does not
+    assert (st.source_cond - st_off.source_cond).abs().mean() > 1e-3
+    assert np.allclose(st.crop.matrix, st_off.crop.matrix)
+    # the album identity equal to the fitted one gives the fitted buffers: only the identity is swapped
+    w_same = _personal_weights(tmp_path / "same", fp, {"identity": p.identity[0].tolist(), "face_model": fp})
+    same = get_engine("diffusionrig", weights=w_same, steps=1).prepare(img, p, m)
+    assert torch.allclose(same.source_cond, st_off.source_cond, atol=1e-6)
+    # edits: the target's buffers are rendered with the album identity too
+    target = p.replace(rotation=p.rotation + torch.tensor([[0.0, 0.2, 0.0]]))
+    eng.pipe, off.pipe = _SpyPipeline(eng.pipe), _SpyPipeline(off.pipe)
+    eng.render_frame(st, target)
+    off.render_frame(st_off, target.replace(identity=torch.tensor([album])))
+    off.render_frame(st_off, target)
+    assert torch.allclose(eng.pipe.conds[0], off.pipe.conds[0], atol=1e-6)
+    assert (eng.pipe.conds[0] - off.pipe.conds[1]).abs().mean() > 1e-3
+
+
+def test_personal_identity_of_another_face_model_is_refused(fitted, tmp_path):
+    img, p, m = fitted
+    fp = m.fingerprint()
+    k = p.identity.shape[1]
+    w = _personal_weights(tmp_path / "w", fp, {"identity": [0.5] * k, "face_model": "flame-0123456789"})
+    with pytest.raises(IncompatibleModel, match="flame-0123456789"):
+        get_engine("diffusionrig", weights=w, steps=1).prepare(img, p, m)
+    # turned off, the fitted identity is used and nothing is refused
+    off = get_engine("diffusionrig", weights=w, steps=1, personal_identity=False)
+    assert off.prepare(img, p, m).identity is None
+    # same face model name but another number of coefficients
+    w2 = _personal_weights(tmp_path / "w2", fp, {"identity": [0.5] * (k + 3), "face_model": fp})
+    with pytest.raises(IncompatibleModel, match="coefficients"):
+        get_engine("diffusionrig", weights=w2, steps=1).prepare(img, p, m)
+    # a personal.json without an identity list
+    w3 = _personal_weights(tmp_path / "w3", fp, {"identity": "tall", "face_model": fp})
+    with pytest.raises(InvalidInput, match="identity"):
+        get_engine("diffusionrig", weights=w3, steps=1)

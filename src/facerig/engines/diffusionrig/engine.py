@@ -13,10 +13,18 @@ trained on FLAME/DECA buffers).
   (:func:`facerig.train.data.render_aligned` + :func:`.buffers.model_buffers`), DDIM (``steps``,
   default 20) from the fixed noise with the source's code, and the result pasted back into the
   source frame (feathered crop, :func:`facerig.detect.crops.paste_back`).
+* Personalised weights (stage 2, :func:`personalize_diffusionrig`) carry the album's mean identity
+  in ``personal.json`` next to ``unet/``. As in DiffusionRig, the buffers of the source and of every
+  edit are then rendered with that identity shape instead of the source's fitted one (the crop
+  still comes from the source's own fit). The identity must be of the same face model as the source
+  params (``IncompatibleModel`` otherwise); ``personal_identity=False`` renders with the fitted
+  identity instead.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +33,9 @@ import numpy as np
 import torch
 
 from facerig.engines.base import Engine, _check_image
-from facerig.errors import InvalidInput
+from facerig.errors import IncompatibleModel, InvalidInput
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DiffusionRigEngine", "DiffusionRigSource", "find_pipeline_dir"]
 
@@ -49,6 +59,8 @@ class DiffusionRigSource:
     source_cond: torch.Tensor
     model: Any
     params: Any
+    #: (1, K_id) identity the buffers are rendered with instead of the fitted one (personal.json), or None
+    identity: torch.Tensor | None = None
 
 
 class DiffusionRigEngine(Engine):
@@ -58,16 +70,29 @@ class DiffusionRigEngine(Engine):
 
     def __init__(self, weights: Any = None, device: str = "cpu", *, steps: int = 20, seed: int = 0,
                  eta: float = 0.0, pipeline: Any = None, unet_config: dict[str, Any] | None = None,
-                 **options: Any) -> None:
+                 personal_identity: bool = True, **options: Any) -> None:
         if pipeline is not None and weights is None:
             weights = "<in-memory pipeline>"
         super().__init__(weights, device, **options)
         if options:
-            raise InvalidInput("diffusionrig engine options", "steps, seed, eta, pipeline, unet_config", sorted(options))
+            raise InvalidInput("diffusionrig engine options",
+                               "steps, seed, eta, pipeline, unet_config, personal_identity", sorted(options))
         self.steps = int(steps)
         self.seed = int(seed)
         self.eta = float(eta)
         self.pipe = pipeline if pipeline is not None else self._load(weights, unet_config)
+        #: the album's mean identity of personalised weights ((1, K_id), from personal.json) or None
+        self.personal_identity: torch.Tensor | None = None
+        self.personal_face_model: str | None = None
+        self.personal_file: Path | None = None
+        if pipeline is None:
+            self._load_personal(Path(weights))
+        if isinstance(personal_identity, str):
+            low = personal_identity.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise InvalidInput("personal_identity", "true or false", personal_identity)
+            personal_identity = low in ("true", "1", "yes", "on")
+        self.use_personal_identity = bool(personal_identity)
 
     def _load(self, weights: Any, unet_config: dict[str, Any] | None) -> Any:
         from .pipeline import DiffusionRigPipeline
@@ -79,6 +104,57 @@ class DiffusionRigEngine(Engine):
         if p.is_file() and p.suffix in (".pt", ".pth", ".bin"):
             return DiffusionRigPipeline.from_official_checkpoint(p, unet_config=unet_config, device=self.device)
         raise InvalidInput("--weights", "a DiffusionRig pipeline folder (unet/, encoder/) or a model_*.pt file", str(p))
+
+    def _load_personal(self, weights: Path) -> None:
+        d = find_pipeline_dir(weights) if weights.is_dir() else None
+        f = d / "personal.json" if d is not None else None
+        if f is None or not f.is_file():
+            return
+        try:
+            info = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InvalidInput(str(f), "a readable personal.json", str(e)) from None
+        ident = info.get("identity") if isinstance(info, dict) else None
+        try:
+            t = torch.tensor([float(v) for v in ident], dtype=torch.float32)[None]
+        except (TypeError, ValueError):
+            raise InvalidInput(f"{f}: identity", "a list of identity coefficients", ident) from None
+        if t.shape[1] == 0:
+            raise InvalidInput(f"{f}: identity", "a list of identity coefficients", ident)
+        fm = info.get("face_model")
+        self.personal_identity = t
+        self.personal_face_model = fm if isinstance(fm, str) and fm else None
+        self.personal_file = f
+
+    def _album_identity(self, params: Any, model: Any) -> torch.Tensor | None:
+        """The personal identity to render ``params`` (of face model ``model``) with, or None."""
+        if self.personal_identity is None or not self.use_personal_identity:
+            return None
+        from .buffers import face_model_id
+
+        gid = face_model_id(model)
+        fm = self.personal_face_model or self.pipe.unet.config.get("face_model")
+        if fm is not None and not (gid == fm or ("-" not in fm and gid.split("-")[0] == fm)):
+            raise IncompatibleModel(
+                f"the personal identity of these DiffusionRig weights ({self.personal_file}) is of face "
+                f"model {fm!r}; the source was fitted with {gid!r} (fit it with {fm!r}, or pass "
+                "personal_identity=False to render with the fitted identity)"
+            )
+        k = int(params.identity.shape[1])
+        if self.personal_identity.shape[1] != k:
+            raise IncompatibleModel(
+                f"the personal identity in {self.personal_file} has {self.personal_identity.shape[1]} "
+                f"coefficients; the source params of {gid!r} have {k} (personal_identity=False renders "
+                "with the fitted identity)"
+            )
+        return self.personal_identity
+
+    @staticmethod
+    def _with_identity(params: Any, identity: torch.Tensor | None) -> Any:
+        if identity is None:
+            return params
+        ident = identity.to(params.identity.device, params.identity.dtype).expand(params.batch_size, -1)
+        return params.replace(identity=ident.clone())
 
     @property
     def image_size(self) -> int:
@@ -115,15 +191,20 @@ class DiffusionRigEngine(Engine):
         crop = ffhq_crop(pts, s, frame_size=(h, w))
         aligned = warp_to_crop(source_image, crop, border="reflect")
         x = torch.from_numpy(np.ascontiguousarray(aligned)).permute(2, 0, 1)[None].float() / 255.0
+        identity = self._album_identity(source_params, model)
+        if identity is not None:
+            log.info("DiffusionRig: rendering the buffers with the album's mean identity of %s "
+                     "(instead of the source's fitted identity; personal_identity=False turns this off)",
+                     self.personal_file)
         with torch.no_grad():
-            buf = render_aligned(model, source_params, s, crop)
+            buf = render_aligned(model, self._with_identity(source_params, identity), s, crop)
         from .buffers import model_buffers
 
         cond = model_buffers(buf, model, self.pipe.unet)
         code = self.pipe.encode(x)
         seed = self._generator_seed(kw.get("seed"))
         noise = self.pipe.fixed_noise(seed, 1)
-        return DiffusionRigSource(source_image, crop, x, code, noise, cond, model, source_params)
+        return DiffusionRigSource(source_image, crop, x, code, noise, cond, model, source_params, identity)
 
     def render_frame(self, state: DiffusionRigSource, target_params: Any, *, generator: Any = None,
                      **kw: Any) -> np.ndarray:
@@ -135,11 +216,10 @@ class DiffusionRigEngine(Engine):
         if target_params.batch_size != 1:
             raise InvalidInput("target_params", "the params of one face (batch 1)", target_params.batch_size)
         if target_params.model != state.params.model:
-            from facerig.errors import IncompatibleModel
-
             raise IncompatibleModel(f"target params of {target_params.model} for a source of {state.params.model}")
         if target_params.crop is None:
             target_params = target_params.replace(crop=state.params.crop)
+        target_params = self._with_identity(target_params, state.identity)
         with torch.no_grad():
             buf = render_aligned(state.model, target_params, self.image_size, state.crop)
         cond = model_buffers(buf, state.model, self.pipe.unet)
@@ -156,7 +236,6 @@ class DiffusionRigEngine(Engine):
 def _export(run_dir: Path, personal: dict[str, Any] | None = None):
     def export(module: Any, out: Path) -> None:
         import copy
-        import json
 
         from .pipeline import DiffusionRigPipeline
 
@@ -174,7 +253,6 @@ def train_diffusionrig(config: str, data: str | Path, out: str | Path, *, max_st
     """Train (stage 1) or fine-tune from ``base`` (stage 2) on prepared shards; returns the exported
     pipeline folder ``OUT/final/pipeline`` (EMA weights when the recipe keeps an EMA)."""
     import dataclasses
-    import json
 
     from facerig.train.config import load_recipe
     from facerig.train.data import ShardDataset
@@ -240,7 +318,6 @@ def personalize_diffusionrig(album: str | Path, base: str | Path, out: str | Pat
     """Stage 2: prepare the album (one identity, shared shape) at the base model's resolution, train
     from ``base`` with the encoder frozen, and store the album's mean identity with the model
     (``personal.json``)."""
-    import json
 
     from facerig.train.data import ShardDataset
     from facerig.train.prepare import PrepareOptions
@@ -272,8 +349,11 @@ def personalize_diffusionrig(album: str | Path, base: str | Path, out: str | Pat
     ds = ShardDataset(data, buffers=False)
     ids = torch.cat([ds.params(i).identity for i in range(len(ds))], 0)
     mean = ids.mean(0)
-    personal = {"identity": [round(float(v), 6) for v in mean], "face_model": ds.samples and
-                json.loads((data / "index.json").read_text()).get("face_model"), "album": str(a),
+    from .buffers import face_model_id
+
+    # the face model the identity coefficients belong to (the engine refuses sources of another one)
+    fm = json.loads((data / "index.json").read_text()).get("face_model") or face_model_id(ds.face_model)
+    personal = {"identity": [round(float(v), 6) for v in mean], "face_model": fm, "album": str(a),
                 "num_photos": len(ds)}
     return train_diffusionrig(config, data, out, max_steps=max_steps, resume=resume, base=base,
                               freeze_encoder=True, personal=personal)
