@@ -17,6 +17,7 @@ mkdir -p "$DEMO"
 # step ~15x slower (spin-waiting), one thread measured 0.5 s vs 8-10 s per fwd+bwd of batch 8.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 
+if [ -z "${SKIP_PREPARE:-}" ]; then  # SKIP_PREPARE=1: the shards of an earlier run are in $DEMO
 # 1a. stage-1 data: 64 px shards with stored buffers, every 6th frame of the liveportrait, misc and
 #     MEAD M030 clips (MEAD W009 is kept out: it is the stage-2 person).
 $FR prepare $(ls "$SH"/videos/liveportrait/*.mp4 "$SH"/videos/misc/*.mp4 "$SH"/videos/mead/M030*.mp4) \
@@ -50,6 +51,7 @@ for f in sorted(glob.glob(src + "/W009_*.mp4")):
         i += 1
 PYEOF
 $FR prepare "$DEMO/w009_album" -o "$DEMO/shards_w009" --album-by-folder --size 64 --buffers --workers 1 --no-progress
+fi
 
 # 2. stage 1 (generic prior), reduced-width recipe
 $FR train diffusionrig --config configs/diffusionrig/demo_cpu_stage1.yaml --data "$DEMO/shards_stage1" \
