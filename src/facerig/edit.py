@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -353,7 +353,8 @@ def reenact(
     fr = fit_video(str(drv), fm, cfg, max_frames=max_frames)
     timings["fit_driving"] = time.perf_counter() - t1
     eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
-    seq = align_sequence(sp, fr.params, fm, relative=relative, anchor=anchor or getattr(eng, "pose_anchor", "face"))
+    seq = align_sequence(sp, fr.params, fm, relative=relative,
+                         anchor=cast(str, anchor or getattr(eng, "pose_anchor", "face")))
     if smooth > 0 and seq.batch_size > 1:
         seq = smooth_sequence(seq, smooth)
     n = seq.batch_size

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -228,7 +228,7 @@ class FaceParams:
         return dataclasses.replace(self, **changes)
 
     def map_tensors(self, fn: Any, **changes: Any) -> FaceParams:
-        kw = {n: (fn(getattr(self, n)) if getattr(self, n) is not None else None) for n in self._TENSORS}
+        kw: dict[str, Any] = {n: (fn(getattr(self, n)) if getattr(self, n) is not None else None) for n in self._TENSORS}
         kw.update(changes)
         return dataclasses.replace(self, **kw)
 
@@ -264,7 +264,8 @@ class FaceParams:
         for n in FaceParams._TENSORS:
             vals = [getattr(it, n) for it in items]
             kw[n] = None if any(v is None for v in vals) else torch.cat(vals, 0)
-        crops = None if any(it.crop is None for it in items) else [c for it in items for c in it.crop]
+        crops = (None if any(it.crop is None for it in items)
+                 else [c for it in items for c in cast(list[CropTransform], it.crop)])
         return dataclasses.replace(first, crop=crops, **kw)
 
     # ---- named access --------------------------------------------------------------------
@@ -278,6 +279,7 @@ class FaceParams:
         from facerig.rotations import axis_angle_to_ypr
 
         faces = []
+        assert self.jaw_pose is not None  # __post_init__ fills it
         ypr = axis_angle_to_ypr(self.rotation.detach().cpu().double())
         for i in range(self.batch_size):
             d: dict[str, Any] = {

@@ -15,7 +15,7 @@ from facerig.errors import InvalidInput
 DEFAULT_ENGINE = "warp"
 
 # name -> "module:ClassName" (imported on first use, so `import facerig.engines` stays light)
-_REGISTRY: dict[str, str] = {
+_REGISTRY: dict[str, str | type] = {
     "warp": "facerig.engines.warp.engine:WarpEngine",
     "diffusionrig": "facerig.engines.diffusionrig.engine:DiffusionRigEngine",
 }
@@ -25,7 +25,7 @@ def register_engine(name: str, target: str | type) -> None:
     """Register an engine class (or a "module:Class" path) under ``name``."""
     if not name or not name.replace("_", "").isalnum():
         raise InvalidInput("name", "an identifier-like engine name", name)
-    _REGISTRY[name] = target  # type: ignore[assignment]
+    _REGISTRY[name] = target
 
 
 def _resolve(name: str) -> type:
@@ -53,7 +53,7 @@ def available_engines() -> dict[str, dict[str, Any]]:
     out = {}
     for n in sorted(_REGISTRY):
         try:
-            cls = _resolve(n)
+            cls: Any = _resolve(n)  # an engine class: requires_weights / description are class attributes
             out[n] = {"requires_weights": bool(cls.requires_weights), "description": cls.description}
         except ImportError as e:  # an optional engine whose dependencies are missing
             out[n] = {"requires_weights": None, "description": f"unavailable: {e}"}

@@ -35,6 +35,7 @@ channels/rows/columns (aligned at the top-left), which happens in the down-sampl
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import importlib.util
 import math
@@ -140,7 +141,7 @@ class _Reader:
         self.pos += 4 * count
         return arr.reshape(dims)
 
-    def alias(self) -> tuple[int, ...]:
+    def alias(self) -> tuple[builtins.int, ...]:  # `int` is the method above here
         version = self.int()
         if version != 1:
             raise InvalidInput("dlib net file", "alias_tensor version 1", version)
@@ -276,6 +277,8 @@ class DlibResNet(nn.Module):
     descriptors in dlib's units (not normalised; the same-person threshold is L2 0.6). Keys:
     ``stem.weight/bias``, ``blocks.{i}.conv{1,2}.weight/bias``, ``fc.weight``, buffer ``mean_rgb``.
     """
+
+    mean_rgb: torch.Tensor  # buffer
 
     # (out_channels, down) of the 14 residual blocks of dlib's dnn_face_recognition_ex anet_type
     BLOCKS = ((32, False),) * 3 + ((64, True),) + ((64, False),) * 3 + ((128, True),) + ((128, False),) * 2 \

@@ -50,7 +50,7 @@ import os
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -301,9 +301,9 @@ def load_i3d(path: str | os.PathLike[str]) -> nn.Module:
     file."""
     kind = detect_i3d_format(path)
     if kind == "torchscript":
-        m = load_i3d_torchscript(path)
+        ts = load_i3d_torchscript(path)
         log.info("I3D: TorchScript %s", Path(path).name)
-        return m
+        return ts
     m = load_pytorch_i3d(path)
     log.info("I3D: pytorch-i3d InceptionI3d state dict %s (%d classes)", Path(path).name, m.num_classes)
     return m
@@ -379,7 +379,7 @@ class I3DFeatures:
         v = x.float() / 127.5 - 1.0  # = x / 255 * 2 - 1
         if v.shape[-2:] != (224, 224):
             v = F.interpolate(v, size=(v.shape[2], 224, 224), mode="trilinear", align_corners=False)
-        return self.model.features(v)
+        return cast(InceptionI3D, self.model).features(v)  # kind == "pytorch-i3d"
 
     def __call__(self, clips: Sequence[Any]) -> np.ndarray:
         ts = clips_to_uint8_batch(clips, self.num_frames)

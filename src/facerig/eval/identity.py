@@ -150,7 +150,7 @@ def dlib_embed(images: Sequence[Any], boxes: Sequence[Sequence[float] | None] | 
     for i, im in enumerate(images):
         img = _as_uint8(im)
         if landmarks5 is not None and landmarks5[i] is not None:
-            pts = np.asarray(landmarks5[i], dtype=np.float64).reshape(5, 2)
+            pts: np.ndarray | None = np.asarray(landmarks5[i], dtype=np.float64).reshape(5, 2)
         else:
             pts = dlib_landmarks5(img, boxes[i] if boxes is not None else None, upsample, select)
         if pts is None:
@@ -174,7 +174,7 @@ def dlib_embed(images: Sequence[Any], boxes: Sequence[Sequence[float] | None] | 
     return EmbedResult(emb, found, lms, ESTIMATOR_DLIB if backend == "dlib" else ESTIMATOR_PORT)
 
 
-def mediapipe_to_dlib5(landmarks: Any) -> np.ndarray:
+def mediapipe_to_dlib5(landmarks: Any) -> np.ndarray | torch.Tensor:
     """dlib-ordered 5 points (dlib pixel coordinates) from MediaPipe 478 landmarks (a FaceLandmarks,
     or a (478, 2+) array / tensor in facerig frame coordinates). Close to, not identical with, dlib's
     own predictor (embeddings agree to cosine ~0.99; use dlib's predictor for reported metrics)."""

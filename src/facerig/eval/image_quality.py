@@ -19,7 +19,7 @@ arrays (uint8 0..255, float 0..1). Results are dicts that name the metric and th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -65,10 +65,10 @@ def to_batch(x: Any, name: str = "image") -> torch.Tensor:
         t = t.float() / 255.0 if a.dtype == np.uint8 else t.float()
         return t
     if isinstance(x, torch.Tensor):
-        t = x if x.ndim == 4 else x[None] if x.ndim == 3 else None
-        if t is None:
+        tb = x if x.ndim == 4 else x[None] if x.ndim == 3 else None
+        if tb is None:
             raise InvalidInput(name, "(C, H, W) or (B, C, H, W) tensor", tuple(x.shape))
-        return t.float() if t.dtype == torch.uint8 else t
+        return tb.float() if tb.dtype == torch.uint8 else tb
     raise InvalidInput(name, "a tensor or an array", type(x).__name__)
 
 
@@ -235,10 +235,10 @@ def kernel_distance(a: Any, b: Any, *, subsets: int = 100, subset_size: int = 10
 # ------------------------------------------------------------------------------------------
 # LPIPS
 
-_ALEX_CFG = [("c", 3, 64, 11, 4, 2), ("r",), ("m",), ("c", 64, 192, 5, 1, 2), ("r",), ("m",),
+_ALEX_CFG: list[tuple[Any, ...]] = [("c", 3, 64, 11, 4, 2), ("r",), ("m",), ("c", 64, 192, 5, 1, 2), ("r",), ("m",),
              ("c", 192, 384, 3, 1, 1), ("r",), ("c", 384, 256, 3, 1, 1), ("r",), ("c", 256, 256, 3, 1, 1), ("r",)]
 _ALEX_TAPS = (1, 4, 7, 9, 11)  # relu1..relu5 (lpips alexnet slices)
-_VGG_CH = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+_VGG_CH: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 _VGG_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 
 
@@ -276,6 +276,9 @@ class LPIPS(nn.Module):
     shape (1, C, 1, 1)). ``forward(a, b)`` takes [0, 1] images and returns (B,) distances.
     """
 
+    shift: torch.Tensor  # buffers
+    scale: torch.Tensor
+
     def __init__(self, net: str = "alex", backbone_weights: Any = None, lin_weights: Any = None):
         super().__init__()
         if net not in ("alex", "vgg"):
@@ -283,7 +286,7 @@ class LPIPS(nn.Module):
         self.net_name = net
         self.features = _alexnet_features() if net == "alex" else _vgg16_features()
         self.taps = _ALEX_TAPS if net == "alex" else _VGG_TAPS
-        chans = [self.features[i - 1].out_channels for i in self.taps]
+        chans = [cast(nn.Conv2d, self.features[i - 1]).out_channels for i in self.taps]
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in chans)
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
@@ -325,7 +328,7 @@ class LPIPS(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         fa, fb = self._feats(a), self._feats(b)
-        total = 0
+        total: Any = 0  # becomes a (B, 1) tensor
         for lin, x, y in zip(self.lins, fa, fb, strict=True):
             total = total + lin((x - y) ** 2).mean((2, 3))
         return total.view(-1)

@@ -72,7 +72,7 @@ def build_report(protocol: str, summary: dict[str, Any], records: Sequence[dict[
         est["refit"] = est["refit"].replace(est["refit"].split(";")[0], fit_estimator)
     if protocol in ("evaluate", "external"):
         proto = None
-        columns = ("n", "num_failed", "id_distance", "same_person_rate", "reid", "csim_dlib", "ssim", "psnr",
+        columns: tuple[str, ...] = ("n", "num_failed", "id_distance", "same_person_rate", "reid", "csim_dlib", "ssim", "psnr",
                    "ssim_bg", "psnr_bg", "l1", "lpips", "apd_deg", "aed", "ald", "au_accuracy", "clip_score",
                    "landmark_jitter", "warping_error", "identity_drift", "fid", "kid")
     else:
@@ -393,7 +393,8 @@ def make_plots(rep: dict[str, Any]) -> list[tuple[str, bytes]]:
         ets = sorted({t for t, _ in ids})
         vals = [[v for t, v in ids if t == et] for et in ets]
         hi = max(0.7, max(v for _, v in ids) * 1.05)
-        ax.hist(vals, bins=np.linspace(0, hi, 25), stacked=True, label=ets, alpha=0.85)
+        # the ignore below: matplotlib's stub types bins as a Sequence[float]; an array works (and is documented)
+        ax.hist(vals, bins=np.linspace(0, hi, 25), stacked=True, label=ets, alpha=0.85)  # type: ignore[arg-type]
         ax.axvline(0.6, color="k", ls="--", lw=1, label="same-person threshold 0.6")
         ax.set_xlabel("ID distance to the source (dlib L2)", fontsize=8)
         ax.set_ylabel("samples", fontsize=8)

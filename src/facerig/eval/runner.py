@@ -29,12 +29,17 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from facerig.errors import FacerigError, InvalidInput
 from facerig.eval.protocols import IMAGE_SUFFIXES, VIDEO_SUFFIXES, get_protocol
+
+if TYPE_CHECKING:
+    from facerig.eval.i3d import I3DFeatures
+    from facerig.eval.image_quality import LPIPS, InceptionV3FID
+    from facerig.morphable.base import FaceModel
 
 log = logging.getLogger(__name__)
 
@@ -329,10 +334,10 @@ class Evaluator:
         self._fit_fn = fit_fn
         self._clip = clip_model
         self._detector = detector
-        self._lpips = None
-        self._inception = None
-        self._i3d = None
-        self._fm = None
+        self._lpips: LPIPS | None = None
+        self._inception: InceptionV3FID | None = None
+        self._i3d: I3DFeatures | None = None
+        self._fm: FaceModel | None = None
         self._src_cache: dict[str, dict[str, Any]] = {}
         self._load_user_models()
 
@@ -414,6 +419,7 @@ class Evaluator:
     def _incep(self, image: np.ndarray) -> list[float]:
         from facerig.eval.image_quality import fid_features
 
+        assert self._inception is not None  # callers check it
         return [round(float(v), 5) for v in fid_features(image, self._inception)[0]]
 
     # ---- sources -------------------------------------------------------------------------
@@ -462,6 +468,7 @@ class Evaluator:
         from facerig.eval import image_quality as iq
 
         ms = self.config.max_side
+        assert s.output is not None  # evaluate() returns early without an output
         src = _load(s.source, ms)
         out = _load(s.output, ms)
         ref = _load(s.target, ms) if s.target else src
@@ -566,6 +573,7 @@ class Evaluator:
         from facerig.io.video import read_video
 
         c = self.config
+        assert s.output is not None  # evaluate() returns early without an output
         out, _ = read_video(s.output, max_frames=c.max_frames)
         drv = read_video(s.target, max_frames=c.max_frames)[0] if s.target else None
         src = _load(s.source) if Path(s.source).suffix.lower() not in VIDEO_SUFFIXES else \
@@ -629,9 +637,10 @@ class Evaluator:
             k = min(n, 16)
             m["warping_error"] = _r(vm.temporal_warping_error(list(drv[:k]), [fit_size(out[i], drv[i]) for i in range(k)])["value"])
         if self._i3d is not None:
+            i3d = self._i3d  # narrowed, for the closure
 
             def feats(frames: np.ndarray) -> list[float]:
-                return [round(float(v), 5) for v in self._i3d([np.asarray(frames)])[0]]
+                return [round(float(v), 5) for v in i3d([np.asarray(frames)])[0]]
 
             if len(out) >= self._i3d.num_frames:  # shorter clips have no I3D features (FVD skips them)
                 rec["i3d"] = feats(out)

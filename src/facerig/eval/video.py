@@ -90,8 +90,9 @@ def temporal_warping_error(source_frames: Sequence[Any], output_frames: Sequence
         g0 = cv2.cvtColor(src[t - 1], cv2.COLOR_RGB2GRAY)
         g1 = cv2.cvtColor(src[t], cv2.COLOR_RGB2GRAY)
         args = (None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        back = cv2.calcOpticalFlowFarneback(g1, g0, *args)  # for pixels of t: where they were at t-1
-        fwd = cv2.calcOpticalFlowFarneback(g0, g1, *args)
+        # the ignores below: OpenCV accepts flow=None (allocates the output); the stub does not allow it
+        back = cv2.calcOpticalFlowFarneback(g1, g0, *args)  # type: ignore[call-overload]  # for pixels of t: where they were at t-1
+        fwd = cv2.calcOpticalFlowFarneback(g0, g1, *args)  # type: ignore[call-overload]
         h, w = g0.shape
         gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
         mx, my = gx + back[..., 0], gy + back[..., 1]

@@ -98,7 +98,7 @@ def landmark_error_report(model: FaceModel, params: FaceParams,
     inter-ocular (outer eye corner) distance: per image median and 90th percentile."""
     idx = model.landmark_index.cpu().numpy()
     proj = project_landmarks_to_frame(model, params)
-    per = []
+    per: list[dict[str, float] | None] = []
     for i, lm in enumerate(landmarks):
         if lm is None:
             per.append(None)
@@ -163,6 +163,7 @@ def _geometry_fit(model: FaceModel, landmarks: Sequence[FaceLandmarks], config: 
         model.has_jaw_joint or config.camera_kind == "perspective")
     if refine:
         cam = res.camera if config.camera_kind == "weak_perspective" else weak_to_perspective(res.camera, config.focal)
+        assert res.base_weights is not None  # fit_landmarks always sets it
         r = refine_lbfgs(m64, target, res.base_weights, res.identity, res.expression, res.jaw_pose, res.rotation, cam,
                          camera_kind=config.camera_kind, focal=config.focal,
                          identity_prior=config.landmark.identity_prior,
@@ -257,6 +258,7 @@ def fit_video(
     parameters interpolated from their neighbours and are listed in ``report['missing_frames']``."""
     cfg = config or FitConfig()
     model = as_face_model(model)
+    frames: np.ndarray | list[np.ndarray]
     if isinstance(video, (str, bytes)) or hasattr(video, "__fspath__"):
         from facerig.io.video import read_video
 
@@ -305,7 +307,8 @@ def _fill_and_smooth(p: FaceParams, found: list[int], n: int, sigma: float) -> F
             out = gaussian_filter1d(out, sigma, axis=0, mode="nearest")
         return torch.tensor(out, dtype=x.dtype).reshape(n, *x.shape[1:])
 
-    crops = []
+    assert p.jaw_pose is not None  # FaceParams.__post_init__ fills it
+    crops: list[CropTransform | None] = []
     for i in range(n):
         j = int(np.argmin(np.abs(t_found - i)))
         crops.append(p.crop[j] if p.crop else None)
@@ -332,6 +335,7 @@ def _smooth_camera_in_frame(p: FaceParams, found: list[int], n: int, sigma: floa
     from scipy.ndimage import gaussian_filter1d
 
     cam = p.camera.detach().double().numpy()
+    assert p.crop is not None  # p comes from fit_landmark_sets, which sets the crops
     pts = []
     for k in range(len(found)):
         crop = p.crop[k]
@@ -339,20 +343,21 @@ def _smooth_camera_in_frame(p: FaceParams, found: list[int], n: int, sigma: floa
         # head origin in crop NDC: (s*tx, -s*ty); in pixels, then in the frame
         o = crop.invert(np.array([[(s * tx + 1) * crop.size / 2, (-s * ty + 1) * crop.size / 2]]))[0]
         pts.append([o[0], o[1], s * crop.size / 2 / crop.scale])  # frame pixels per model unit
-    pts = np.asarray(pts)
+    pts_a = np.asarray(pts)
     t_found = np.asarray(found, dtype=np.float64)
     t_all = np.arange(n, dtype=np.float64)
-    full = np.stack([np.interp(t_all, t_found, pts[:, j]) for j in range(3)], 1)
+    full = np.stack([np.interp(t_all, t_found, pts_a[:, j]) for j in range(3)], 1)
     if sigma > 0 and n > 1:
         full = gaussian_filter1d(full, sigma, axis=0, mode="nearest")
     if p.camera_kind != "weak_perspective":
         return torch.tensor(np.stack([np.interp(t_all, t_found, cam[:, j]) for j in range(3)], 1), dtype=p.camera.dtype)
     out = []
     for i in range(n):
-        crop = crops[i]
-        o = crop.apply(full[i : i + 1, :2])[0]
-        s = full[i, 2] * crop.scale * 2 / crop.size
-        ndc = o / crop.size * 2 - 1
+        crop_i = crops[i]
+        assert crop_i is not None  # built from p.crop, which is set (see above)
+        o = crop_i.apply(full[i : i + 1, :2])[0]
+        s = full[i, 2] * crop_i.scale * 2 / crop_i.size
+        ndc = o / crop_i.size * 2 - 1
         out.append([s, ndc[0] / s, -ndc[1] / s])
     return torch.tensor(out, dtype=p.camera.dtype)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -107,7 +108,7 @@ def _sample(image: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
     return out[0, :, 0].T
 
 
-def fit_photometric(model: FaceModel, params: FaceParams, images: list[np.ndarray], texture_size: int = 0,
+def fit_photometric(model: FaceModel, params: FaceParams, images: Sequence[np.ndarray] | np.ndarray, texture_size: int = 0,
                     share_albedo: bool = False) -> tuple[FaceParams, dict[str, Any]]:
     """Fit light and albedo for every face of ``params`` against its image (frame, uint8 RGB)."""
     from facerig.detect.crops import warp_to_crop
@@ -116,12 +117,14 @@ def fit_photometric(model: FaceModel, params: FaceParams, images: list[np.ndarra
     from facerig.render.shading import shading as sh_shading
 
     b = params.batch_size
+    reports: list[dict[str, Any]]
     lights, albedos, textures, tmasks, reports = [], [], [], [], []
     with torch.no_grad():
         verts_all = model(params.identity, params.expression, params.jaw_pose)
         world_all = pose_vertices(verts_all, params.rotation)
         for i in range(b):
             p = params[i]
+            assert p.crop is not None  # fitted params carry their crops
             crop = p.crop[0]
             img = torch.tensor(warp_to_crop(images[i], crop), dtype=torch.float32).permute(2, 0, 1) / 255.0
             frags: list = []

@@ -259,7 +259,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module in ("numpy", "numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
             from numpy._core import numeric
 
-            return numeric._frombuffer
+            return numeric._frombuffer  # type: ignore[attr-defined]  # private numpy helper, not in the stubs
         if module == "numpy.dtypes" and name.endswith("DType"):
             import numpy.dtypes
 
@@ -291,7 +291,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _safe_reconstructor(self, cls: Any, base: Any, state: Any) -> Any:
         if cls not in self._allowed_classes or (base is not object and base not in self._allowed_classes):
             raise self._refuse(f"copyreg._reconstructor({cls!r}, {base!r})")
-        return copyreg._reconstructor(cls, base, state)
+        return copyreg._reconstructor(cls, base, state)  # type: ignore[attr-defined]  # private, not in typeshed
 
     def _safe_newobj(self, cls: Any, *args: Any) -> Any:
         if cls not in self._allowed_classes:

@@ -150,6 +150,12 @@ class FLAMEFaceModel(FaceModel):
     expression_range = None
     region_names = FLAME_REGION_NAMES
 
+    # extra buffers (registered in __init__)
+    posedirs: torch.Tensor
+    J_regressor: torch.Tensor
+    parents: torch.Tensor
+    lbs_weights: torch.Tensor
+
     def __init__(self, fields: dict[str, Any], n_shape: int = 100, n_exp: int = 50,
                  aux: dict[str, Any] | None = None, albedo: Any = None, source: str = "<arrays>"):
         super().__init__()

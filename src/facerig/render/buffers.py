@@ -22,6 +22,8 @@ Gradients flow (pixel interiors) to the vertices, albedo/texture, light and came
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,9 @@ from facerig.render.raster import (
 )
 from facerig.render.shading import sh_basis_rows
 from facerig.types import FaceParams, RenderBuffers
+
+if TYPE_CHECKING:
+    from facerig.morphable.base import FaceModel
 
 SPACES = ("crop", "frame")
 
@@ -62,7 +67,7 @@ def screen_vertices(
             "'crop', or 'frame' only for batches whose frames share one size (render the items separately)",
             f"frame with sizes {sorted(sizes)}",
         )
-    hw = sizes.pop()
+    hw = cast(tuple[int, int], sizes.pop())  # frame_size is (height, width)
     dt, dev = world.dtype, world.device
     half = torch.tensor([c.size / 2.0 for c in params.crop], dtype=dt, device=dev)[:, None, None]
     inv = torch.from_numpy(np.stack([c.inverse_matrix for c in params.crop])).to(
@@ -109,7 +114,7 @@ def _segment_matmul(mats: torch.Tensor, x: torch.Tensor, counts: list[int]) -> t
 
 
 def render_buffers(
-    model: torch.nn.Module,
+    model: FaceModel,
     params: FaceParams,
     size: int = 256,
     space: str = "crop",
@@ -165,6 +170,7 @@ def render_buffers(
     n_raw = vals[0:3]
     uv = vals[3:5]
     if albedo_src == "texture":
+        assert params.texture is not None  # albedo_src == "texture" only when it is set
         albedo = _texture_albedo(params.texture.to(device=dev, dtype=dtype), uv, counts)
     else:
         albedo = vals[5:8]

@@ -49,8 +49,8 @@ def uv_sphere(
     v = torch.tensor(verts, dtype=torch.float32)
     f = torch.tensor(faces, dtype=torch.long)
     # orient every triangle outwards (the formulas above already do; this guards the convention)
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    inward = (torch.cross(b - a, c - a, dim=-1) * (a + b + c)).sum(-1) < 0
+    va, vb, vc = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    inward = (torch.cross(vb - va, vc - va, dim=-1) * (va + vb + vc)).sum(-1) < 0
     f[inward] = f[inward][:, [0, 2, 1]]
     return v, f, torch.tensor(uv, dtype=torch.float32)
 

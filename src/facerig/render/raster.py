@@ -269,6 +269,7 @@ def _visibility_torch(
             ok = (e > 0) | ((e == 0) & (tl > 0))
             inside = ok if inside is None else inside & ok
             es.append(e)
+        assert inside is not None  # set by the 3 iterations above
         sel = torch.nonzero(inside).squeeze(1)
         if sel.numel() == 0:
             continue

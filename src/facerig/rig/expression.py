@@ -176,6 +176,7 @@ def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: A
     t = finite_float(intensity, "intensity", 0.0, 2.0 if mode == "replace" else 1.0)
     _require_blendshapes(model)
     dtype, device = params.expression.dtype, params.expression.device
+    assert params.jaw_pose is not None  # FaceParams.__post_init__ fills it
     if mode == "replace":
         vec = preset_vector(name, model, t).to(dtype=dtype, device=device)
         exp = vec.expand(params.batch_size, -1).clone()
@@ -193,6 +194,7 @@ def transfer_expression(params: FaceParams, reference_params: FaceParams) -> Fac
     check_params(reference_params, "reference_params")
     check_same_model(params, reference_params, "reference_params")
     b = params.batch_size
+    assert reference_params.jaw_pose is not None  # FaceParams.__post_init__ fills it
     exp = broadcast_batch(reference_params.expression, b, "reference_params")
     jaw = broadcast_batch(reference_params.jaw_pose, b, "reference_params")
     return params.replace(
@@ -225,6 +227,7 @@ def interpolate_expression(a: FaceParams, b: FaceParams, t: float | torch.Tensor
     else:
         tt = torch.full((n,), finite_float(t, "t", -1.0, 2.0), dtype=a.expression.dtype)
     tt = tt[:, None]
+    assert a.jaw_pose is not None and b.jaw_pose is not None  # FaceParams.__post_init__ fills them
     eb = broadcast_batch(b.expression, n, "b").to(a.expression)
     jb = broadcast_batch(b.jaw_pose, n, "b").to(a.jaw_pose)
     exp = (1 - tt) * a.expression + tt * eb

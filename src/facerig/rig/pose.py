@@ -53,6 +53,7 @@ def _landmark_rows(model: Any, ids: Sequence[int]) -> list[int]:
 def face_anchor(params: FaceParams, model: Any, posed: bool = False) -> torch.Tensor:
     """The eye-mouth anchor (B, 3) in the head frame (or the world frame with ``posed=True``)."""
     check_params_model(params, model)
+    assert params.jaw_pose is not None  # FaceParams.__post_init__ fills it
     with torch.no_grad():
         verts = model(identity=params.identity.to(model.mean.dtype),
                       expression=params.expression.to(model.mean.dtype),

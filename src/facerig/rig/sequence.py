@@ -50,6 +50,7 @@ def align_sequence(source: FaceParams, driving: FaceParams, model: Any, relative
     if source.batch_size != 1:
         raise InvalidInput("source", "FaceParams of exactly one face", source.batch_size)
     t = driving.batch_size
+    assert driving.jaw_pose is not None and source.jaw_pose is not None  # FaceParams.__post_init__ fills them
     base = source[[0] * t]
     if relative:
         rot = _compose_relative(driving.rotation, source.rotation)
@@ -121,6 +122,7 @@ def smooth_sequence(params: FaceParams, sigma_frames: float, light: bool = False
     sigma = finite_float(sigma_frames, "sigma_frames", 0.0, 1e4)
     if sigma == 0 or params.batch_size < 2:
         return params.clone()
+    assert params.jaw_pose is not None  # FaceParams.__post_init__ fills it
     kw: dict[str, torch.Tensor] = {
         "expression": gaussian_smooth(params.expression, sigma),
         "jaw_pose": smooth_rotations(params.jaw_pose, sigma),

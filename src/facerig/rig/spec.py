@@ -152,6 +152,7 @@ class EditSpec:
         out = params.clone()
         # 1. expression
         if "expression" in take:
+            assert reference is not None  # checked above (take needs a reference)
             out = transfer_expression(out, reference)
         preset, intensity = self.preset, self.intensity
         if self.text is not None:
@@ -165,12 +166,14 @@ class EditSpec:
             out = set_expression(out, self.expression, model, mode=self.expression_mode)
         # 2. pose
         if "pose" in take:
+            assert reference is not None  # checked above (take needs a reference)
             out = transfer_pose(out, reference, model, anchor=self.pose_anchor)
         elif any(v is not None for v in (self.yaw, self.pitch, self.roll)):
             out = set_pose(out, model, self.yaw, self.pitch, self.roll, relative=self.pose_relative,
                            anchor=self.pose_anchor)
         # 3. light
         if "light" in take:
+            assert reference is not None  # checked above (take needs a reference)
             out = transfer_light(out, reference)
         elif self.light is not None or self.light_azimuth is not None or self.light_elevation is not None:
             if self.light is not None:

@@ -87,7 +87,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, where)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return from_dict(typing.cast(type, tp), value, where)
     if tp is bool:
         if not isinstance(value, bool):
             raise InvalidInput(where, "true or false", value)

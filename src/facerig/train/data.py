@@ -42,6 +42,7 @@ BUFFER_CHANNELS = ("render", "normal", "albedo")
 def aligned_crop_of(params: FaceParams, size: int) -> CropTransform:
     """The identity "crop" of the aligned image the params were fitted on, scaled to ``size``
     (shard params: ``params.crop[0].frame_size`` is the aligned crop's side)."""
+    assert params.crop is not None  # shard params carry the aligned crop
     h, w = params.crop[0].frame_size
     if h != w:
         raise InvalidInput("params.crop", "params fitted on a square aligned crop", (h, w))

@@ -188,7 +188,9 @@ class _Worker:
         from facerig.errors import FacerigError
         from facerig.io.image import load_image
 
-        crops, lms, labels = [], [], []
+        crops: list[np.ndarray] = []
+        lms: list[Any] = []
+        labels: list[tuple[str, int | None]] = []
         if g.kind == "video":
             from facerig.io.video import iter_frames
 
@@ -212,11 +214,11 @@ class _Worker:
             return []
         params = self._fit(lms, crops)
         out = []
-        for k, (crop_img, (src, frame)) in enumerate(zip(crops, labels, strict=True)):
+        for k, (crop_img, (src, frame_no)) in enumerate(zip(crops, labels, strict=True)):
             p = params[k]
-            p.meta = {"identity": g.name, "source": src, "frame": frame, "crop": self.opts.crop,
+            p.meta = {"identity": g.name, "source": src, "frame": frame_no, "crop": self.opts.crop,
                       "size": self.opts.size, "face_model": self.fingerprint}
-            item = Path(src).stem if frame is None else f"f{frame:06d}"
+            item = Path(src).stem if frame_no is None else f"f{frame_no:06d}"
             out.append({"key": f"{g.name}__{_slug(item)}", "image": crop_img, "params": p})
         return out
 

@@ -37,7 +37,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -219,11 +219,11 @@ class Trainer:
         self.collate_fn = collate_fn or default_collate
         self.sample_fn = sample_fn
         self.export_fn = export_fn
-        if len(dataset) < config.batch_size * self.world:  # type: ignore[arg-type]
+        if len(dataset) < config.batch_size * self.world:  # type: ignore[arg-type]  # Dataset stub: no __len__
             raise InvalidInput(
                 "dataset",
                 f"at least batch_size x processes = {config.batch_size * self.world} items",
-                len(dataset),
+                len(dataset),  # type: ignore[arg-type]  # torch's Dataset stub has no __len__
             )
         if config.gradient_checkpointing:
             n = 0
@@ -231,7 +231,7 @@ class Trainer:
                 if getattr(m, "_supports_gradient_checkpointing", False) and hasattr(
                     m, "enable_gradient_checkpointing"
                 ):
-                    m.enable_gradient_checkpointing()
+                    cast(Any, m).enable_gradient_checkpointing()  # duck-typed (diffusers ModelMixin)
                     n += 1
             if n == 0:
                 raise InvalidInput(
@@ -275,10 +275,10 @@ class Trainer:
 
     def _loader(self) -> tuple[DataLoader, int]:
         bs = _Batches(
-            len(self.dataset),
+            len(self.dataset),  # type: ignore[arg-type]  # torch's Dataset stub has no __len__
             self.config.batch_size,
             self.rank,
-            self.world,  # type: ignore[arg-type]
+            self.world,
             self.config.seed,
             self.epoch,
             self.batch_in_epoch,
@@ -383,7 +383,8 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------
     def _rank_state(self) -> dict[str, Any]:
-        np_state = np.random.get_state()  # noqa: NPY002
+        # legacy=True (the default) returns the tuple form; the stub's union includes the dict form
+        np_state = cast(tuple[Any, ...], np.random.get_state())  # noqa: NPY002
         return {
             "step": self.step,
             "epoch": self.epoch,
@@ -497,4 +498,4 @@ def _tuplify(x: Any) -> Any:
 def _jsonable(cfg: Any) -> Any:
     import dataclasses
 
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    return dataclasses.asdict(cast(Any, cfg)) if dataclasses.is_dataclass(cfg) else cfg

@@ -114,7 +114,7 @@ class DiffusionRigEngine(Engine):
             info = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise InvalidInput(str(f), "a readable personal.json", str(e)) from None
-        ident = info.get("identity") if isinstance(info, dict) else None
+        ident: Any = info.get("identity") if isinstance(info, dict) else None  # None: TypeError below
         try:
             t = torch.tensor([float(v) for v in ident], dtype=torch.float32)[None]
         except (TypeError, ValueError):
@@ -285,7 +285,7 @@ def train_diffusionrig(config: str, data: str | Path, out: str | Path, *, max_st
             check_face_model(module.unet.config.get("face_model"), fm)
     else:
         module = build_train_module(recipe.model, face_model=fm)
-    size = int(module.unet.config.image_size)
+    size = int(module.unet.config.image_size)  # type: ignore[attr-defined]  # diffusers FrozenDict: attribute access
     ds = ShardDataset(data, size=size, identities=identities)
     if fm is None:
         from .buffers import face_model_id

@@ -39,6 +39,7 @@ Module and parameter names follow the released checkpoints one to one (``input_b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -197,7 +198,7 @@ class ResidualBlock(nn.Module):
             if z is not None:
                 scale, shift = z.chunk(2, dim=1)
                 h = h * (1 + scale) + shift
-            for layer in self.out_layers[1:]:
+            for layer in cast(nn.Sequential, self.out_layers[1:]):  # a slice of a Sequential is a Sequential
                 h = layer(h)
         else:
             if z is not None:
@@ -256,7 +257,7 @@ class ConditionedSequential(nn.ModuleList):
         return x
 
 
-class DiffusionRigUNet(ModelMixin, ConfigMixin):
+class DiffusionRigUNet(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own config_name clash
     """DiffusionRig's denoiser (ADM UNet + global-code scale-shift). See the module docstring.
 
     ``forward(sample, timestep, cond, global_code)``: ``sample`` (B, 3, H, W) noisy image,
@@ -370,7 +371,7 @@ class DiffusionRigUNet(ModelMixin, ConfigMixin):
     @property
     def cond_channels(self) -> int:
         """Channels of the physical-buffer input (``in_channels - 3``)."""
-        return int(self.config.in_channels) - 3
+        return int(self.config.in_channels) - 3  # type: ignore[attr-defined]  # diffusers FrozenDict: attribute access
 
     def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, code: torch.Tensor | None):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -389,12 +390,13 @@ class DiffusionRigUNet(ModelMixin, ConfigMixin):
         if t.ndim == 0:
             t = t.expand(b)
         emb = get_timestep_embedding(t, self.model_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
-        emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
+        emb = self.time_embed(emb.to(cast(nn.Linear, self.time_embed[0]).weight.dtype))
         x = sample if cond is None else torch.cat([sample, cond.to(sample.dtype)], dim=1)
-        if x.shape[1] != self.config.in_channels:
+        # the ignores below: diffusers' config is a FrozenDict with attribute access
+        if x.shape[1] != self.config.in_channels:  # type: ignore[attr-defined]
             raise InvalidInput(
                 "cond",
-                f"{self.cond_channels} buffer channels (model input {self.config.in_channels})",
+                f"{self.cond_channels} buffer channels (model input {self.config.in_channels})",  # type: ignore[attr-defined]
                 x.shape[1] - sample.shape[1],
             )
         hs = []
@@ -431,7 +433,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + idt)
 
 
-class GlobalEncoder(ModelMixin, ConfigMixin):
+class GlobalEncoder(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own config_name clash
     """ResNet-18 (trained from scratch) mapping the clean image in [-1, 1] (B, 3, H, W) to the global
     code (B, latent_dim). Parameter names are torchvision's ResNet names (``conv1``, ``bn1``,
     ``layer1.0.conv1``, ..., ``fc``), which is how the released checkpoints store the encoder."""

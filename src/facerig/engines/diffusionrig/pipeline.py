@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -104,7 +104,7 @@ class DiffusionRigPipeline:
 
     @property
     def image_size(self) -> int:
-        return int(self.unet.config.image_size)
+        return int(self.unet.config.image_size)  # type: ignore[attr-defined]  # diffusers FrozenDict: attribute access
 
     def buffers(self, render_buffers: Any, face_model: Any) -> torch.Tensor:
         """RenderBuffers (rendered with ``face_model``) -> the (B, 9, H, W) conditioning tensor."""
@@ -187,7 +187,7 @@ class DiffusionRigPipeline:
             x = a0.sqrt() * x0 + (1 - a0).sqrt() * x
         step_gen = generator if isinstance(generator, torch.Generator) else None
         if sampler == "ddpm" and step_gen is None:
-            step_gen = torch.Generator().manual_seed(int(generator or 0))
+            step_gen = torch.Generator().manual_seed(int(cast(int | None, generator) or 0))  # not a Generator here
         for t in timesteps:
             eps = self.unet(x, t, cond, code)
             if clip_denoised:

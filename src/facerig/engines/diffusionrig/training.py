@@ -34,6 +34,8 @@ def linear_alphas_cumprod(
 
 
 class DiffusionRigTrainModule(nn.Module):
+    alphas_cumprod: torch.Tensor  # buffer
+
     def __init__(
         self,
         unet: DiffusionRigUNet,
@@ -93,7 +95,7 @@ def build_train_module(model_cfg: dict[str, Any], face_model: str | None = None)
     extra = sorted(set(model_cfg) - set(MODEL_KEYS))
     if extra:
         raise InvalidInput("model", f"only the keys {list(MODEL_KEYS)}", f"unknown {extra}")
-    unet_cfg = dict(model_cfg.get("unet", {}))
+    unet_cfg: dict[str, Any] = dict(model_cfg.get("unet", {}))
     latent = int(model_cfg.get("latent_dim", unet_cfg.get("latent_dim", 64)))
     unet_cfg["latent_dim"] = latent
     fm = face_model or model_cfg.get("face_model")
