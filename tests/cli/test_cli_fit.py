@@ -143,3 +143,22 @@ def test_fit_album_shares_identity(tmp_path, capsys, astronaut, grace_hopper):
     assert len(params["faces"]) == 2 and params["faces"][0]["identity"] == params["faces"][1]["identity"]
     yaw = [f["yaw_pitch_roll_deg"][0] for f in params["faces"]]
     assert abs(yaw[0] + yaw[1]) < 3.0  # the mirrored photo has the opposite yaw
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["fit", "--bogus", "x.jpg"], ["edit"], ["nosuchcommand"]])
+def test_usage_errors_are_one_line_with_exit_code_2(args, capsys):
+    # typer vendors its own copy of click: its UsageError is not click's, and was once reported as an
+    # "internal error" with exit code 1
+    rc, out, err = _run(args, capsys)
+    assert rc == 2, (rc, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("facerig: usage error:"), err
+
+
+def test_closed_stderr_does_not_crash(tmp_path):
+    # `facerig ... 2>&-`: sys.stderr is None in the child; the CLI must still exit with its code
+    code = "import sys; from facerig.cli import main; sys.exit(main(['fit', sys.argv[1]]))"
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "missing.jpg")], stderr=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, close_fds=True,
+                       preexec_fn=lambda: os.close(2), timeout=120)
+    assert r.returncode == 2

@@ -34,14 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         print("facerig: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # click usage errors and anything unexpected: one line, no traceback
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):
-            print(f"facerig: usage error: {e.format_message()}", file=sys.stderr)
+        if isinstance(e, _click_exceptions("UsageError")):
+            print(f"facerig: usage error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
             return 2
-        if isinstance(e, click.exceptions.ClickException):
-            print(f"facerig: error: {e.format_message()}", file=sys.stderr)
-            return e.exit_code
+        if isinstance(e, _click_exceptions("ClickException")):
+            print(f"facerig: error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return int(getattr(e, "exit_code", 1))
         if debug:
             raise
         print(f"facerig: internal error: {type(e).__name__}: {e} (set FACERIG_DEBUG=1 for a traceback)",
@@ -49,15 +47,35 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _click_exceptions(name: str) -> tuple[type, ...]:
+    """The click exception class ``name`` from click itself and from the copy of click that newer
+    typer releases vendor (``typer._click``): typer raises the latter, which is not a subclass of the
+    former, so checking click's class alone turned every usage error into an "internal error"."""
+    import importlib
+
+    found: list[type] = []
+    for mod in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type):
+            found.append(cls)
+    return tuple(found)
+
+
 def _silence_native_stderr() -> None:
     """Native libraries (MediaPipe's TFLite/absl) log banners to file descriptor 2, some of them from
     worker threads at any time. Python's own stderr moves to a duplicate of the terminal's stderr and
     descriptor 2 goes to /dev/null, so the CLI's messages stay exactly one line. FACERIG_DEBUG=1 keeps
     everything."""
-    if getattr(_silence_native_stderr, "done", False) or sys.stderr is not sys.__stderr__:
+    err = sys.stderr
+    if getattr(_silence_native_stderr, "done", False) or err is not sys.__stderr__:
         return  # already done, or stderr is redirected by the caller (tests, embedding programs)
+    if err is None:
+        return  # stderr closed (2>&-)
     try:
-        sys.stderr.flush()
+        err.flush()
         keep = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)

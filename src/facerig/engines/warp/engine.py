@@ -116,7 +116,7 @@ class WarpSource:
     params: Any
     faces: np.ndarray
     regions: dict[str, int]
-    mirror: np.ndarray
+    mirror: np.ndarray | None       # (V,) mirrored vertex per vertex (None: the model has no symmetry)
     head: HeadProxy | None = None  # ellipsoid head proxy (head frame) for pixels outside the mesh
     head_map: tuple[np.ndarray, np.ndarray] | None = None  # head frame -> work screen (A, b)
     rim_face: np.ndarray | None = None  # (F,) triangles at the mesh's outer boundary (2 rings)
@@ -339,9 +339,9 @@ class WarpEngine(Engine):
         stretch = area_t[f] / np.maximum(st.area[f], 1e-3)
         hidden |= (stretch > o.max_stretch) & (region_of != r_mouth) & (region_of != r_eyes)
         if hidden.any():  # drop specks: only blobs of some size are really "not seen"
-            hm = np.zeros((h, w), np.uint8)
-            hm[iy[hidden], ix[hidden]] = 1
-            hm = cv2.morphologyEx(hm, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+            hm0 = np.zeros((h, w), np.uint8)
+            hm0[iy[hidden], ix[hidden]] = 1
+            hm = cv2.morphologyEx(hm0, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
             n, lab, stats, _ = cv2.connectedComponentsWithStats(hm, connectivity=8)
             small = stats[:, cv2.CC_STAT_AREA] < max(6.0, (0.03 * F) ** 2)
             small[0] = True
@@ -536,7 +536,7 @@ class WarpEngine(Engine):
 
         # ---- inpaint what neither the source nor its mirror saw (work grid)
         need = alpha >= 1.5
-        warped_w = None
+        warped_w: np.ndarray = fill  # replaced below wherever it is read (alpha.any())
         if alpha.any():
             warped_w = cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
                                  borderMode=cv2.BORDER_REPLICATE) * np.exp(fld[..., 2:])
@@ -579,6 +579,8 @@ class WarpEngine(Engine):
         person / background radii. The caller adds it to ``ext_d * wt``."""
         hq, wq = hwq
         head = st.head
+        if head is None or st.head_map is None:
+            raise RuntimeError("the head field needs the head proxy (head_proxy=True)")
         A_t, b_t = affine_head_to_screen(vhead_t, vt)
         ys, xs = np.mgrid[0:hq, 0:wq]
         xy = np.stack([(xs.ravel() + 0.5) * q, (ys.ravel() + 0.5) * q], 1).astype(np.float64)

@@ -22,11 +22,11 @@ def push_pull(values: np.ndarray, weights: np.ndarray, min_side: int = 3) -> np.
         return np.concatenate([push_pull(v[:, :, i:i + 4], weights, min_side) for i in range(0, c, 4)], 2)
     w = np.clip(weights.astype(np.float32), 0, 1)
     levels = []
-    vw = v * w[:, :, None]
+    vw: np.ndarray = v * w[:, :, None]
     while min(w.shape) > min_side:
         levels.append((vw, w))
-        vw = cv2.pyrDown(vw)
-        w = cv2.pyrDown(w)
+        vw = np.asarray(cv2.pyrDown(vw))
+        w = np.asarray(cv2.pyrDown(w))
         if vw.ndim == 2:
             vw = vw[:, :, None]
     est = vw / np.maximum(w, 1e-6)[:, :, None]
@@ -101,13 +101,14 @@ def nearest_extend(values: np.ndarray, weights: np.ndarray, sigma: float = 0.0) 
     if squeeze:
         v = v[:, :, None]
     known = weights > 0.5
+    out: np.ndarray
     if not known.any():
         out = np.zeros_like(v)
     else:
         iy, ix = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
         out = v[iy, ix]
         if sigma > 0:
-            out = cv2.GaussianBlur(np.ascontiguousarray(out), (0, 0), sigma)
+            out = np.asarray(cv2.GaussianBlur(np.ascontiguousarray(out), (0, 0), sigma))
             if out.ndim == 2:
                 out = out[:, :, None]
     return out[:, :, 0] if squeeze else out
