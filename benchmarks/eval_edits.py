@@ -106,16 +106,19 @@ def ypr(params: Any) -> np.ndarray:
 def refit_same_face(image: np.ndarray, model: Any, source_params: Any, name: str) -> Any:
     """Fit the face of ``image`` nearest to where the source face was (in a photo with several
     faces the edited one need not stay the largest: a turned head shrinks)."""
-    from facerig.fit.api import FitConfig, _default_detector, fit_landmark_sets, project_landmarks_to_frame
-    from facerig.fit.photometric import fit_photometric
+    from facerig.edit import _fit_landmarks
+    from facerig.fit.api import _default_detector, project_landmarks_to_frame
 
     faces = _default_detector().detect(image)
     if not faces:
         raise RuntimeError(f"no face in the edited {name}")
     c = np.asarray(project_landmarks_to_frame(model, source_params)[0]).mean(0)
     lm = min(faces, key=lambda f: float(np.linalg.norm(np.asarray(f.points)[..., :2].reshape(-1, 2).mean(0) - c)))
-    params = fit_landmark_sets(model, [lm], FitConfig())
-    params, _ = fit_photometric(model, params, [image])
+    return _with_landmarks(_fit_landmarks(image, model, lm), lm)
+
+
+def _with_landmarks(params: Any, lm: Any) -> Any:
+    """Keep the detected 2D landmarks the params were fitted to (for :func:`landmark_motion_error`)."""
     params.meta["landmarks"] = np.asarray(lm.points)[:, :2]
     return params
 
@@ -144,15 +147,15 @@ def landmark_motion_error(model: Any, source: Any, target: Any, refit: Any) -> t
 def evaluate_photo(name: str, img: np.ndarray, model: Any, eng: Any) -> dict[str, Any]:
     import torch
 
-    from facerig.edit import _fit_one
+    from facerig.edit import _fit_landmarks
     from facerig.eval.identity import dlib_embed
     from facerig.eval.image_quality import psnr
     from facerig.fit.api import _default_detector
     from facerig.rig import EditSpec
     from facerig.rig.presets import preset_recipe
 
-    params = _fit_one(img, model, "largest", name)
-    params.meta["landmarks"] = np.asarray(_default_detector().detect_one(img, select="largest").points)[:, :2]
+    lm = _default_detector().detect_one(img, select="largest", source=name)
+    params = _with_landmarks(_fit_landmarks(img, model, lm), lm)
     src_ypr = ypr(params)
     state = eng.prepare(img, params, model)
     names = list(model.expression_names)

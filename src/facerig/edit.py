@@ -184,13 +184,18 @@ def _precheck(es: Any, fm: Any) -> None:
 
 def _fit_one(image: np.ndarray, model: Any, face: Any, source: str) -> Any:
     from facerig.detect.mediapipe import parse_face_selector
-    from facerig.fit.api import FitConfig, _default_detector, fit_landmark_sets, landmark_error_report
+    from facerig.fit.api import _default_detector
+
+    lm = _default_detector().detect_one(image, select=parse_face_selector(face), source=source)
+    return _fit_landmarks(image, model, lm)
+
+
+def _fit_landmarks(image: np.ndarray, model: Any, lm: Any) -> Any:
+    """Geometry + photometric fit of one image from its detected landmarks (``FaceLandmarks``)."""
+    from facerig.fit.api import FitConfig, fit_landmark_sets, landmark_error_report
     from facerig.fit.photometric import fit_photometric
 
-    det = _default_detector()
-    lm = det.detect_one(image, select=parse_face_selector(face), source=source)
-    cfg = FitConfig()
-    params = fit_landmark_sets(model, [lm], cfg)
+    params = fit_landmark_sets(model, [lm], FitConfig())
     params, _ = fit_photometric(model, params, [image])
     params.meta["landmark_error"] = landmark_error_report(model, params, [lm])["landmark_error"]
     return params

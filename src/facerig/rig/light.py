@@ -52,18 +52,23 @@ LIGHT_PRESET_NAMES: tuple[str, ...] = tuple(LIGHT_PRESETS)
 PRESET_EXPOSURE: MappingProxyType = MappingProxyType({name: 1.0 for name in LIGHT_PRESETS} | {"dim": 0.5, "rim": 0.6})
 
 
+def _fibonacci_normals(z: torch.Tensor) -> torch.Tensor:
+    """Unit normals with the given z values (float64, in [-1, 1]) on a golden-angle spiral: an
+    even sample of the sphere zone the z values cover when they are evenly spaced."""
+    i = torch.arange(z.numel(), dtype=torch.float64) + 0.5
+    phi = i * math.pi * (3 - math.sqrt(5))
+    r = torch.sqrt(1 - z * z)
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+
+
 @lru_cache(maxsize=1)
 def _frontal_normals() -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed Fibonacci sample of unit normals on the frontal hemisphere (z > 0) with weights n_z
     (their projected area as seen by the camera), normalised to sum 1."""
     n = 2000
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = i / n  # uniform in (0, 1) -> uniform area on the hemisphere
-    phi = i * math.pi * (3 - math.sqrt(5))
-    r = torch.sqrt(1 - z * z)
-    normals = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+    z = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # uniform in (0, 1) -> uniform area on the hemisphere
     w = z / z.sum()
-    return normals, w
+    return _fibonacci_normals(z), w
 
 
 def mean_frontal_shading(light: torch.Tensor) -> torch.Tensor:
@@ -86,12 +91,8 @@ def _sphere_normals() -> tuple[torch.Tensor, torch.Tensor]:
     """A Fibonacci sample of the whole sphere of normals with fitting weights that favour the
     frontal hemisphere (what a camera sees of a face) but keep the back constrained."""
     n = 3000
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = 1 - 2 * i / n
-    phi = i * math.pi * (3 - math.sqrt(5))
-    r = torch.sqrt(1 - z * z)
-    normals = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
-    return normals, 0.2 + z.clamp(min=0)
+    z = 1 - 2 * (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    return _fibonacci_normals(z), 0.2 + z.clamp(min=0)
 
 
 def display_light_sh(physical: torch.Tensor, gamma: float = DISPLAY_GAMMA) -> torch.Tensor:

@@ -402,8 +402,8 @@ class WarpEngine(Engine):
             rim = rim * bnd
         # quarter-grid rim values: the area mean of the rim pixels in each cell (divided by the
         # rim's own coverage of the cell), trusted (weight 1) where the rim covers >= 1/q of it
-        Dq = resize(D[..., :2] * rim[..., None], (hq, wq), cv2.INTER_AREA)
-        Eq = resize(D[..., 3:5] * rim[..., None], (hq, wq), cv2.INTER_AREA)
+        DEq = resize(D[..., [0, 1, 3, 4]] * rim[..., None], (hq, wq), cv2.INTER_AREA)
+        Dq, Eq = DEq[..., :2], DEq[..., 2:]
         Kraw = resize(rim, (hq, wq), cv2.INTER_AREA)
         Kq = np.clip(Kraw * q, 0, 1) if q > 1 else Kraw
         crim = covf - cv2.erode(covf, np.ones((3, 3), np.uint8), iterations=max(1, q // 2))
@@ -424,8 +424,7 @@ class WarpEngine(Engine):
         else:
             ext_r = push_pull(Rq / np.maximum(Craw, 1e-6)[..., None], Cq)
         # falloff radii grow with the displacement so the field never folds
-        mag = np.linalg.norm(d, axis=1)
-        dmax = float(np.percentile(mag, 98)) if mag.size else 0.0
+        dmax = _p98(np.linalg.norm(d, axis=1))
         dist = distance_outside(resize(covf, (hq, wq), cv2.INTER_AREA) > 0.5) * q
         pers_q = resize(st.person, (hq, wq), cv2.INTER_AREA)
         blur = max(0.03 * F, 1.2 * dmax) / q
@@ -441,15 +440,13 @@ class WarpEngine(Engine):
             wl = np.maximum(wl, sk * cos_falloff(dist / max(o.relight_skin * F, 1.0)))
         # expression motion (a dropped chin) carries on at full strength next to the mesh and fades
         # within expression_reach (never faster than 3x its own size, so the field cannot fold)
-        mag_e = np.linalg.norm(d_expr, axis=1)
-        de = float(np.percentile(mag_e, 98)) if mag_e.size else 0.0
+        de = _p98(np.linalg.norm(d_expr, axis=1))
         wt_e = wt * cos_falloff(dist / max(o.expression_reach * F, 3.0 * de, 1.0))
         # pose motion: the rim's own motion at the rim (no tear), easing to outline_follow of it over
         # a band (hair next to the face is compressed / stretched there rather than torn); the band
         # is wide enough for the change of motion across it never to fold the field
         # (the motion that matters is the rim's: the nose moves more, but it is far from the band)
-        mag_p = np.linalg.norm(rim_p, axis=2)[Kq > 0.5]
-        dp = float(np.percentile(mag_p, 98)) if mag_p.size else 0.0
+        dp = _p98(np.linalg.norm(rim_p, axis=2)[Kq > 0.5])
         # Where the rim moves outwards (the face turns towards that side) the face occludes what
         # lies next to it: the motion may drop at once (the hair there is behind the face: no
         # fold is visible, the face is drawn over it). Where the rim moves inwards (the side that
@@ -626,6 +623,12 @@ class WarpEngine(Engine):
         out = frame.copy()
         out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
         return out
+
+
+def _p98(magnitudes: np.ndarray) -> float:
+    """98th percentile of displacement magnitudes (0 when there are none): the "largest" motion,
+    robust to a few outliers."""
+    return float(np.percentile(magnitudes, 98)) if magnitudes.size else 0.0
 
 
 @contextmanager

@@ -74,7 +74,7 @@ def skin_likelihood(image: np.ndarray, skin_mask: np.ndarray, scale: float = 2.5
     chroma = np.exp(-0.5 * m2 / scale ** 2)
     y_lo, y_hi = np.percentile(samp[:, 0], [5, 95])
     y = ycc[..., 0]
+    # 1 inside [0.6 y_lo, 1.3 y_hi + 0.05], falling to 0 over 0.1 outside it
     lum = np.clip(1 - np.maximum(0.6 * y_lo - y, y - min(1.0, 1.3 * y_hi + 0.05)) / 0.1, 0, 1)
-    lum = np.where((y >= 0.6 * y_lo) & (y <= min(1.0, 1.3 * y_hi + 0.05)), 1.0, lum)
     out = (chroma * lum).astype(np.float32)
     return cv2.GaussianBlur(out, (0, 0), 1.5)
