@@ -92,7 +92,7 @@ def test_preset_geometry(model, params, head):
 
 def test_preset_modes(model, params):
     p = set_expression(params, {"jawOpen": 0.6}, model)
-    r = apply_preset(p, "smile", 0.5, model)  # replace: the old jawOpen is gone
+    r = apply_preset(p, "smile", 0.5, model)  # the smile moves the mouth: the old jawOpen is gone
     assert r.expression[0, _idx(model, "jawOpen")] == 0
     assert r.expression[0, _idx(model, "mouthSmile_L")] == pytest.approx(0.425)
     b = apply_preset(p, "smile", 0.5, model, mode="blend")
@@ -164,3 +164,25 @@ def test_no_preset_crosses_the_eyelids(model, params, head):
         p = head(apply_preset(params, name, 1.0, model), model)[0]
         for up, low in ((159, 145), (386, 374)):
             assert float(p[up, 1] - p[low, 1]) > -0.02, name
+
+
+def test_preset_parts_mode_keeps_the_other_parts(model, params):
+    """The default mode replaces only the face parts a preset moves: closing the eyes keeps a smile,
+    a smile keeps raised brows; "replace" neutralises everything; "neutral" always does."""
+    from facerig.rig.expression import expression_part
+
+    assert [expression_part(n) for n in ("eyeBlink_L", "browInnerUp", "noseSneer_R", "jawOpen", "cheekSquint_L",
+                                         "mouthSmile_R")] == ["eyes", "brows", "nose", "mouth", "mouth", "mouth"]
+    p = set_expression(params, {"mouthSmile_L": 0.7, "mouthSmile_R": 0.7, "browInnerUp": 0.6, "eyeBlink_L": 0.3}, model)
+    c = apply_preset(p, "close_eyes", model=model)
+    assert c.expression[0, _idx(model, "mouthSmile_L")] == pytest.approx(0.7)
+    assert c.expression[0, _idx(model, "browInnerUp")] == pytest.approx(0.6)
+    assert c.expression[0, _idx(model, "eyeBlink_L")] == 1 and c.expression[0, _idx(model, "eyeBlink_R")] == 1
+    s = apply_preset(p, "smile", model=model)
+    assert s.expression[0, _idx(model, "browInnerUp")] == pytest.approx(0.6)
+    assert s.expression[0, _idx(model, "eyeBlink_L")] == 0  # the smile's eyeSquint: the eyes are replaced
+    r = apply_preset(p, "close_eyes", model=model, mode="replace")
+    assert r.expression[0, _idx(model, "mouthSmile_L")] == 0
+    assert apply_preset(p, "neutral", model=model).expression.abs().sum() == 0
+    with pytest.raises(InvalidInput, match="mode"):
+        apply_preset(p, "smile", model=model, mode="part")

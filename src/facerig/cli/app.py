@@ -65,6 +65,8 @@ def edit(
         "--expression", "-e", help="NAME=VALUE blendshape value, repeatable (e.g. jawOpen=0.5)")] = None,
     preset: Annotated[str | None, typer.Option(help="expression preset: smile, sad, surprised, open_mouth, ...")] = None,
     intensity: Annotated[float | None, typer.Option(help="preset/text intensity (0..2)")] = None,
+    preset_mode: Annotated[str | None, typer.Option(
+        help="parts (default: replace only the face parts the preset moves) | replace (the whole expression) | blend")] = None,
     text: Annotated[str | None, typer.Option(help="describe the expression: \"make her smile a lot\"")] = None,
     yaw: Annotated[float | None, typer.Option(help="degrees; > 0 turns the nose to image right")] = None,
     pitch: Annotated[float | None, typer.Option(help="degrees; > 0 lifts the nose")] = None,
@@ -89,6 +91,7 @@ def edit(
     run_edit(image, output, preview=preview, engine=engine, reference=like, model=model, face=face, seed=seed,
              smile=smile, expression=list(expression) if expression else None, preset=preset,
              intensity=intensity, text=text, yaw=yaw, pitch=pitch, roll=roll,
+             preset_mode=preset_mode,
              pose_relative=False if absolute else None, light=light, light_azimuth=light_azimuth,
              light_elevation=light_elevation, light_intensity=light_intensity if light_intensity != 1.0 else None,
              take=take, anchor=anchor)

@@ -23,6 +23,8 @@ from facerig.types import FaceParams
 __all__ = [
     "set_expression",
     "apply_preset",
+    "expression_part",
+    "PRESET_MODES",
     "preset_vector",
     "transfer_expression",
     "interpolate_expression",
@@ -156,35 +158,61 @@ def preset_vector(name: str, model: Any, intensity: float = 1.0) -> torch.Tensor
     return vec.clamp(lo, hi)
 
 
+#: preset modes: "parts" (default) replaces the face parts the preset touches, "replace" the whole
+#: expression, "blend" lerps towards the preset
+PRESET_MODES = ("parts", "replace", "blend")
+
+
+def expression_part(name: str) -> str:
+    """The face part an ARKit coefficient moves: "eyes", "brows", "nose" or "mouth" (mouth, jaw,
+    cheeks, tongue)."""
+    n = name.lower()
+    for prefix, part in (("eye", "eyes"), ("brow", "brows"), ("nose", "nose")):
+        if n.startswith(prefix):
+            return part
+    return "mouth"
+
+
 def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: Any = None,
-                 mode: str = "replace") -> FaceParams:
+                 mode: str = "parts") -> FaceParams:
     """Apply a named preset (:data:`facerig.rig.presets.PRESETS`).
 
-    * ``mode="replace"``: the expression (and jaw) are neutralised, then ``preset * intensity`` is
-      applied (clamped to the model range); ``intensity`` in [0, 2].
+    * ``mode="parts"`` (default): the coefficients of the face parts the preset touches
+      (:func:`expression_part`: eyes, brows, nose, mouth incl. jaw and cheeks) are neutralised, then
+      ``preset * intensity`` is applied; the other parts keep their values, so ``close_eyes`` on a
+      smiling photo keeps the smile and ``smile`` keeps raised brows. ``neutral`` neutralises all.
+      ``intensity`` in [0, 2].
+    * ``mode="replace"``: the whole expression (and jaw) is neutralised first; ``intensity`` in [0, 2].
     * ``mode="blend"``: ``expression <- (1 - intensity) * expression + intensity * preset``
       (jaw likewise towards zero); ``intensity`` in [0, 1].
 
-    Presets are defined for blendshape models with ARKit names (builtin, ict); flame raises.
+    Results are clamped to the model's range. Presets are defined for blendshape models with ARKit
+    names (builtin, ict); flame raises.
     """
     check_params_model(params, model)
-    if mode not in ("replace", "blend"):
-        raise InvalidInput("mode", "'replace' or 'blend'", mode)
+    if mode not in PRESET_MODES:
+        raise InvalidInput("mode", " or ".join(repr(m) for m in PRESET_MODES), mode)
     if not isinstance(name, str):
         raise InvalidInput("preset", f"a preset name ({', '.join(PRESET_NAMES)})", name)
     name = canonical_preset_name(name)
-    t = finite_float(intensity, "intensity", 0.0, 2.0 if mode == "replace" else 1.0)
+    t = finite_float(intensity, "intensity", 0.0, 1.0 if mode == "blend" else 2.0)
     _require_blendshapes(model)
     dtype, device = params.expression.dtype, params.expression.device
     assert params.jaw_pose is not None  # FaceParams.__post_init__ fills it
-    if mode == "replace":
-        vec = preset_vector(name, model, t).to(dtype=dtype, device=device)
-        exp = vec.expand(params.batch_size, -1).clone()
-        jaw = torch.zeros_like(params.jaw_pose)
-    else:
+    if mode == "blend":
         vec = preset_vector(name, model, 1.0).to(dtype=dtype, device=device)
         exp = (1 - t) * params.expression + t * vec
         jaw = (1 - t) * params.jaw_pose
+        return params.replace(expression=_clamp(params, model, exp), jaw_pose=jaw)
+    vec = preset_vector(name, model, t).to(dtype=dtype, device=device)
+    exp = vec.expand(params.batch_size, -1).clone()
+    jaw = torch.zeros_like(params.jaw_pose)
+    parts = {expression_part(n) for n in preset_recipe(name)}
+    if mode == "parts" and parts:
+        keep = torch.tensor([expression_part(n) not in parts for n in model.expression_names], device=device)
+        exp = torch.where(keep, params.expression, exp)
+        if "mouth" not in parts:
+            jaw = params.jaw_pose.clone()
     return params.replace(expression=_clamp(params, model, exp), jaw_pose=jaw)
 
 

@@ -22,6 +22,7 @@ import torch
 
 from facerig.errors import InvalidInput
 from facerig.rig.expression import (
+    PRESET_MODES,
     apply_preset,
     check_params,
     finite_float,
@@ -47,7 +48,7 @@ class EditSpec:
     expression_mode: str = "absolute"
     preset: str | None = None
     intensity: float | None = None
-    preset_mode: str = "replace"
+    preset_mode: str = "parts"
     text: str | None = None
     # pose (degrees)
     yaw: float | None = None
@@ -82,11 +83,11 @@ class EditSpec:
         if self.intensity is not None:
             if self.preset is None and self.text is None:
                 raise InvalidInput("intensity", "to be given with a preset or text", self.intensity)
-            finite_float(self.intensity, "intensity", 0.0, 2.0 if self.preset_mode == "replace" else 1.0)
+            finite_float(self.intensity, "intensity", 0.0, 1.0 if self.preset_mode == "blend" else 2.0)
         if self.expression_mode not in ("absolute", "add"):
             raise InvalidInput("expression_mode", "'absolute' or 'add'", self.expression_mode)
-        if self.preset_mode not in ("replace", "blend"):
-            raise InvalidInput("preset_mode", "'replace' or 'blend'", self.preset_mode)
+        if self.preset_mode not in PRESET_MODES:
+            raise InvalidInput("preset_mode", " or ".join(repr(m) for m in PRESET_MODES), self.preset_mode)
         if self.expression is not None and not isinstance(self.expression, dict):
             raise InvalidInput("expression", "a dict of expression name -> value", type(self.expression).__name__)
         if "expression" in take and (self.expression or self.preset or self.text):
