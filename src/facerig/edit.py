@@ -198,6 +198,9 @@ def _fit_landmarks(image: np.ndarray, model: Any, lm: Any) -> Any:
     params = fit_landmark_sets(model, [lm], FitConfig())
     params, _ = fit_photometric(model, params, [image])
     params.meta["landmark_error"] = landmark_error_report(model, params, [lm])["landmark_error"]
+    # the detections themselves (frame pixels): engines use them where the fitted model is not
+    # close enough (the real eye opening when an edit closes the eyes)
+    params.meta["landmarks_px"] = np.round(np.asarray(lm.points, np.float64)[:, :2], 2).tolist()
     return params
 
 

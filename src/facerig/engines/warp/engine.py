@@ -79,7 +79,13 @@ class WarpOptions:
     seed: int = 0                   # noise of synthesised regions
     extension: str = "nearest"      # continuation of the expression motion outside the mesh: nearest | membrane
     extension_smooth: float = 0.04  # smoothing of the nearest-point extension, x face size
-    outline_follow: float = 0.5     # fraction of the rim's head-pose motion that the outline/hair follows
+    outline_follow: float = 0.5     # ("fraction") share of the rim's head-pose motion the outline/hair follows
+    outline_model: str = "plane"    # "plane": away from the rim, pose motion becomes that of the plane
+                                    # through the head's centre (a turning head's outline stays where it
+                                    # is while the face moves across it); "fraction": outline_follow x
+                                    # the rim's motion (the engine before 2026-11-23)
+    outline_depth: float = 0.8      # that plane: this many face widths behind the nose tip
+    occluding_band: float = 0.05    # ("plane") band where the face moves over its surroundings, x face size
     outline_band: float = 0.12      # band outside the mesh over which the pose motion eases from the
                                     # rim's own (continuity) to outline_follow, x face size
     band_factor: float = 2.0        # revealing-side band / the rim's pose motion (>= 1: no fold)
@@ -121,6 +127,9 @@ class WarpSource:
     head_map: tuple[np.ndarray, np.ndarray] | None = None  # head frame -> work screen (A, b)
     rim_face: np.ndarray | None = None  # (F,) triangles at the mesh's outer boundary (2 rings)
     skin: np.ndarray | None = None  # (H, W) skin likelihood x person mask (source work grid)
+    head_src: np.ndarray | None = None  # (V, 3) source head-frame vertices
+    eye_open: np.ndarray | None = None  # (H, W) uint8: the source's detected eye openings (1 right, 2 left)
+    lid_rgb: np.ndarray | None = None   # (2, 3) lid skin colour of each eye
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -144,6 +153,8 @@ class WarpEngine(Engine):
         self.opts = WarpOptions(**options)
         if self.opts.extension not in ("nearest", "membrane"):
             raise InvalidInput("extension", "nearest or membrane", self.opts.extension)
+        if self.opts.outline_model not in ("plane", "fraction"):
+            raise InvalidInput("outline_model", "plane or fraction", self.opts.outline_model)
         if self.opts.interpolation not in ("cubic", "linear"):
             raise InvalidInput("interpolation", "cubic or linear", self.opts.interpolation)
         self.last_timings: dict[str, float] = {}
@@ -287,7 +298,9 @@ class WarpEngine(Engine):
             model=model, params=source_params, faces=faces, regions=regions, mirror=mirror,
             head=fit_head(vhead) if (o.head_proxy and vhead.shape[0] > 152) else None,
             head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces), skin=skin_like,
+            head_src=vhead, eye_open=_eye_openings(source_params, (x0, y0), k, hw, dilate=max(1, round(0.012 * face_px))),
         )
+        st.lid_rgb = _lid_colours(image, st.eye_open)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
 
@@ -346,6 +359,19 @@ class WarpEngine(Engine):
             small = stats[:, cv2.CC_STAT_AREA] < max(6.0, (0.03 * F) ** 2)
             small[0] = True
             hidden = ~small[lab[iy, ix]]
+
+        # ---- an eye that closes: whatever the source's real eye opening (the detected lid contour,
+        # which the fitted model's need not match) would put between the closed lids is not seen
+        # (iris showing through the lid); it is filled from the lids around it
+        closing = self._closing_eyes(st, vt)
+        eye_hidden = np.zeros(src.shape[0], bool)
+        if closing and st.eye_open is not None:
+            sx_i = np.clip(np.rint(src[:, 0] - 0.5).astype(np.int64), 0, w - 1)
+            sy_i = np.clip(np.rint(src[:, 1] - 0.5).astype(np.int64), 0, h - 1)
+            lab = st.eye_open[sy_i, sx_i]
+            for eye in closing:
+                eye_hidden |= lab == eye
+            hidden |= eye_hidden
 
         # ---- the rim motion split into head pose and expression: outside the mesh, expression
         # motion (a dropped chin) carries on unchanged, pose motion only partly - a head turning
@@ -452,17 +478,27 @@ class WarpEngine(Engine):
         # fold is visible, the face is drawn over it). Where the rim moves inwards (the side that
         # turns away, revealing), a drop would show the face's edge twice: there the motion eases
         # over a band wide enough not to fold.
-        band_open = max(o.outline_band * F, o.band_factor * (1.0 - o.outline_follow) * dp, 1.0)
-        band_occl = max(o.outline_band * F, 1.0)
+        if o.outline_model == "plane":
+            far_p = self._plane_flow(st, vhead_t, vt, (hq, wq), q)
+            dp = _p98(np.linalg.norm(rim_p - far_p, axis=2)[Kq > 0.5])
+            band_open = max(o.outline_band * F, o.band_factor * dp, 1.0)
+        else:
+            band_open = max(o.outline_band * F, o.band_factor * (1.0 - o.outline_follow) * dp, 1.0)
+        band_occl = max((o.occluding_band if o.outline_model == "plane" else o.outline_band) * F, 1.0)
         gy, gx = np.gradient(dist)
         gn = np.sqrt(gx * gx + gy * gy) + 1e-6
-        pm = np.linalg.norm(ext_p, axis=2) + 1e-6
-        inward = -(ext_p[..., 0] * gx + ext_p[..., 1] * gy) / (gn * pm)  # +1: backward motion points at the face
+        rel = ext_p - far_p if o.outline_model == "plane" else ext_p
+        pm = np.linalg.norm(rel, axis=2) + 1e-6
+        inward = -(rel[..., 0] * gx + rel[..., 1] * gy) / (gn * pm)  # +1: backward motion points at the face
         occl = np.clip(inward * 2.0, 0.0, 1.0)
         occl = cv2.GaussianBlur(occl.astype(np.float32), (0, 0), max(1.0, 0.05 * F / q))
         band = occl * band_occl + (1.0 - occl) * band_open
-        g = o.outline_follow + (1.0 - o.outline_follow) * cos_falloff(dist / band)
-        disp_q = ext_p * (g * wt)[..., None] + ext_e * wt_e[..., None]
+        if o.outline_model == "plane":
+            c = cos_falloff(dist / band)[..., None]
+            disp_q = (c * ext_p + (1.0 - c) * far_p) * wt[..., None] + ext_e * wt_e[..., None]
+        else:
+            g = o.outline_follow + (1.0 - o.outline_follow) * cos_falloff(dist / band)
+            disp_q = ext_p * (g * wt)[..., None] + ext_e * wt_e[..., None]
         if st.head is not None:
             disp_q = disp_q + self._head_field(st, vhead_t, vt, (hq, wq), q, Kq, wt, pers_q, dist, r_p, r_b)
         field_q = np.concatenate([disp_q, ext_r * wl[..., None]], 2)
@@ -483,6 +519,31 @@ class WarpEngine(Engine):
         fill = np.zeros((h, w, 3), np.float32)
         alpha = np.zeros((h, w), np.float32)
         rng = _rng(generator, o.seed)
+        if eye_hidden.any() and st.lid_rgb is not None and st.eye_open is not None:
+            # the closing lid over the source's real opening: the lid skin's own colour (its lighter
+            # part: not lashes or crease), relit, with the photo's grain
+            ey, ex = iy[eye_hidden], ix[eye_hidden]
+            which = st.eye_open[np.clip(np.rint(src[eye_hidden, 1] - 0.5).astype(np.int64), 0, h - 1),
+                                np.clip(np.rint(src[eye_hidden, 0] - 0.5).astype(np.int64), 0, w - 1)]
+            lab_t = np.zeros((h, w), np.uint8)
+            lab_t[ey, ex] = which
+            sig = 0.7  # soften the mask's staircase only: the warped lash line next to it stays
+            rl = np.exp(fld[..., 2])
+            for eye in (1, 2):
+                core = (lab_t == eye).astype(np.float32)
+                if not core.any():
+                    continue
+                a_e = np.clip(cv2.GaussianBlur(core, (0, 0), sig) * 2.0, 0, 1)
+                a_e = np.maximum(a_e, core)
+                zone = a_e > 0.01
+                grain = rng.normal(0.0, st.noise, (int(zone.sum()), 1)) if st.noise > 0 else 0.0
+                col = (st.lid_rgb[eye - 1][None] + grain) * rl[zone][:, None]
+                a_old = alpha[zone].clip(0, 1)
+                a_new = a_e[zone]
+                # over an existing fill (mouth, mirror): blend; elsewhere the layer holds the lid
+                fill[zone] = np.where(a_old[:, None] > 0, fill[zone] * (1 - a_new[:, None]) + col * a_new[:, None], col)
+                alpha[zone] = np.maximum(a_old, a_new)
+            hidden = hidden & ~eye_hidden
         if hidden.any():
             hy, hx = iy[hidden], ix[hidden]
             ok = np.zeros(hy.size, bool)
@@ -494,6 +555,8 @@ class WarpEngine(Engine):
                 mfi = st.face_index[my, mx]
                 ok = (mfi >= 0) & st.inner[my, mx] & (st.zbuf[my, mx] <= msrc[:, 2] + tol)
                 ok &= st.front[np.maximum(mfi, 0)]
+                if closing and st.eye_open is not None:  # not the other eye's iris either
+                    ok &= st.eye_open[my, mx] == 0
                 if ok.any():
                     col = sample(st.image, msrc[ok, :2])
                     s_m = np.einsum("nk,nkc->nc", b[hidden][ok], st.shade[mtri[ok]]).mean(1)
@@ -525,7 +588,9 @@ class WarpEngine(Engine):
                     rl = np.exp(fld[by0:by1, bx0:bx1, 2:])
                     region = fill[by0:by1, bx0:bx1]
                     a_old = alpha[by0:by1, bx0:bx1, None].clip(0, 1)
-                    fill[by0:by1, bx0:bx1] = region * (1 - a_m) + synth * rl * a_m
+                    # where nothing else fills, the layer holds the interior itself (its soft edge
+                    # is alpha's job; blending towards the empty layer would draw a black rim)
+                    fill[by0:by1, bx0:bx1] = np.where(a_old > 0, region * (1 - a_m) + synth * rl * a_m, synth * rl)
                     alpha[by0:by1, bx0:bx1] = np.where(
                         a_m[..., 0] > 0, np.maximum(a_m[..., 0], a_old[..., 0] * (1 - a_m[..., 0])),
                         alpha[by0:by1, bx0:bx1])
@@ -562,6 +627,44 @@ class WarpEngine(Engine):
         return out
 
     # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _closing_eyes(st: WarpSource, vt: np.ndarray, ratio: float = 0.35) -> list[int]:
+        """Eyes (1 = subject's right, 2 = left) whose lid gap (MediaPipe vertices 159/145, 386/374)
+        the edit shrinks below ``ratio`` of the source's."""
+        if vt.shape[0] < 468 or st.verts.shape[0] < 468:
+            return []
+        out = []
+        for eye, (up, lo) in ((1, (159, 145)), (2, (386, 374))):
+            g_s = float(np.linalg.norm(st.verts[up, :2] - st.verts[lo, :2]))
+            g_t = float(np.linalg.norm(vt[up, :2] - vt[lo, :2]))
+            if g_s > 1.0 and g_t < ratio * g_s:
+                out.append(eye)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def _plane_flow(self, st: WarpSource, vhead_t: np.ndarray, vt: np.ndarray, hwq: tuple[int, int],
+                    q: int) -> np.ndarray:
+        """Backward flow (quarter grid, work pixels) of the head-frame plane z = z0 through the head's
+        centre (``outline_depth`` face widths behind the nose tip): how the head's outline, ears and
+        hair move under the pose change, as opposed to the face's front (a turning head's silhouette
+        stays nearly where it is while the face moves across it)."""
+        hq, wq = hwq
+        vs = st.head_src
+        if st.head_map is None or vs is None:
+            return np.zeros((hq, wq, 2), np.float32)
+        width = float(np.ptp(vs[:, 0]))
+        z0 = float(vs[:, 2].max() - self.opts.outline_depth * width)
+        A_s, b_s = st.head_map
+        A_t, b_t = affine_head_to_screen(vhead_t, vt)
+        ys, xs = np.mgrid[0:hq, 0:wq]
+        p = np.stack([(xs.ravel() + 0.5) * q, (ys.ravel() + 0.5) * q], 1).astype(np.float64)
+        m = A_t[:2, :2]
+        rhs = p - b_t[:2] - A_t[:2, 2] * z0
+        hxy = np.linalg.solve(m, rhs.T).T
+        h = np.concatenate([hxy, np.full((hxy.shape[0], 1), z0)], 1)
+        s = h @ A_s.T + b_s
+        return (s[:, :2] - p).reshape(hq, wq, 2).astype(np.float32)
+
     @staticmethod
     def _head_field(st: WarpSource, vhead_t: np.ndarray, vt: np.ndarray, hwq: tuple[int, int], q: int,
                     Kq: np.ndarray, wt: np.ndarray, pers_q: np.ndarray, dist: np.ndarray, r_p: float,
@@ -623,6 +726,59 @@ class WarpEngine(Engine):
         out = frame.copy()
         out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
         return out
+
+
+def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int, int],
+                  dilate: int = 1) -> np.ndarray | None:
+    """The source's eye openings from its detected landmarks (``params.meta["landmarks_px"]``, frame
+    pixels, MediaPipe's 478), dilated by ``dilate`` pixels: (H, W) uint8 on the work grid, 1 =
+    subject's right eye, 2 = left, 0 elsewhere; None without detections."""
+    from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
+
+    pts = params.meta.get("landmarks_px") if isinstance(params.meta, dict) else None
+    if pts is None:
+        return None
+    p = np.asarray(pts, np.float64)
+    if p.ndim != 2 or p.shape[0] < 468 or p.shape[1] < 2 or not np.isfinite(p[:468, :2]).all():
+        return None
+    p = (p[:, :2] - np.asarray(origin, np.float64)) / k
+    out = np.zeros(hw, np.uint8)
+    for eye, loop in ((1, RIGHT_EYE), (2, LEFT_EYE)):
+        m: np.ndarray = np.zeros(hw, np.uint8)
+        cv2.fillPoly(m, [np.round(p[list(loop)] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+        if dilate > 0:  # the lid margin and the corners' sclera lie on or just outside the contour
+            m = cv2.dilate(m, np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8))
+        out[(m > 0) & (out == 0)] = eye
+    return out
+
+
+def _lid_colours(image: np.ndarray, eye_open: np.ndarray | None) -> np.ndarray | None:
+    """(2, 3) lid skin colour per eye (1 = right, 2 = left): the mean of the lighter halves (lashes,
+    crease and shadows are the darker ones) of two bands as high as the opening, right above and
+    right below it."""
+    if eye_open is None:
+        return None
+    out = np.zeros((2, 3), np.float32)
+    for eye in (1, 2):
+        m = (eye_open == eye).astype(np.uint8)
+        ys, xs = np.nonzero(m)
+        if ys.size < 4:
+            return None
+        hgt = max(2, int(ys.max() - ys.min() + 1))
+        above = np.zeros_like(m)
+        above[: m.shape[0] - hgt] = m[hgt:]
+        below = np.zeros_like(m)
+        below[hgt:] = m[: m.shape[0] - hgt]
+        cols = []
+        for band in ((above > 0) & (m == 0), (below > 0) & (m == 0)):
+            if band.sum() >= 4:
+                px = image[band]
+                lum = px.mean(1)
+                cols.append(px[lum >= np.median(lum)].mean(0))
+        if not cols:
+            return None
+        out[eye - 1] = np.mean(cols, 0)
+    return out
 
 
 def _p98(magnitudes: np.ndarray) -> float:

@@ -117,12 +117,13 @@ def synthesize_mouth(
 
     # lower teeth: shorter band above the lower lip, in shadow, only in a clearly open mouth
     if open_c > 0.12 * width:
-        tl = 0.09 * width * (1 - 0.5 * side ** 2)
-        tl = np.minimum(tl, 0.3 * gap)
+        # (a few millimetres at most: a wide grey band there reads as a second row of upper teeth)
+        tl = 0.06 * width * (1 - 0.5 * side ** 2)
+        tl = np.minimum(tl, 0.2 * gap)
         k = np.clip((open_c / width - 0.12) / 0.15, 0, 1)
-        m_lo = np.clip((tl - d_lo) / soft + 0.5, 0, 1) * np.clip((0.36 - np.abs(uc - 0.5)) / 0.08, 0, 1) * k
-        m_lo = 0.6 * m_lo * (1 - m_up)  # the lower teeth are mostly behind the lower lip
-        lower = teeth_base[None, None] * (0.62 * (1 - 0.6 * side ** 1.5))[..., None]
+        m_lo = np.clip((tl - d_lo) / soft + 0.5, 0, 1) * np.clip((0.33 - np.abs(uc - 0.5)) / 0.08, 0, 1) * k
+        m_lo = 0.5 * m_lo * (1 - m_up)  # the lower teeth are mostly behind the lower lip
+        lower = teeth_base[None, None] * (0.5 * (1 - 0.6 * side ** 1.5))[..., None]
         out = out * (1 - m_lo[..., None]) + lower * m_lo[..., None]
 
     # dark contact shadow just inside the lips
