@@ -200,30 +200,46 @@ def test_head_proxy_option(fitted, astronaut):
     assert psnr(out, astronaut, near) < 35 and psnr(out, astronaut, ~near) > 28
 
 
-def test_closed_eyes_hide_the_iris(fitted, astronaut):
-    """Closing the eyes covers the photo's real eye opening (the detected lid contour, which the
-    fitted model's need not match): the dark iris/pupil pixels inside it are gone; the params keep
-    the detections for that, and they survive a JSON round trip."""
+def test_closed_eyes_meet_on_the_photos_lids(fitted, astronaut):
+    """Closing the eyes: the warp puts the fitted eye contours where the photo's lids were detected
+    (the blendshape fit leaves them a few pixels off, and a closed eye then kept a strip of iris and
+    two lash lines) and shuts them on the photo's own lower lid; the irises are covered. The params
+    keep the detections for that, and they survive a JSON round trip."""
+    import json
+
     from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
-    from facerig.engines.warp.engine import _eye_openings
+    from facerig.engines.warp.engine import _LID_PAIRS, _eye_openings, _target_lid_delta
     from facerig.types import FaceParams
 
     model, params, eng, state = fitted
     pts = np.asarray(params.meta["landmarks_px"])
     assert pts.shape == (478, 2)
-    assert FaceParams.from_json_dict(__import__("json").loads(params.to_json())).meta["landmarks_px"][0] == list(pts[0])
-    out = eng.render_frame(state, EditSpec(preset="close_eyes").apply(params, model))
-    lum_in, lum_out = astronaut.astype(np.float64).mean(2), out.astype(np.float64).mean(2)
-    for loop in (RIGHT_EYE, LEFT_EYE):
-        m = np.zeros(astronaut.shape[:2], np.uint8)
-        cv2.fillPoly(m, [np.round(pts[list(loop)]).astype(np.int32)], 1)
-        m = m > 0
-        assert m.sum() > 30
-        # the iris/pupil: the darkest tenth of the opening in the source; mostly lid skin after
-        assert np.percentile(lum_out[m], 10) > np.percentile(lum_in[m], 10) + 60  # (without the lid fill: +27..46)
-    # the openings' labels on the work grid: 1 = subject's right eye (image left), 2 = left
+    assert FaceParams.from_json_dict(json.loads(params.to_json())).meta["landmarks_px"][0] == list(pts[0])
+    # source eye contours on the detections (work grid)
     x0, y0 = state.roi[:2]
-    eo = _eye_openings(params, (x0, y0), state.k, state.work_hw, dilate=0)
+    ids = list(RIGHT_EYE) + list(LEFT_EYE)
+    det_w = (pts[ids] - np.array([x0, y0])) / state.k
+    assert np.abs(state.verts[ids, :2] - det_w).max() < 1e-6
+    # shut lids meet (< 0.5 work px) where the photo's lower lid is
+    target = EditSpec(preset="close_eyes").apply(params, model)
+    vt = eng._geometry(model, target, state.roi, state.k)[0][:, :2]
+    vt = vt + _target_lid_delta(state.lid_delta, state.verts[:, :2] - state.lid_delta, vt)
+    gaps = [np.linalg.norm(vt[u] - vt[lo]) for u, lo in _LID_PAIRS]
+    assert max(gaps) < 0.5, gaps
+    # an edit that does not move the lids keeps them on the detections
+    vs = eng._geometry(model, EditSpec(light="left").apply(params, model), state.roi, state.k)[0][:, :2]
+    vs = vs + _target_lid_delta(state.lid_delta, state.verts[:, :2] - state.lid_delta, vs)
+    assert np.abs(vs[ids] - det_w).max() < 1e-6
+    # the irises (a disk around each detected iris centre) are covered by lid skin
+    out = eng.render_frame(state, target)
+    lum_in, lum_out = astronaut.astype(np.float64).mean(2), out.astype(np.float64).mean(2)
+    yy, xx = np.mgrid[0:astronaut.shape[0], 0:astronaut.shape[1]]
+    for c, ring in ((468, (469, 470, 471, 472)), (473, (474, 475, 476, 477))):
+        r = np.linalg.norm(pts[list(ring)] - pts[c], axis=1).mean()
+        m = (xx - pts[c, 0]) ** 2 + (yy - pts[c, 1]) ** 2 < (0.6 * r) ** 2
+        assert m.sum() >= 8 and lum_out[m].mean() > lum_in[m].mean() + 60
+    # the openings' labels on the work grid: 1 = subject's right eye (image left), 2 = left
+    eo = _eye_openings(params, (x0, y0), state.k, state.work_hw)
     assert eo is not None and set(np.unique(eo)) == {0, 1, 2}
     assert np.nonzero(eo == 1)[1].mean() < np.nonzero(eo == 2)[1].mean()
     assert _eye_openings(params.replace(meta={}), (x0, y0), state.k, state.work_hw) is None

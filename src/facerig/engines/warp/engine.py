@@ -130,6 +130,7 @@ class WarpSource:
     head_src: np.ndarray | None = None  # (V, 3) source head-frame vertices
     eye_open: np.ndarray | None = None  # (H, W) uint8: the source's detected eye openings (1 right, 2 left)
     lid_rgb: np.ndarray | None = None   # (2, 3) lid skin colour of each eye
+    lid_delta: np.ndarray | None = None  # (V, 2) detected - fitted eye-contour positions (work px)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -139,9 +140,10 @@ class WarpEngine(Engine):
     name: ClassVar[str] = "warp"
     requires_weights: ClassVar[bool] = False
     description: ClassVar[str] = "training-free mesh-driven warp with relighting and mouth/occlusion fill (default)"
-    # a 2D warp keeps the hair and the head's outline where they are; turning the face about the
-    # eye-mouth centre then reads as about half the requested turn (re-fitted yaw 9-11 for 20
-    # degrees), turning it about the head's centre reads as the requested turn (19-22 degrees)
+    # a real head turns about its centre, and the warp keeps the photo's hair and outline, so the
+    # face moves within them. (With the fraction outline model the eye-mouth anchor re-fitted at
+    # about half the turn; with the plane model both anchors re-fit alike on synthetic heads, yaw
+    # +-20 -> -15.1/+15.3 face, -15.2/+15.8 head: benchmarks/pose_truth.py --anchor)
     pose_anchor: ClassVar[str] = "head"
 
     def __init__(self, weights: Any = None, device: str = "cpu", **options: Any) -> None:
@@ -253,6 +255,9 @@ class WarpEngine(Engine):
         work = roi_img if hw == roi_img.shape[:2] else cv2.resize(roi_img, (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
         image = work.astype(np.float32) / 255.0
         verts, shade, vhead = self._geometry(model, source_params, (x0, y0, x1, y1), k, head=True)
+        lid_delta = _lid_residual(source_params, (x0, y0), k, verts)
+        if lid_delta is not None:  # the eye contours where the photo's lids are (see _lid_residual)
+            verts[:, :2] += lid_delta
         faces = model.faces.long().cpu().numpy()
         fi, bary = self._raster(verts, model.faces.long(), hw)
         cov = fi >= 0
@@ -298,9 +303,10 @@ class WarpEngine(Engine):
             model=model, params=source_params, faces=faces, regions=regions, mirror=mirror,
             head=fit_head(vhead) if (o.head_proxy and vhead.shape[0] > 152) else None,
             head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces), skin=skin_like,
-            head_src=vhead, eye_open=_eye_openings(source_params, (x0, y0), k, hw, dilate=max(1, round(0.012 * face_px))),
+            head_src=vhead, eye_open=_eye_openings(source_params, (x0, y0), k, hw, grow=-max(1, round(0.01 * face_px))),
         )
         st.lid_rgb = _lid_colours(image, st.eye_open)
+        st.lid_delta = lid_delta
         st.timings["prepare"] = time.perf_counter() - t0
         return st
 
@@ -328,6 +334,8 @@ class WarpEngine(Engine):
         faces = st.faces
         F = st.face_px
         vt, shade_t, vhead_t = self._geometry(st.model, target_params, st.roi, st.k, head=True)
+        if st.lid_delta is not None:
+            vt[:, :2] += _target_lid_delta(st.lid_delta, st.verts[:, :2] - st.lid_delta, vt[:, :2])
         fi, bary = self._raster(vt, st.model.faces.long(), (h, w))
         tm["raster"] = time.perf_counter() - t0
         cov = fi >= 0
@@ -385,6 +393,8 @@ class WarpEngine(Engine):
             if not same_expr:
                 vpose, _ = self._geometry(st.model, tp.replace(expression=st.params.expression.to(tp.expression),
                                                                jaw_pose=st.params.jaw_pose), st.roi, st.k)
+                if st.lid_delta is not None:
+                    vpose[:, :2] += st.lid_delta
                 p_pose = np.einsum("nk,nkc->nc", b, vpose[tri])[:, :2]
                 d_pose = src[:, :2] - p_pose
         d_expr = d - d_pose
@@ -729,26 +739,80 @@ class WarpEngine(Engine):
 
 
 def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int, int],
-                  dilate: int = 1) -> np.ndarray | None:
+                  grow: int = 0) -> np.ndarray | None:
     """The source's eye openings from its detected landmarks (``params.meta["landmarks_px"]``, frame
-    pixels, MediaPipe's 478), dilated by ``dilate`` pixels: (H, W) uint8 on the work grid, 1 =
-    subject's right eye, 2 = left, 0 elsewhere; None without detections."""
+    pixels, MediaPipe's 478), grown by ``grow`` pixels (< 0: shrunk): (H, W) uint8 on the work
+    grid, 1 = subject's right eye, 2 = left, 0 elsewhere; None without detections."""
     from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
 
+    p = _detected_px(params, origin, k)
+    if p is None:
+        return None
+    out = np.zeros(hw, np.uint8)
+    for eye, loop in ((1, RIGHT_EYE), (2, LEFT_EYE)):
+        m: np.ndarray = np.zeros(hw, np.uint8)
+        cv2.fillPoly(m, [np.round(p[list(loop)] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+        if grow > 0:
+            m = cv2.dilate(m, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+        elif grow < 0:
+            m = cv2.erode(m, np.ones((1 - 2 * grow, 1 - 2 * grow), np.uint8))
+        out[(m > 0) & (out == 0)] = eye
+    return out
+
+
+#: MediaPipe's upper-lid vertex -> the lower-lid vertex below it (subject's right eye, then left)
+_LID_PAIRS = ((246, 7), (161, 163), (160, 144), (159, 145), (158, 153), (157, 154), (173, 155),
+              (466, 249), (388, 390), (387, 373), (386, 374), (385, 380), (384, 381), (398, 382))
+
+
+def _detected_px(params: Any, origin: tuple[int, int], k: float) -> np.ndarray | None:
+    """The source's detected landmarks (``params.meta["landmarks_px"]``) on the work grid, (L, 2)."""
     pts = params.meta.get("landmarks_px") if isinstance(params.meta, dict) else None
     if pts is None:
         return None
     p = np.asarray(pts, np.float64)
     if p.ndim != 2 or p.shape[0] < 468 or p.shape[1] < 2 or not np.isfinite(p[:468, :2]).all():
         return None
-    p = (p[:, :2] - np.asarray(origin, np.float64)) / k
-    out = np.zeros(hw, np.uint8)
-    for eye, loop in ((1, RIGHT_EYE), (2, LEFT_EYE)):
-        m: np.ndarray = np.zeros(hw, np.uint8)
-        cv2.fillPoly(m, [np.round(p[list(loop)] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
-        if dilate > 0:  # the lid margin and the corners' sclera lie on or just outside the contour
-            m = cv2.dilate(m, np.ones((2 * dilate + 1, 2 * dilate + 1), np.uint8))
-        out[(m > 0) & (out == 0)] = eye
+    return (p[:, :2] - np.asarray(origin, np.float64)) / k
+
+
+def _lid_residual(params: Any, origin: tuple[int, int], k: float, verts: np.ndarray) -> np.ndarray | None:
+    """(V, 2) work-pixel offsets that put the fitted mesh's eye contours (MediaPipe's 32 eye-contour
+    vertices) where the photo's lids were detected; 0 elsewhere. The blendshape fit leaves the lids
+    a few pixels off (a fitted opening smaller than the real one), which a warp then moves as skin:
+    a closed eye kept a strip of iris and two lash lines. None without detections or for a model
+    that is not on MediaPipe's topology."""
+    from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
+
+    det = _detected_px(params, origin, k)
+    if det is None or verts.shape[0] < 468:
+        return None
+    ids = list(RIGHT_EYE) + list(LEFT_EYE)
+    delta = np.zeros((verts.shape[0], 2), np.float64)
+    delta[ids] = det[ids] - verts[ids, :2]
+    iod = float(np.linalg.norm(verts[33, :2] - verts[263, :2]))
+    # a detection far from the fit is not a lid (occlusion, glasses glare): leave the fit alone
+    bad = np.linalg.norm(delta, axis=1) > 0.12 * max(iod, 1.0)
+    delta[bad] = 0.0
+    return delta
+
+
+def _target_lid_delta(delta: np.ndarray, src_model: np.ndarray, tgt_model: np.ndarray) -> np.ndarray:
+    """The lid offsets for a target: each upper-lid vertex's offset moves towards its lower-lid
+    partner's as the edit closes the eye (by the fitted lids' closure c, 0 = as open as the source,
+    1 = shut), so shut lids meet on the photo's own lower lid, and from c = 0.6 to 0.9 the rest of
+    the fitted gap closes too; everything else keeps its offset."""
+    out = delta.copy()
+    for up, lo in _LID_PAIRS:
+        g_s = float(np.linalg.norm(src_model[up] - src_model[lo]))
+        if g_s < 1e-3:
+            continue
+        c = float(np.clip(1.0 - np.linalg.norm(tgt_model[up] - tgt_model[lo]) / g_s, 0.0, 1.0))
+        out[up] = (1.0 - c) * delta[up] + c * delta[lo]
+        # a blink that leaves the fitted lids a little apart (identity offsets open the model's
+        # shut lids by a few percent) is meant shut: close the rest of the gap from 60 % closure on
+        t = float(np.clip((c - 0.6) / 0.3, 0.0, 1.0))
+        out[up] += t * t * (3 - 2 * t) * (tgt_model[lo] - tgt_model[up])
     return out
 
 
