@@ -63,6 +63,8 @@ def main() -> None:
         "the fitted per-vertex albedo, and with one constant skin albedo (lighting only); shading R^2: "
         "share of the skin's luminance variance explained by the fitted SH light with constant albedo.",
         "",
+        "The fit also uses MediaPipe's relative depth (since 2026-11-23, `LandmarkFitConfig.depth_weight` 0.3): the 2D reprojection error went up (median 0.50 -> 0.59 % IOD, p90 1.32 -> 1.53) in exchange for poses that match ground truth (true 3D turns of rendered heads: yaw -20/+20 read -19.8/+20.5 instead of -24.1/+21.7; docs/pose-truth.md). The 2D error alone does not tell a good fit: a 2D-only fit explains some of a turn by the shape.",
+        "",
         "| statistic over photos | landmark median %IOD | landmark p90 %IOD | photometric MAE (vertex albedo) | photometric MAE (constant albedo) | shading R^2 |",
         "|---|---|---|---|---|---|",
     ]

@@ -31,7 +31,7 @@ TURNS = [("yaw", -30), ("yaw", -20), ("yaw", -10), ("yaw", 10), ("yaw", 20), ("y
 BASES = [(0.0, 0.0), (10.0, 0.0)]
 
 
-def run(heads: int, engine_options: dict[str, Any]) -> list[dict[str, Any]]:
+def run(heads: int, engine_options: dict[str, Any], anchor: str | None = None) -> list[dict[str, Any]]:
     import torch
 
     from facerig.edit import _fit_landmarks
@@ -69,7 +69,7 @@ def run(heads: int, engine_options: dict[str, Any]) -> list[dict[str, Any]]:
                     row["true"] = float(ypr(fit(turned))[k] - a0[k])
                 except Exception as e:  # noqa: BLE001 - counted
                     row["true_failed"] = type(e).__name__
-                out = eng.render_frame(state, EditSpec(**{axis: ang}, pose_anchor=eng.pose_anchor).apply(p0, model))
+                out = eng.render_frame(state, EditSpec(**{axis: ang}, pose_anchor=anchor or eng.pose_anchor).apply(p0, model))
                 try:
                     row["engine"] = float(ypr(fit(out))[k] - a0[k])
                 except Exception as e:  # noqa: BLE001 - counted
@@ -126,13 +126,14 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/pose_truth.json")
     ap.add_argument("--docs", default=None, help="write the table (e.g. docs/pose-truth.md)")
     ap.add_argument("--engine-options", default="{}", help="warp engine options as JSON")
+    ap.add_argument("--anchor", default=None, help="pose anchor of the edits: face | head (default: the engine's)")
     args = ap.parse_args()
     opts = json.loads(args.engine_options)
     t0 = time.perf_counter()
-    rows = run(args.heads, opts)
+    rows = run(args.heads, opts, args.anchor)
     s = summarise(rows)
     meta = {"date": time.strftime("%Y-%m-%d"), "seconds": time.perf_counter() - t0, "heads": args.heads,
-            "engine_options": opts}
+            "engine_options": opts, "anchor": args.anchor}
     Path(args.out).write_text(json.dumps({"meta": meta, "summary": s, "rows": rows}, indent=1))
     print(json.dumps(s, indent=1))
     if args.docs:
