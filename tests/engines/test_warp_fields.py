@@ -58,3 +58,30 @@ def test_skin_likelihood_separates_skin_hair_and_background():
     assert sk[:, 3:27].mean() > 0.8
     assert sk[:, 33:57].max() < 0.2 and sk[:, 63:].max() < 0.05
     assert not skin_likelihood(img, np.zeros_like(mask)).any()
+
+
+def test_apply_gain_rolls_off_instead_of_clipping():
+    """A brightening gain never pushes a channel past white and keeps each pixel's hue (all channels
+    take one factor); a gain <= 1 (and any pixel the gain does not lift) is the plain product."""
+    from facerig.engines.warp.field import apply_gain
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.0, 1.0, (32, 32, 3)).astype(np.float32)
+    gain = rng.uniform(0.3, 3.0, (32, 32, 1)).astype(np.float32)
+    out = apply_gain(img, gain)
+    assert out.max() <= 1.0
+    lifted = gain[..., 0] > 1
+    # hue kept: the channel ratios of the plain product
+    ratio = out / np.maximum(img * gain, 1e-6)
+    assert np.allclose(ratio.max(2), ratio.min(2), atol=1e-5)
+    np.testing.assert_allclose(out[~lifted], (img * gain)[~lifted], rtol=1e-6)
+    # still a brightening, monotonic in the gain, and ~ the product for small lifts of dark pixels
+    assert (out.max(2)[lifted] >= img.max(2)[lifted] - 1e-6).all()
+    g = np.linspace(1.0, 4.0, 50, dtype=np.float32)[:, None, None] * np.ones((1, 1, 1), np.float32)
+    px = np.full((50, 1, 3), [0.6, 0.45, 0.4], np.float32)
+    m = apply_gain(px, g).max(2)[:, 0]
+    assert (np.diff(m) > 0).all() and m[-1] <= 1.0
+    dark = np.full((1, 1, 3), [0.1, 0.08, 0.05], np.float32)
+    np.testing.assert_allclose(apply_gain(dark, np.full((1, 1, 1), 1.2, np.float32)), dark * 1.2, rtol=2e-2)
+    # the white level of 8-bit images
+    assert apply_gain(img * 255, gain, 255.0).max() <= 255.0

@@ -43,6 +43,7 @@ import torch
 
 from facerig.engines.base import Engine, _check_image
 from facerig.engines.warp.field import (
+    apply_gain,
     border_taper,
     cos_falloff,
     distance_outside,
@@ -610,8 +611,8 @@ class WarpEngine(Engine):
         need = alpha >= 1.5
         warped_w: np.ndarray = fill  # replaced below wherever it is read (alpha.any())
         if alpha.any():
-            warped_w = cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REPLICATE) * np.exp(fld[..., 2:])
+            warped_w = apply_gain(cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
+                                            borderMode=cv2.BORDER_REPLICATE), np.exp(fld[..., 2:]))
         if need.any():
             base = np.where(alpha[..., None] > 0, fill, warped_w)
             m8 = cv2.dilate(need.astype(np.uint8), np.ones((3, 3), np.uint8))
@@ -728,8 +729,7 @@ class WarpEngine(Engine):
         interp = cv2.INTER_CUBIC if self.opts.interpolation == "cubic" else cv2.INTER_LINEAR
         mx, my = _maps(fld[..., :2], x0, y0)
         warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        ratio = np.exp(fld[..., 2:])
-        res = warped * ratio
+        res = apply_gain(warped, np.exp(fld[..., 2:]), 255.0)
         if alpha.any():
             a = alpha[..., None]
             res = res * (1 - a) + fill * 255.0 * a

@@ -112,3 +112,25 @@ def nearest_extend(values: np.ndarray, weights: np.ndarray, sigma: float = 0.0) 
             if out.ndim == 2:
                 out = out[:, :, None]
     return out[:, :, 0] if squeeze else out
+
+
+def apply_gain(image: np.ndarray, gain: np.ndarray, white: float = 1.0) -> np.ndarray:
+    """``image * gain`` (gain (H, W, 1), one factor per pixel for all channels) with the brightening
+    rolled off before ``white`` instead of clipped: where the gain lifts a pixel's largest channel
+    from ``m`` towards or past ``white``, the lift ``m (g - 1)`` is mapped to
+    ``(white - m) (1 - exp(-lift / (white - m)))`` (slope 1 at no lift, never past white), and
+    all channels take the same factor, so hue and saturation are kept where a plain product would
+    clip one channel first (a side light on skin: red clipped, the face turns flat and pale).
+    Pixels the gain does not lift are exactly ``image * gain``."""
+    img = image.astype(np.float32, copy=False)
+    out = img * gain
+    m = img.max(axis=2, keepdims=True)
+    lift = m * (gain - 1.0)
+    up = lift > 0
+    if not up.any():
+        return out
+    room = np.maximum(white - m, 1e-6)
+    m_new = m + room * (1.0 - np.exp(-np.maximum(lift, 0.0) / room))
+    factor = np.where(up, m_new / np.maximum(m * gain, 1e-12), 1.0)
+    res = out * factor
+    return np.where(up, np.minimum(res, white), res)  # (float rounding at the white level)
