@@ -360,6 +360,13 @@ class WarpEngine(Engine):
         area_t = np.abs(self._tri_area(vt[:, :2], faces))
         stretch = area_t[f] / np.maximum(st.area[f], 1e-3)
         hidden |= (stretch > o.max_stretch) & (region_of != r_mouth) & (region_of != r_eyes)
+        # a fitted mesh overlaps the background beyond a cheek that is nearly edge-on in the photo
+        # (its outline vertices sit behind the visible silhouette): turned into view (its outer
+        # triangles grow), those parts showed the background inside the face: not seen either
+        if st.rim_face is not None and st.skin is not None:
+            opened = st.rim_face[f] & (stretch > 1.5)
+            if opened.any():
+                hidden |= opened & (st.skin[sy, sx] < 0.25)
         if hidden.any():  # drop specks: only blobs of some size are really "not seen"
             hm0 = np.zeros((h, w), np.uint8)
             hm0[iy[hidden], ix[hidden]] = 1
@@ -555,6 +562,29 @@ class WarpEngine(Engine):
                 fill[zone] = np.where(a_old[:, None] > 0, fill[zone] * (1 - a_new[:, None]) + col * a_new[:, None], col)
                 alpha[zone] = np.maximum(a_old, a_new)
             hidden = hidden & ~eye_hidden
+        if hidden.any() and st.rim_face is not None:
+            # the mesh's outer rings (a cheek edge that turns into view, grazing or beyond the
+            # silhouette in the photo): continue the nearest visible skin of the same face outwards.
+            # The mirror there is the other cheek's edge, often hair or background, which drew a
+            # second face edge
+            rim_h = hidden & st.rim_face[f]
+            if rim_h.any():
+                seen = np.ones((h, w), np.uint8)
+                seen[iy[~hidden], ix[~hidden]] = 0
+                _, lab = cv2.distanceTransformWithLabels(seen, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+                zy, zx = np.nonzero(seen == 0)
+                near = np.zeros(int(lab.max()) + 1, np.int64)
+                near[lab[zy, zx]] = zy * w + zx
+                ry_, rx_ = iy[rim_h], ix[rim_h]
+                tgt = near[lab[ry_, rx_]]
+                idx_of = np.full(h * w, -1, np.int64)
+                idx_of[iy * w + ix] = np.arange(iy.size)
+                j = idx_of[tgt]
+                good = j >= 0
+                if good.any():
+                    fill[ry_[good], rx_[good]] = sample(st.image, src[j[good], :2]) * ratio[j[good]]
+                    alpha[ry_[good], rx_[good]] = 1.0
+                    hidden = hidden & ~(rim_h & np.isin(np.arange(iy.size), np.nonzero(rim_h)[0][good]))
         if hidden.any():
             hy, hx = iy[hidden], ix[hidden]
             ok = np.zeros(hy.size, bool)
@@ -568,6 +598,11 @@ class WarpEngine(Engine):
                 ok &= st.front[np.maximum(mfi, 0)]
                 if closing and st.eye_open is not None:  # not the other eye's iris either
                     ok &= st.eye_open[my, mx] == 0
+                if st.skin is not None:
+                    # only skin: the mirrored point of a cheek edge that turns into view is the other
+                    # cheek's edge, which in a photo often shows hair or background (drawn there it
+                    # reads as a second face edge)
+                    ok &= st.skin[my, mx] > 0.5
                 if ok.any():
                     col = sample(st.image, msrc[ok, :2])
                     s_m = np.einsum("nk,nkc->nc", b[hidden][ok], st.shade[mtri[ok]]).mean(1)
