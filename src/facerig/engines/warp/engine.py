@@ -569,22 +569,28 @@ class WarpEngine(Engine):
             # second face edge
             rim_h = hidden & st.rim_face[f]
             if rim_h.any():
-                seen = np.ones((h, w), np.uint8)
-                seen[iy[~hidden], ix[~hidden]] = 0
+                # nearest seen pixel, within a box around the hidden rim pixels (a fraction of the grid)
+                ry_, rx_ = iy[rim_h], ix[rim_h]
+                pad = int(0.1 * F) + 2
+                by0, by1 = max(0, ry_.min() - pad), min(h, ry_.max() + pad + 1)
+                bx0, bx1 = max(0, rx_.min() - pad), min(w, rx_.max() + pad + 1)
+                seen = np.ones((by1 - by0, bx1 - bx0), np.uint8)
+                vis = ~hidden & (iy >= by0) & (iy < by1) & (ix >= bx0) & (ix < bx1)
+                seen[iy[vis] - by0, ix[vis] - bx0] = 0
                 _, lab = cv2.distanceTransformWithLabels(seen, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
                 zy, zx = np.nonzero(seen == 0)
-                near = np.zeros(int(lab.max()) + 1, np.int64)
-                near[lab[zy, zx]] = zy * w + zx
-                ry_, rx_ = iy[rim_h], ix[rim_h]
-                tgt = near[lab[ry_, rx_]]
+                near = np.full(int(lab.max()) + 1, -1, np.int64)
+                near[lab[zy, zx]] = (zy + by0) * w + (zx + bx0)
+                tgt = near[lab[ry_ - by0, rx_ - bx0]]
                 idx_of = np.full(h * w, -1, np.int64)
                 idx_of[iy * w + ix] = np.arange(iy.size)
-                j = idx_of[tgt]
+                j = np.where(tgt >= 0, idx_of[np.maximum(tgt, 0)], -1)
                 good = j >= 0
                 if good.any():
                     fill[ry_[good], rx_[good]] = sample(st.image, src[j[good], :2]) * ratio[j[good]]
                     alpha[ry_[good], rx_[good]] = 1.0
-                    hidden = hidden & ~(rim_h & np.isin(np.arange(iy.size), np.nonzero(rim_h)[0][good]))
+                    hidden = hidden.copy()
+                    hidden[np.nonzero(rim_h)[0][good]] = False
         if hidden.any():
             hy, hx = iy[hidden], ix[hidden]
             ok = np.zeros(hy.size, bool)

@@ -124,13 +124,15 @@ def apply_gain(image: np.ndarray, gain: np.ndarray, white: float = 1.0) -> np.nd
     Pixels the gain does not lift are exactly ``image * gain``."""
     img = image.astype(np.float32, copy=False)
     out = img * gain
-    m = img.max(axis=2, keepdims=True)
-    lift = m * (gain - 1.0)
-    up = lift > 0
+    up = gain[..., 0] > 1.0
     if not up.any():
         return out
+    px = img[up]                                   # (N, C): only the lifted pixels
+    g = gain[up]                                   # (N, 1)
+    m = px.max(axis=1, keepdims=True)
+    lift = m * (g - 1.0)
     room = np.maximum(white - m, 1e-6)
-    m_new = m + room * (1.0 - np.exp(-np.maximum(lift, 0.0) / room))
-    factor = np.where(up, m_new / np.maximum(m * gain, 1e-12), 1.0)
-    res = out * factor
-    return np.where(up, np.minimum(res, white), res)  # (float rounding at the white level)
+    m_new = m + room * (1.0 - np.exp(-lift / room))
+    res = px * g * (m_new / np.maximum(m * g, 1e-12))
+    out[up] = np.minimum(res, white)  # (float rounding at the white level)
+    return out
