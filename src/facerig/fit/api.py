@@ -229,6 +229,8 @@ def fit_images(
         params, photo = fit_photometric(model, params, arrays, texture_size=cfg.texture_size)
         report["photometric"] = photo
     params.meta["landmark_error"] = report["landmark_error"]
+    if len(lms) == 1:  # the detections (frame px): engines use them where the model is not close enough
+        params.meta["landmarks_px"] = np.round(np.asarray(lms[0].points, np.float64)[:, :2], 2).tolist()
     return FitResult(params, list(lms), report, arrays)
 
 
