@@ -85,3 +85,19 @@ def test_apply_gain_rolls_off_instead_of_clipping():
     np.testing.assert_allclose(apply_gain(dark, np.full((1, 1, 1), 1.2, np.float32)), dark * 1.2, rtol=2e-2)
     # the white level of 8-bit images
     assert apply_gain(img * 255, gain, 255.0).max() <= 255.0
+
+
+def test_warm_shadows_only_on_darkened_skin():
+    """Relighting that darkens skin keeps it warm (red darkens less, blue more); grey pixels and
+    pixels the light does not darken are left as they are."""
+    from facerig.engines.warp.engine import _warm_shadows
+
+    px = np.array([[[200.0, 150.0, 120.0], [120.0, 120.0, 120.0], [200.0, 150.0, 120.0]]], np.float32)
+    gain = np.array([[[0.5], [0.5], [1.2]]], np.float32)
+    out = _warm_shadows(px * np.minimum(gain, 1.0), gain, 0.25)
+    skin, grey, lit = out[0]
+    plain = px[0, 0] * 0.5
+    assert skin[0] > plain[0] and skin[2] < plain[2] and abs(skin[1] - plain[1]) < 1e-4
+    np.testing.assert_allclose(grey, px[0, 1] * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(lit, px[0, 2], rtol=1e-6)
+    np.testing.assert_allclose(_warm_shadows(px, np.ones_like(gain), 0.25), px)

@@ -87,6 +87,7 @@ class WarpOptions:
                                     # the rim's motion (the engine before 2026-11-23)
     outline_depth: float = 0.8      # that plane: this many face widths behind the nose tip
     occluding_band: float = 0.05    # ("plane") band where the face moves over its surroundings, x face size
+    shadow_warmth: float = 0.25     # skin darkened by relighting: red darkens by gain**(1-w), blue by gain**(1+w)
     outline_band: float = 0.12      # band outside the mesh over which the pose motion eases from the
                                     # rim's own (continuity) to outline_follow, x face size
     band_factor: float = 2.0        # revealing-side band / the rim's pose motion (>= 1: no fold)
@@ -770,13 +771,35 @@ class WarpEngine(Engine):
         interp = cv2.INTER_CUBIC if self.opts.interpolation == "cubic" else cv2.INTER_LINEAR
         mx, my = _maps(fld[..., :2], x0, y0)
         warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        res = apply_gain(warped, np.exp(fld[..., 2:]), 255.0)
+        gain = np.exp(fld[..., 2:])
+        res = apply_gain(warped, gain, 255.0)
+        if self.opts.shadow_warmth > 0:
+            res = _warm_shadows(res, gain, self.opts.shadow_warmth)
         if alpha.any():
             a = alpha[..., None]
             res = res * (1 - a) + fill * 255.0 * a
         out = frame.copy()
         out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
         return out
+
+
+def _warm_shadows(res: np.ndarray, gain: np.ndarray, warmth: float) -> np.ndarray:
+    """Where relighting darkens skin-coloured pixels, red darkens less and blue more (gain**(1 -
+    warmth), gain**(1 + warmth) on R, B): skin in shadow is redder than a grey multiply makes it
+    (light scattered under the skin), which read as grey, ashen shadows."""
+    dark = gain[..., 0] < 0.999
+    if not dark.any():
+        return res
+    px = res[dark]
+    g = gain[dark]
+    lum = px.mean(1, keepdims=True)
+    # skin: warm chroma (R > G > B), fading out for grey / cool / very dark pixels
+    skin = np.clip((px[:, :1] - px[:, 2:3]) / np.maximum(lum, 1.0) * 3.0, 0.0, 1.0) * (px[:, :1] >= px[:, 1:2])
+    w = warmth * skin
+    k = np.concatenate([1.0 - w, np.ones_like(w), 1.0 + w], 1)
+    res = res.copy()
+    res[dark] = px * g ** (k - 1.0)
+    return res
 
 
 def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int, int],
