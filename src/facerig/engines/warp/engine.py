@@ -133,6 +133,9 @@ class WarpSource:
     eye_open: np.ndarray | None = None  # (H, W) uint8: the source's detected eye openings (1 right, 2 left)
     lid_rgb: np.ndarray | None = None   # (2, 3) lid skin colour of each eye
     lid_delta: np.ndarray | None = None  # (V, 2) detected - fitted eye-contour positions (work px)
+    eye_full: np.ndarray | None = None  # (H, W) uint8: the detected eye openings, not shrunk
+    iris_px: np.ndarray | None = None   # (2, 2) detected iris centres (right, left), work px
+    sclera_rgb: np.ndarray | None = None  # (2, 3) white of each eye
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -309,6 +312,11 @@ class WarpEngine(Engine):
         )
         st.lid_rgb = _lid_colours(image, st.eye_open)
         st.lid_delta = lid_delta
+        st.eye_full = _eye_openings(source_params, (x0, y0), k, hw)
+        det = _detected_px(source_params, (x0, y0), k)
+        if det is not None and det.shape[0] >= 478 and st.eye_full is not None:
+            st.iris_px = det[[468, 473]].copy()
+            st.sclera_rgb = _sclera_colours(image, st.eye_full)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
 
@@ -563,6 +571,9 @@ class WarpEngine(Engine):
                 fill[zone] = np.where(a_old[:, None] > 0, fill[zone] * (1 - a_new[:, None]) + col * a_new[:, None], col)
                 alpha[zone] = np.maximum(a_old, a_new)
             hidden = hidden & ~eye_hidden
+        widening = self._widening_eyes(st, vt)
+        if widening and st.eye_full is not None and st.iris_px is not None and st.sclera_rgb is not None:
+            self._fill_wider_eyes(st, vt, widening, fld, fill, alpha)
         if hidden.any() and st.rim_face is not None:
             # the mesh's outer rings (a cheek edge that turns into view, grazing or beyond the
             # silhouette in the photo): continue the nearest visible skin of the same face outwards.
@@ -693,6 +704,59 @@ class WarpEngine(Engine):
             if g_s > 1.0 and g_t < ratio * g_s:
                 out.append(eye)
         return out
+
+    @staticmethod
+    def _widening_eyes(st: WarpSource, vt: np.ndarray) -> list[tuple[int, float]]:
+        """(eye, weight) for eyes the edit opens wider than the source (lid gap 159/145, 386/374):
+        weight 0 at 1.08x the source gap, 1 from 1.25x."""
+        if vt.shape[0] < 478 or st.verts.shape[0] < 478:
+            return []
+        out = []
+        for eye, (up, lo) in ((1, (159, 145)), (2, (386, 374))):
+            g_s = float(np.linalg.norm(st.verts[up, :2] - st.verts[lo, :2]))
+            g_t = float(np.linalg.norm(vt[up, :2] - vt[lo, :2]))
+            if g_s > 1.0:
+                wgt = float(np.clip((g_t / g_s - 1.08) / 0.17, 0.0, 1.0))
+                if wgt > 0:
+                    out.append((eye, wgt))
+        return out
+
+    @staticmethod
+    def _fill_wider_eyes(st: WarpSource, vt: np.ndarray, widening: list[tuple[int, float]], fld: np.ndarray,
+                         fill: np.ndarray, alpha: np.ndarray) -> None:
+        """An eye opened wider: its iris keeps its shape (the mesh would stretch it with the lids).
+        Inside the target's eye opening the photo's eye is moved rigidly with the iris; what that
+        brings in from outside the photo's real opening (the lid skin above/below it) is the white
+        of the eye, which the wider lids now show."""
+        from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
+
+        assert st.eye_full is not None and st.iris_px is not None and st.sclera_rgb is not None
+        h, w = st.work_hw
+        model_src = st.verts[:, :2] - (st.lid_delta if st.lid_delta is not None else 0.0)
+        for eye, wgt in widening:
+            loop = RIGHT_EYE if eye == 1 else LEFT_EYE
+            iris = 468 if eye == 1 else 473
+            m = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(m, [np.round(vt[list(loop), :2] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+            ys, xs = np.nonzero(m)
+            if ys.size < 4:
+                continue
+            shift = vt[iris, :2] - model_src[iris]
+            pos = np.stack([xs + 0.5, ys + 0.5], 1) - shift
+            px = np.clip(np.floor(pos).astype(np.int64), 0, [w - 1, h - 1])
+            inside = st.eye_full[px[:, 1], px[:, 0]] == eye
+            # the white in the lids' shadow: darker towards the contour
+            dist = cv2.distanceTransform(m, cv2.DIST_L2, 3)[ys, xs]
+            gap = float(np.linalg.norm(vt[159 if eye == 1 else 386, :2] - vt[145 if eye == 1 else 374, :2]))
+            shade = 0.72 + 0.28 * np.clip(dist / max(1.0, 0.3 * gap), 0.0, 1.0)
+            col = np.where(inside[:, None], sample(st.image, pos), st.sclera_rgb[eye - 1][None] * shade[:, None])
+            col = col * np.exp(fld[ys, xs, 2])[:, None]
+            # soft inside the contour, so the lids' own edge (lashes) stays the warp's
+            a = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 0.8)[ys, xs] * (m[ys, xs] > 0) * wgt
+            a_old = alpha[ys, xs].clip(0, 1)
+            base = np.where(a_old[:, None] > 0, fill[ys, xs], col)
+            fill[ys, xs] = base * (1 - a[:, None]) + col * a[:, None]
+            alpha[ys, xs] = np.maximum(a_old, a)
 
     # ------------------------------------------------------------------------------------------
     def _plane_flow(self, st: WarpSource, vhead_t: np.ndarray, vt: np.ndarray, hwq: tuple[int, int],
@@ -877,6 +941,20 @@ def _target_lid_delta(delta: np.ndarray, src_model: np.ndarray, tgt_model: np.nd
         # shut lids by a few percent) is meant shut: close the rest of the gap from 60 % closure on
         t = float(np.clip((c - 0.6) / 0.3, 0.0, 1.0))
         out[up] += t * t * (3 - 2 * t) * (tgt_model[lo] - tgt_model[up])
+    return out
+
+
+def _sclera_colours(image: np.ndarray, eye_full: np.ndarray) -> np.ndarray | None:
+    """(2, 3) the white of each eye: the 65th-92nd luminance percentiles of its detected opening
+    (the iris, pupil, lashes and lid shadow are below, the catchlight above)."""
+    out = np.zeros((2, 3), np.float32)
+    for eye in (1, 2):
+        px = image[eye_full == eye]
+        if px.shape[0] < 8:
+            return None
+        lum = px.mean(1)
+        sel = (lum >= np.percentile(lum, 65)) & (lum <= np.percentile(lum, 92))  # not the catchlight
+        out[eye - 1] = px[sel].mean(0) if sel.any() else px.mean(0)
     return out
 
 
