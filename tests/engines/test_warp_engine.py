@@ -272,9 +272,11 @@ def test_wider_eyes_keep_the_iris_round():
         r = int(round(0.9 * np.linalg.norm(pts[list(ring)] - pts[c], axis=1).mean()))
         assert r >= 5
 
-        def patch(im, cxy):
-            m = np.float32([[1, 0, r - cxy[0]], [0, 1, r - cxy[1]]])
-            return cv2.warpAffine(im.astype(np.float32).mean(2), m, (2 * r + 1, 2 * r + 1), flags=cv2.INTER_LINEAR)
-
-        a, b = patch(img, pts[c]), patch(out, pts[c] + (pt[c] - ps[c]))
+        a, b = _patch(img, pts[c], r), _patch(out, pts[c] + (pt[c] - ps[c]), r)
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.79
+
+
+def _patch(im: np.ndarray, cxy: np.ndarray, r: int) -> np.ndarray:
+    """Grey (2r+1)^2 patch of ``im`` centred on ``cxy`` (sub-pixel)."""
+    m = np.float32([[1, 0, r - cxy[0]], [0, 1, r - cxy[1]]])
+    return cv2.warpAffine(im.astype(np.float32).mean(2), m, (2 * r + 1, 2 * r + 1), flags=cv2.INTER_LINEAR)
