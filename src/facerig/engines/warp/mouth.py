@@ -87,7 +87,9 @@ def synthesize_mouth(
 
     # tongue: lower part of a wide-open mouth, lip-coloured but shaded
     if open_c > 0.22 * width:
-        tongue_col = lip * 0.55 * min(1.3, max(0.6, skin_l / 0.6))
+        # in the lips' hue, more saturated (a tongue in the mouth's shade is a deep pink; a scaled
+        # lip colour read as grey next to the teeth)
+        tongue_col = sat ** 1.0 * (lip_chroma ** 0.6) * 0.5 * min(1.3, max(0.6, skin_l / 0.6))
         t = np.clip((v - 0.55) / 0.3, 0, 1) * (1 - side ** 2) * np.clip((open_c / width - 0.22) / 0.2, 0, 1)
         out = out * (1 - t[..., None]) + tongue_col[None, None] * t[..., None] * (0.7 + 0.3 * v[..., None])
 
