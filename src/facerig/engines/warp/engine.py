@@ -134,7 +134,6 @@ class WarpSource:
     lid_rgb: np.ndarray | None = None   # (2, 3) lid skin colour of each eye
     lid_delta: np.ndarray | None = None  # (V, 2) detected - fitted eye-contour positions (work px)
     eye_full: np.ndarray | None = None  # (H, W) uint8: the detected eye openings, not shrunk
-    iris_px: np.ndarray | None = None   # (2, 2) detected iris centres (right, left), work px
     sclera_rgb: np.ndarray | None = None  # (2, 3) white of each eye
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -313,9 +312,7 @@ class WarpEngine(Engine):
         st.lid_rgb = _lid_colours(image, st.eye_open)
         st.lid_delta = lid_delta
         st.eye_full = _eye_openings(source_params, (x0, y0), k, hw)
-        det = _detected_px(source_params, (x0, y0), k)
-        if det is not None and det.shape[0] >= 478 and st.eye_full is not None:
-            st.iris_px = det[[468, 473]].copy()
+        if st.eye_full is not None:
             st.sclera_rgb = _sclera_colours(image, st.eye_full)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
@@ -572,7 +569,7 @@ class WarpEngine(Engine):
                 alpha[zone] = np.maximum(a_old, a_new)
             hidden = hidden & ~eye_hidden
         widening = self._widening_eyes(st, vt)
-        if widening and st.eye_full is not None and st.iris_px is not None and st.sclera_rgb is not None:
+        if widening and st.eye_full is not None and st.sclera_rgb is not None:
             self._fill_wider_eyes(st, vt, widening, fld, fill, alpha)
         if hidden.any() and st.rim_face is not None:
             # the mesh's outer rings (a cheek edge that turns into view, grazing or beyond the
@@ -692,33 +689,32 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
-    def _closing_eyes(st: WarpSource, vt: np.ndarray, ratio: float = 0.35) -> list[int]:
-        """Eyes (1 = subject's right, 2 = left) whose lid gap (MediaPipe vertices 159/145, 386/374)
-        the edit shrinks below ``ratio`` of the source's."""
-        if vt.shape[0] < 468 or st.verts.shape[0] < 468:
-            return []
-        out = []
+    def _lid_gap_ratios(st: WarpSource, vt: np.ndarray) -> dict[int, float]:
+        """Target / source lid gap (MediaPipe vertices 159/145, 386/374) per eye (1 = subject's
+        right, 2 = left); empty for a model not on MediaPipe's topology."""
+        if vt.shape[0] < 478 or st.verts.shape[0] < 478:
+            return {}
+        out = {}
         for eye, (up, lo) in ((1, (159, 145)), (2, (386, 374))):
             g_s = float(np.linalg.norm(st.verts[up, :2] - st.verts[lo, :2]))
-            g_t = float(np.linalg.norm(vt[up, :2] - vt[lo, :2]))
-            if g_s > 1.0 and g_t < ratio * g_s:
-                out.append(eye)
+            if g_s > 1.0:
+                out[eye] = float(np.linalg.norm(vt[up, :2] - vt[lo, :2])) / g_s
         return out
 
-    @staticmethod
-    def _widening_eyes(st: WarpSource, vt: np.ndarray) -> list[tuple[int, float]]:
-        """(eye, weight) for eyes the edit opens wider than the source (lid gap 159/145, 386/374):
-        weight 0 at 1.08x the source gap, 1 from 1.25x."""
-        if vt.shape[0] < 478 or st.verts.shape[0] < 478:
-            return []
+    @classmethod
+    def _closing_eyes(cls, st: WarpSource, vt: np.ndarray, ratio: float = 0.35) -> list[int]:
+        """Eyes whose lid gap the edit shrinks below ``ratio`` of the source's."""
+        return [eye for eye, r in cls._lid_gap_ratios(st, vt).items() if r < ratio]
+
+    @classmethod
+    def _widening_eyes(cls, st: WarpSource, vt: np.ndarray) -> list[tuple[int, float]]:
+        """(eye, weight) for eyes the edit opens wider than the source: weight 0 at 1.08x the
+        source's lid gap, 1 from 1.25x."""
         out = []
-        for eye, (up, lo) in ((1, (159, 145)), (2, (386, 374))):
-            g_s = float(np.linalg.norm(st.verts[up, :2] - st.verts[lo, :2]))
-            g_t = float(np.linalg.norm(vt[up, :2] - vt[lo, :2]))
-            if g_s > 1.0:
-                wgt = float(np.clip((g_t / g_s - 1.08) / 0.17, 0.0, 1.0))
-                if wgt > 0:
-                    out.append((eye, wgt))
+        for eye, r in cls._lid_gap_ratios(st, vt).items():
+            wgt = float(np.clip((r - 1.08) / 0.17, 0.0, 1.0))
+            if wgt > 0:
+                out.append((eye, wgt))
         return out
 
     @staticmethod
@@ -730,7 +726,7 @@ class WarpEngine(Engine):
         of the eye, which the wider lids now show."""
         from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
 
-        assert st.eye_full is not None and st.iris_px is not None and st.sclera_rgb is not None
+        assert st.eye_full is not None and st.sclera_rgb is not None
         h, w = st.work_hw
         model_src = st.verts[:, :2] - (st.lid_delta if st.lid_delta is not None else 0.0)
         for eye, wgt in widening:
