@@ -101,3 +101,34 @@ def test_warm_shadows_only_on_darkened_skin():
     np.testing.assert_allclose(grey, px[0, 1] * 0.5, rtol=1e-6)
     np.testing.assert_allclose(lit, px[0, 2], rtol=1e-6)
     np.testing.assert_allclose(_warm_shadows(px, np.ones_like(gain), 0.25), px)
+
+
+def test_lid_residual_moves_only_eye_contours_and_ignores_far_detections():
+    """The warp's lid offsets: detected - fitted on the 32 eye-contour vertices, zero elsewhere and
+    for a detection farther than 12 % of the eye distance (not a lid); None without detections or
+    for a model that is not on MediaPipe's topology."""
+    from types import SimpleNamespace
+
+    from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
+    from facerig.engines.warp.engine import _lid_residual
+
+    rng = np.random.default_rng(3)
+    verts = np.zeros((478, 3))
+    verts[:, :2] = rng.uniform(100, 300, (478, 2))
+    verts[33, :2], verts[263, :2] = (150, 200), (250, 200)     # eye distance 100 (work px)
+    off = np.zeros((478, 2))
+    ids = list(RIGHT_EYE) + list(LEFT_EYE)
+    off[ids] = 1.5                                               # 1.5 work px off on the contours
+    off[159] = 30.0                                              # one detection 30 px off: not a lid
+    det = (verts[:, :2] + off) * 0.5 - 5.0                       # frame px: origin (-5, -5), k = 0.5
+    params = SimpleNamespace(meta={"landmarks_px": det.tolist()})
+    d = _lid_residual(params, (-5, -5), 0.5, verts)
+    assert d is not None and d.shape == (478, 2)
+    mask = np.zeros(478, bool)
+    mask[ids] = True
+    assert np.allclose(d[~mask], 0.0)
+    good = [i for i in ids if i != 159]
+    np.testing.assert_allclose(d[good], 1.5, atol=1e-9)
+    assert np.allclose(d[159], 0.0)
+    assert _lid_residual(SimpleNamespace(meta={}), (0, 0), 1.0, verts) is None
+    assert _lid_residual(params, (-5, -5), 0.5, verts[:100]) is None
