@@ -33,6 +33,7 @@ BASES = [(0.0, 0.0), (10.0, 0.0)]
 
 def run(heads: int, engine_options: dict[str, Any], anchor: str | None = None) -> list[dict[str, Any]]:
     import torch
+    from eval_edits import ypr  # benchmarks/ (the script's own folder)
 
     from facerig.edit import _fit_landmarks
     from facerig.engines import get_engine
@@ -40,7 +41,6 @@ def run(heads: int, engine_options: dict[str, Any], anchor: str | None = None) -
     from facerig.fit.api import _default_detector
     from facerig.morphable import load_face_model
     from facerig.rig import EditSpec
-    from facerig.rotations import axis_angle_to_ypr
 
     torch.set_grad_enabled(False)
     model = load_face_model("builtin")
@@ -49,9 +49,6 @@ def run(heads: int, engine_options: dict[str, Any], anchor: str | None = None) -
 
     def fit(img: np.ndarray) -> Any:
         return _fit_landmarks(img, model, det.detect_one(img, select="largest", source="synthetic head"))
-
-    def ypr(p: Any) -> np.ndarray:
-        return axis_angle_to_ypr(p.rotation.detach().double())[0].numpy()
 
     rows = []
     for seed in range(heads):

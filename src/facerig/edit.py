@@ -192,16 +192,13 @@ def _fit_one(image: np.ndarray, model: Any, face: Any, source: str) -> Any:
 
 def _fit_landmarks(image: np.ndarray, model: Any, lm: Any) -> Any:
     """Geometry + photometric fit of one image from its detected landmarks (``FaceLandmarks``)."""
-    from facerig.fit.api import FitConfig, fit_landmark_sets, landmark_error_report
+    from facerig.fit.api import FitConfig, fit_landmark_sets, keep_detections, landmark_error_report
     from facerig.fit.photometric import fit_photometric
 
     params = fit_landmark_sets(model, [lm], FitConfig())
     params, _ = fit_photometric(model, params, [image])
     params.meta["landmark_error"] = landmark_error_report(model, params, [lm])["landmark_error"]
-    # the detections themselves (frame pixels): engines use them where the fitted model is not
-    # close enough (the real eye opening when an edit closes the eyes)
-    params.meta["landmarks_px"] = np.round(np.asarray(lm.points, np.float64)[:, :2], 2).tolist()
-    return params
+    return keep_detections(params, lm)
 
 
 # --------------------------------------------------------------------------------------------

@@ -229,9 +229,17 @@ def fit_images(
         params, photo = fit_photometric(model, params, arrays, texture_size=cfg.texture_size)
         report["photometric"] = photo
     params.meta["landmark_error"] = report["landmark_error"]
-    if len(lms) == 1:  # the detections (frame px): engines use them where the model is not close enough
-        params.meta["landmarks_px"] = np.round(np.asarray(lms[0].points, np.float64)[:, :2], 2).tolist()
+    if len(lms) == 1:
+        keep_detections(params, lms[0])
     return FitResult(params, list(lms), report, arrays)
+
+
+def keep_detections(params: FaceParams, lm: FaceLandmarks) -> FaceParams:
+    """Store one face's detected 2D landmarks (frame pixels, JSON-friendly) in
+    ``params.meta["landmarks_px"]``: engines use them where the fitted model is not close enough
+    (the warp engine's lids)."""
+    params.meta["landmarks_px"] = np.round(np.asarray(lm.points, np.float64)[:, :2], 2).tolist()
+    return params
 
 
 def fit_image(image: Any, model: FaceModel | str = "builtin", config: FitConfig | None = None,

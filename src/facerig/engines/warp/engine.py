@@ -307,12 +307,15 @@ class WarpEngine(Engine):
             model=model, params=source_params, faces=faces, regions=regions, mirror=mirror,
             head=fit_head(vhead) if (o.head_proxy and vhead.shape[0] > 152) else None,
             head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces), skin=skin_like,
-            head_src=vhead, eye_open=_eye_openings(source_params, (x0, y0), k, hw, grow=-max(1, round(0.01 * face_px))),
+            head_src=vhead, lid_delta=lid_delta,
         )
-        st.lid_rgb = _lid_colours(image, st.eye_open)
-        st.lid_delta = lid_delta
         st.eye_full = _eye_openings(source_params, (x0, y0), k, hw)
         if st.eye_full is not None:
+            # shrunk by 1 % of the face: what lies deep inside the opening (iris, white), not its rim
+            n = max(1, round(0.01 * face_px))
+            core = cv2.erode((st.eye_full > 0).astype(np.uint8), np.ones((2 * n + 1, 2 * n + 1), np.uint8))
+            st.eye_open = st.eye_full * core
+            st.lid_rgb = _lid_colours(image, st.eye_open)
             st.sclera_rgb = _sclera_colours(image, st.eye_full)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
@@ -385,7 +388,8 @@ class WarpEngine(Engine):
         # ---- an eye that closes: whatever the source's real eye opening (the detected lid contour,
         # which the fitted model's need not match) would put between the closed lids is not seen
         # (iris showing through the lid); it is filled from the lids around it
-        closing = self._closing_eyes(st, vt)
+        gaps = self._lid_gap_ratios(st, vt)
+        closing = [eye for eye, r in gaps.items() if r < 0.35]  # shut (or nearly)
         eye_hidden = np.zeros(src.shape[0], bool)
         if closing and st.eye_open is not None:
             sx_i = np.clip(np.rint(src[:, 0] - 0.5).astype(np.int64), 0, w - 1)
@@ -540,6 +544,7 @@ class WarpEngine(Engine):
         tm["fields"] = time.perf_counter() - t0
 
         # ---- fill layers (work grid): mirror / inpaint for hidden points, synthesised mouth
+        gain_w = np.exp(fld[..., 2:])  # relight gain on the work grid
         fill = np.zeros((h, w, 3), np.float32)
         alpha = np.zeros((h, w), np.float32)
         rng = _rng(generator, o.seed)
@@ -552,7 +557,6 @@ class WarpEngine(Engine):
             lab_t = np.zeros((h, w), np.uint8)
             lab_t[ey, ex] = which
             sig = 0.7  # soften the mask's staircase only: the warped lash line next to it stays
-            rl = np.exp(fld[..., 2])
             for eye in (1, 2):
                 core = (lab_t == eye).astype(np.float32)
                 if not core.any():
@@ -561,16 +565,17 @@ class WarpEngine(Engine):
                 a_e = np.maximum(a_e, core)
                 zone = a_e > 0.01
                 grain = rng.normal(0.0, st.noise, (int(zone.sum()), 1)) if st.noise > 0 else 0.0
-                col = (st.lid_rgb[eye - 1][None] + grain) * rl[zone][:, None]
+                col = (st.lid_rgb[eye - 1][None] + grain) * gain_w[zone]
                 a_old = alpha[zone].clip(0, 1)
                 a_new = a_e[zone]
                 # over an existing fill (mouth, mirror): blend; elsewhere the layer holds the lid
                 fill[zone] = np.where(a_old[:, None] > 0, fill[zone] * (1 - a_new[:, None]) + col * a_new[:, None], col)
                 alpha[zone] = np.maximum(a_old, a_new)
             hidden = hidden & ~eye_hidden
-        widening = self._widening_eyes(st, vt)
+        # opened wider: weight 0 at 1.08x the source's lid gap, 1 from 1.25x
+        widening = [(eye, float(min((r - 1.08) / 0.17, 1.0))) for eye, r in gaps.items() if r > 1.08]
         if widening and st.eye_full is not None and st.sclera_rgb is not None:
-            self._fill_wider_eyes(st, vt, widening, fld, fill, alpha)
+            self._fill_wider_eyes(st, vt, widening, gain_w, fill, alpha)
         if hidden.any() and st.rim_face is not None:
             # the mesh's outer rings (a cheek edge that turns into view, grazing or beyond the
             # silhouette in the photo): continue the nearest visible skin of the same face outwards.
@@ -646,7 +651,7 @@ class WarpEngine(Engine):
                     # anti-aliased interior mask: blurred, re-steepened around the contour
                     ma = np.clip(cv2.GaussianBlur(mm[by0:by1, bx0:bx1], (0, 0), 0.9) * 1.7 - 0.35, 0, 1)
                     a_m = (ma * mouth_w)[..., None]
-                    rl = np.exp(fld[by0:by1, bx0:bx1, 2:])
+                    rl = gain_w[by0:by1, bx0:bx1]
                     region = fill[by0:by1, bx0:bx1]
                     a_old = alpha[by0:by1, bx0:bx1, None].clip(0, 1)
                     # where nothing else fills, the layer holds the interior itself (its soft edge
@@ -662,7 +667,7 @@ class WarpEngine(Engine):
         warped_w: np.ndarray = fill  # replaced below wherever it is read (alpha.any())
         if alpha.any():
             warped_w = apply_gain(cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
-                                            borderMode=cv2.BORDER_REPLICATE), np.exp(fld[..., 2:]))
+                                            borderMode=cv2.BORDER_REPLICATE), gain_w)
         if need.any():
             base = np.where(alpha[..., None] > 0, fill, warped_w)
             m8 = cv2.dilate(need.astype(np.uint8), np.ones((3, 3), np.uint8))
@@ -701,24 +706,8 @@ class WarpEngine(Engine):
                 out[eye] = float(np.linalg.norm(vt[up, :2] - vt[lo, :2])) / g_s
         return out
 
-    @classmethod
-    def _closing_eyes(cls, st: WarpSource, vt: np.ndarray, ratio: float = 0.35) -> list[int]:
-        """Eyes whose lid gap the edit shrinks below ``ratio`` of the source's."""
-        return [eye for eye, r in cls._lid_gap_ratios(st, vt).items() if r < ratio]
-
-    @classmethod
-    def _widening_eyes(cls, st: WarpSource, vt: np.ndarray) -> list[tuple[int, float]]:
-        """(eye, weight) for eyes the edit opens wider than the source: weight 0 at 1.08x the
-        source's lid gap, 1 from 1.25x."""
-        out = []
-        for eye, r in cls._lid_gap_ratios(st, vt).items():
-            wgt = float(np.clip((r - 1.08) / 0.17, 0.0, 1.0))
-            if wgt > 0:
-                out.append((eye, wgt))
-        return out
-
     @staticmethod
-    def _fill_wider_eyes(st: WarpSource, vt: np.ndarray, widening: list[tuple[int, float]], fld: np.ndarray,
+    def _fill_wider_eyes(st: WarpSource, vt: np.ndarray, widening: list[tuple[int, float]], gain_w: np.ndarray,
                          fill: np.ndarray, alpha: np.ndarray) -> None:
         """An eye opened wider: its iris keeps its shape (the mesh would stretch it with the lids).
         Inside the target's eye opening the photo's eye is moved rigidly with the iris; what that
@@ -746,7 +735,7 @@ class WarpEngine(Engine):
             gap = float(np.linalg.norm(vt[159 if eye == 1 else 386, :2] - vt[145 if eye == 1 else 374, :2]))
             shade = 0.72 + 0.28 * np.clip(dist / max(1.0, 0.3 * gap), 0.0, 1.0)
             col = np.where(inside[:, None], sample(st.image, pos), st.sclera_rgb[eye - 1][None] * shade[:, None])
-            col = col * np.exp(fld[ys, xs, 2])[:, None]
+            col = col * gain_w[ys, xs]
             # soft inside the contour, so the lids' own edge (lashes) stays the warp's
             a = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 0.8)[ys, xs] * (m[ys, xs] > 0) * wgt
             a_old = alpha[ys, xs].clip(0, 1)
@@ -862,11 +851,10 @@ def _warm_shadows(res: np.ndarray, gain: np.ndarray, warmth: float) -> np.ndarra
     return res
 
 
-def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int, int],
-                  grow: int = 0) -> np.ndarray | None:
+def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int, int]) -> np.ndarray | None:
     """The source's eye openings from its detected landmarks (``params.meta["landmarks_px"]``, frame
-    pixels, MediaPipe's 478), grown by ``grow`` pixels (< 0: shrunk): (H, W) uint8 on the work
-    grid, 1 = subject's right eye, 2 = left, 0 elsewhere; None without detections."""
+    pixels, MediaPipe's 478): (H, W) uint8 on the work grid, 1 = subject's right eye, 2 = left, 0
+    elsewhere; None without detections."""
     from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
 
     p = _detected_px(params, origin, k)
@@ -876,10 +864,6 @@ def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int,
     for eye, loop in ((1, RIGHT_EYE), (2, LEFT_EYE)):
         m: np.ndarray = np.zeros(hw, np.uint8)
         cv2.fillPoly(m, [np.round(p[list(loop)] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
-        if grow > 0:
-            m = cv2.dilate(m, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-        elif grow < 0:
-            m = cv2.erode(m, np.ones((1 - 2 * grow, 1 - 2 * grow), np.uint8))
         out[(m > 0) & (out == 0)] = eye
     return out
 
