@@ -69,15 +69,30 @@ class Engine(ABC):
 
     def reenact(self, source_image: np.ndarray, source_params: Any, target_sequence: Any, model: Any, *,
                 generator: Any = None, progress: Callable[[int, int], None] | None = None,
+                driving_frames: Sequence[np.ndarray] | None = None, driving_params: Any = None,
                 **kw: Any) -> Iterator[np.ndarray]:
         """Yield one frame per item of ``target_sequence`` (a batched FaceParams or a sequence of
-        batch-1 FaceParams), each rendered from the source image."""
+        batch-1 FaceParams), each rendered from the source image.
+
+        ``driving_frames`` / ``driving_params`` (optional, same length as the sequence): the driving
+        video's RGB frames and its fitted params (``crop`` set, the driving frame's own geometry).
+        When given, frame ``i``'s are passed to :meth:`render_frame` as ``driving_image=`` and
+        ``driving_params=`` so an engine can take appearance the source lacks (the mouth interior)
+        from the driver; engines that do not use them ignore them."""
         _check_image(source_image)
         state = self.prepare(source_image, source_params, model, **kw)
         n = len(target_sequence)
+        for name, seq in (("driving_frames", driving_frames), ("driving_params", driving_params)):
+            if seq is not None and len(seq) != n:
+                raise InvalidInput(name, f"{n} items (one per target frame)", len(seq))
         for i in range(n):
             item = target_sequence[i]
-            yield self.render_frame(state, item, generator=generator, **kw)
+            per: dict[str, Any] = {}
+            if driving_frames is not None:
+                per["driving_image"] = driving_frames[i]
+            if driving_params is not None:
+                per["driving_params"] = driving_params[i]
+            yield self.render_frame(state, item, generator=generator, **per, **kw)
             if progress is not None:
                 progress(i + 1, n)
 
