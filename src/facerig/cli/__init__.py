@@ -40,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, _click_exceptions("ClickException")):
             print(f"facerig: error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
             return int(getattr(e, "exit_code", 1))
+        if isinstance(e, ImportError):
+            from facerig.errors import MissingDependency
+
+            typed = MissingDependency.from_import_error(e, "this command")
+            if typed is not None:
+                print(f"facerig: error: {typed}", file=sys.stderr)
+                return typed.exit_code
         if debug:
             raise
         print(f"facerig: internal error: {type(e).__name__}: {e} (set FACERIG_DEBUG=1 for a traceback)",
