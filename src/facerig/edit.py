@@ -306,8 +306,8 @@ def _prepare_spec(es: Any, cls: Any, clamp: bool) -> tuple[Any, list[str]]:
 def _same_params(a: Any, b: Any) -> bool:
     import torch
 
-    return all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("expression", "rotation", "camera", "light",
-                                                                     "jaw_pose", "identity"))
+    return all(torch.allclose(getattr(a, n).double(), getattr(b, n).double(), rtol=0.0, atol=1e-6)
+               for n in ("expression", "rotation", "camera", "light", "jaw_pose", "identity"))
 
 
 def _resolve_reference(reference: Any, like: Any) -> Any:
@@ -686,7 +686,7 @@ def reenact(
 
     from facerig.engines import get_engine
     from facerig.fit.api import FitConfig, fit_video
-    from facerig.io.video import probe_video, write_video
+    from facerig.io.video import write_video
     from facerig.rig.sequence import align_sequence, smooth_sequence
 
     t0 = time.perf_counter()
@@ -699,7 +699,7 @@ def reenact(
         raise InvalidInput("-o/--output", "a video path ending in .mp4/.mkv/.mov", str(output))
     if smooth < 0:
         raise InvalidInput("smooth", "a smoothing sigma >= 0 (frames)", smooth)
-    info = probe_video(drv)
+    info = _check_driving_video(drv)
     src = _load_source_image(source_image, "SOURCE_IMAGE")
     from facerig.morphable import as_face_model
 
@@ -755,6 +755,13 @@ def reenact(
                     audio_from=str(drv) if info.has_audio else None)
     timings["total"] = time.perf_counter() - t0
     return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings)
+
+
+def _check_driving_video(path: Path) -> Any:
+    """The driving video's VideoInfo; a still image (a JPEG is a one-frame "video" to ffmpeg) is refused."""
+    from facerig.io.video import check_driving_video
+
+    return check_driving_video(path)
 
 
 def _grid_frame(source: np.ndarray, driving: np.ndarray, result: np.ndarray, height: int = 360) -> np.ndarray:

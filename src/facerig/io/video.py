@@ -32,6 +32,7 @@ from facerig.errors import InvalidInput, VideoUnreadable
 __all__ = [
     "VideoInfo",
     "available_video_encoders",
+    "check_driving_video",
     "iter_frames",
     "probe_video",
     "read_video",
@@ -142,6 +143,26 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
         raise VideoUnreadable(str(p), "a readable video header", _one_line(e)) from None
     finally:
         container.close()
+
+
+#: still-image suffixes (and codecs) ffmpeg opens as a one-frame "video"
+STILL_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".avif"}
+STILL_CODECS = {"mjpeg", "png", "bmp", "tiff", "webp", "jpeg2000", "jpegls"}
+
+
+def check_driving_video(path: str | os.PathLike[str], name: str = "DRIVING_VIDEO") -> VideoInfo:
+    """The probed :class:`VideoInfo` of a driving video, refusing a still image (ffmpeg opens a JPEG
+    or PNG as a one-frame video, which "reenacts" nothing) and a video with fewer than 2 frames."""
+    p = Path(path)
+    if p.suffix.lower() in STILL_SUFFIXES:
+        raise InvalidInput(name, "a video (mp4, mov, mkv, webm, ...), not a still image", str(p),
+                           hint="to copy one photo's expression or pose use `facerig edit PHOTO --reference "
+                                f"{p.name} --take expression,pose`")
+    info = probe_video(p)
+    if info.frame_count < 2 and (info.codec in STILL_CODECS or info.frame_count <= 1):
+        raise InvalidInput(name, "a video with at least 2 frames", f"{p} ({info.frame_count} frame, {info.codec})",
+                           hint="a still image cannot drive a reenactment; use `facerig edit --reference`")
+    return info
 
 
 def iter_frames(
