@@ -324,3 +324,13 @@ def test_alpha_channel_is_kept(photo, tmp_path, capsys, fit_counter, astronaut):
     assert rc == 0, err
     out = Image.open(tmp_path / "o.png")
     assert out.mode == "RGBA" and np.array_equal(np.asarray(out)[..., 3], rgba[..., 3])
+
+
+def test_fit_texture_is_written(photo, tmp_path, capsys):
+    rc, _, err = _run(["fit", photo, "--texture", "64", "--size", "64", "-o", tmp_path / "fit"], capsys)
+    assert rc == 0, err
+    tex = np.asarray(Image.open(tmp_path / "fit" / "texture" / "astronaut_albedo.png"))
+    mask = np.asarray(Image.open(tmp_path / "fit" / "texture" / "astronaut_mask.png"))
+    mask = mask[..., 0] if mask.ndim == 3 else mask
+    assert tex.shape == (64, 64, 3) and mask.shape == (64, 64)
+    assert 0.1 < (mask > 0).mean() < 1.0 and tex[mask > 0].std() > 5

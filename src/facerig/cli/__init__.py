@@ -14,7 +14,9 @@ from facerig.cli.app import app
 
 def main(argv: list[str] | None = None) -> int:
     from facerig.errors import FacerigError
+    from facerig.io.lazy_imports import install
 
+    install()  # mediapipe's matplotlib-based drawing helpers load only if used (0.8 s per edit)
     debug = os.environ.get("FACERIG_DEBUG") == "1"
     if not debug:
         _silence_native_stderr()
