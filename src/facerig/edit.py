@@ -699,7 +699,7 @@ def reenact(
         raise InvalidInput("-o/--output", "a video path ending in .mp4/.mkv/.mov", str(output))
     if smooth < 0:
         raise InvalidInput("smooth", "a smoothing sigma >= 0 (frames)", smooth)
-    info = _check_driving_video(drv)
+    info = _check_driving_video(drv, max_frames)
     src = _load_source_image(source_image, "SOURCE_IMAGE")
     from facerig.morphable import as_face_model
 
@@ -757,11 +757,12 @@ def reenact(
     return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings)
 
 
-def _check_driving_video(path: Path) -> Any:
-    """The driving video's VideoInfo; a still image (a JPEG is a one-frame "video" to ffmpeg) is refused."""
+def _check_driving_video(path: Path, max_frames: Any = None) -> Any:
+    """The driving video's VideoInfo; a still image (a JPEG is a one-frame "video" to ffmpeg) and a
+    ``max_frames`` below 1 are refused, before anything is fitted."""
     from facerig.io.video import check_driving_video
 
-    return check_driving_video(path)
+    return check_driving_video(path, max_frames=max_frames)
 
 
 def _grid_frame(source: np.ndarray, driving: np.ndarray, result: np.ndarray, height: int = 360) -> np.ndarray:

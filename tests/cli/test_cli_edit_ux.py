@@ -334,3 +334,23 @@ def test_fit_texture_is_written(photo, tmp_path, capsys):
     mask = mask[..., 0] if mask.ndim == 3 else mask
     assert tex.shape == (64, 64, 3) and mask.shape == (64, 64)
     assert 0.1 < (mask > 0).mean() < 1.0 and tex[mask > 0].std() > 5
+
+
+def test_max_frames_zero_is_refused_before_the_fit(photo, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fedit, "_fit_one", lambda *a, **k: (_ for _ in ()).throw(AssertionError("fitted")))
+    from facerig.io.video import write_video
+
+    clip = tmp_path / "clip.mp4"
+    frames = [np.full((64, 64, 3), 40 * i, np.uint8) for i in range(3)]
+    write_video(clip, iter(frames), fps=10)
+    rc, _, err = _run(["reenact", photo, clip, "--max-frames", "0", "-o", tmp_path / "o.mp4"], capsys)
+    assert rc == 2 and "--max-frames" in err and "positive" in err
+
+
+def test_read_video_max_frames_zero_is_a_typed_error(tmp_path):
+    from facerig.io.video import read_video, write_video
+
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, iter([np.zeros((32, 32, 3), np.uint8)] * 2), fps=10)
+    with pytest.raises(InvalidInput, match="max-frames"):
+        read_video(clip, max_frames=0)
