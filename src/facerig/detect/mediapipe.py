@@ -102,6 +102,10 @@ def parse_face_selector(face: Any, name: str = "face") -> str | int:
 
 #: side (pixels) of the tiles a large image is searched in when the whole-image detectors find no face
 TILE_SIDE = 1024
+#: smallest tile side: half the image's long side, within [MIN_TILE_SIDE, TILE_SIDE]
+MIN_TILE_SIDE = 512
+#: images whose long side is at least this are searched in tiles when nothing else found a face
+TILED_FROM = 1000
 
 class FaceDetector:
     """MediaPipe face-mesh detector producing :class:`~facerig.types.FaceLandmarks` (478 points).
@@ -236,7 +240,7 @@ class FaceDetector:
         thumbnail of its input, where a 90 px face of a 4000 px photo is 4 px; on a ~1000 px tile it
         is 17 px, which it finds. Overlapping boxes of neighbouring tiles are merged."""
         h, w = rgb.shape[:2]
-        tile = TILE_SIDE
+        tile = int(min(TILE_SIDE, max(MIN_TILE_SIDE, max(h, w) / 2)))
         step = int(tile * 0.75)
         boxes: list[tuple[float, float, float, float]] = []
         ys = list(range(0, max(1, h - tile), step)) + [max(0, h - tile)]
@@ -259,7 +263,7 @@ class FaceDetector:
         h, w = rgb.shape[:2]
         faces: list[FaceLandmarks] = []
         boxes = self._full_range_boxes(rgb)
-        if not boxes and max(h, w) > 1.5 * TILE_SIDE:
+        if not boxes and max(h, w) >= TILED_FROM:
             boxes = self._tiled_boxes(rgb)
         for x0, y0, x1, y1 in boxes[: self.max_faces]:
             side = 2.2 * max(x1 - x0, y1 - y0)
@@ -342,7 +346,7 @@ class FaceDetector:
                 hw: tuple[int, ...]) -> FaceLandmarks:
         if not faces:
             detail = f"MediaPipe found no face in the {hw[1]}x{hw[0]} image"
-            if max(hw[:2]) > 1.5 * TILE_SIDE:
+            if max(hw[:2]) >= TILED_FROM:
                 detail += (" (a face that is small relative to the image is easily missed: crop the photo "
                            "around the face and try again)")
             raise NoFaceFound(source, detail)
