@@ -397,6 +397,8 @@ def edit_many(
 
         source_notes = check_source_pose(params, prange, engine=eng.name)
         source_notes += _fit_quality_notes(params)
+    for n in source_notes:  # once per call, not once per edit
+        log.warning("%s", n)
     ref_params = None
     if reference is not None:
         ref_params = reference if ref_img is None else _fit_one(
@@ -428,7 +430,7 @@ def edit_many(
         if _same_params(params, after):
             notes.append("the edit changes nothing (the face already has these values); the photo is "
                          "returned unchanged")
-        for n in notes:
+        for n in notes[len(source_notes):]:
             log.warning("%s", n)
         tm = dict(timings)
         tm["rig"] = time.perf_counter() - t2
@@ -634,6 +636,7 @@ def run_edit(image: str, output: Path, *, preview: bool = False, engine: str = "
     results = edit_many(image, specs, engine, reference=reference, model=fm, face=face, seed=seed,
                         buffers=preview, anchor=anchor, clamp=clamp, check_source=check_source, cache=cache,
                         **spec_fields)
+    said: set[str] = set()
     for res, out_path in zip(results, paths, strict=True):
         res.save(out_path)
         what = ""
@@ -647,7 +650,9 @@ def run_edit(image: str, output: Path, *, preview: bool = False, engine: str = "
             save_image(pv, res.preview())
             msg += f" (preview {pv})"
         for n in res.notes:
-            msg += f"; warning: {n}"
+            if n not in said or "clamped" in n or "changes nothing" in n:
+                msg += f"; warning: {n}"
+                said.add(n)
         print(msg)
     return results
 

@@ -354,3 +354,12 @@ def test_read_video_max_frames_zero_is_a_typed_error(tmp_path):
     write_video(clip, iter([np.zeros((32, 32, 3), np.uint8)] * 2), fps=10)
     with pytest.raises(InvalidInput, match="max-frames"):
         read_video(clip, max_frames=0)
+
+
+def test_source_warning_is_logged_once_per_call(fitted, astronaut, caplog):
+    fm, p = fitted
+    three_q = set_pose(p, fm, yaw=-35.0, relative=False)
+    with caplog.at_level("WARNING", logger="facerig.edit"):
+        rs = fedit.edit_many(astronaut, ["smile", "sad"], params=three_q, model=fm, buffers=False)
+    assert [r.message for r in caplog.records].count(rs[0].notes[0]) == 1
+    assert all("-35" in r.notes[0] for r in rs)
