@@ -1,7 +1,8 @@
 """A cache of fitted source params, keyed by the photo's content, so repeated edits skip the fit.
 
 Key: sha256 of the image file's bytes (or of the array's pixels) + the face model's name and size +
-the face selector + :data:`FIT_VERSION` (bump it whenever the fit's result changes). The value is the
+the face selector + :data:`FIT_VERSION` + a digest of the detector's and fit's source code (so a
+changed fit never serves stale params). The value is the
 params JSON (``FaceParams.to_json_dict`` with the albedo and ``meta``: the detections the warp engine
 reuses), one file per key in :func:`cache_dir` (``$FACERIG_CACHE/fits``, default
 ``~/.cache/facerig/fits``, or ``$XDG_CACHE_HOME/facerig/fits``). Unreadable or stale entries are
@@ -51,11 +52,31 @@ def content_digest(image: Any) -> str:
     return h.hexdigest()
 
 
+_CODE_DIGEST: str | None = None
+
+
+def code_digest() -> str:
+    """sha256 of the detector's and the fit's source files (facerig/detect, facerig/fit): a change
+    of the code that produces a fit invalidates the cached fits without a manual version bump."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        for sub in ("detect", "fit"):
+            for f in sorted((root / sub).glob("*.py")):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+        _CODE_DIGEST = h.hexdigest()[:16]
+    return _CODE_DIGEST
+
+
 def fit_key(image: Any, model: Any, face: Any) -> str:
-    """The cache key of fitting ``image`` (a path or an array) with ``model`` selecting ``face``."""
+    """The cache key of fitting ``image`` (a path or an array) with ``model`` selecting ``face``:
+    the content's sha256, the model (name and sizes), the face selector, :data:`FIT_VERSION` and
+    :func:`code_digest`."""
     digest = content_digest(image)
     model_id = f"{getattr(model, 'name', model)}:{getattr(model, 'n_identity', '')}:{getattr(model, 'n_expression', '')}"
-    raw = json.dumps([digest, model_id, str(face), FIT_VERSION])
+    raw = json.dumps([digest, model_id, str(face), FIT_VERSION, code_digest()])
     return hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
