@@ -259,7 +259,7 @@ def check_pose_range(source: FaceParams, target: FaceParams, model: Any, pose_ra
                      clamp: bool = False, anchor: str = "face", what: str = "pose",
                      engine: str = "the") -> tuple[FaceParams, list[str]]:
     """``target`` checked against ``pose_range`` relative to ``source``: unchanged when within it;
-    else InvalidInput (``what`` names the argument: "--yaw", "--like pose", ...), or with ``clamp``
+    else InvalidInput (``what`` names the argument: "--yaw", "--reference pose", ...), or with ``clamp``
     the clamped params and one note per clamped axis."""
     excess = pose_excess(source, target, pose_range)
     if not excess:
