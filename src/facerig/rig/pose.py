@@ -265,8 +265,9 @@ def check_pose_range(source: FaceParams, target: FaceParams, model: Any, pose_ra
     if not excess:
         return target, []
     if not clamp:
-        _, ax, val, lim = excess[0]
-        raise _range_error(what, ax, val, lim, engine)
+        i, ax, val, lim = excess[0]
+        src = get_pose(source)[0 if source.batch_size == 1 else i, _AXES.index(ax)]
+        raise _range_error(what, ax, val, lim, engine, extra=f"; the source's {ax} is {float(src):+.0f}")
     out, _ = clamp_to_range(target, source, pose_range, model, anchor=anchor)
     notes = [f"{what} {ax} change {val:+.1f} clamped to {max(-lim, min(lim, val)):+g} (faithful range +-{lim:g})"
              for _, ax, val, lim in excess]
