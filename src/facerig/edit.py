@@ -363,6 +363,8 @@ def edit_many(
 
     t0 = time.perf_counter()
     reference = _resolve_reference(reference, like)
+    if anchor is not None and anchor not in ("face", "head"):
+        raise InvalidInput("anchor", "face or head", anchor)
     cls = engine_class(engine)
     prepared = [_prepare_spec(build_spec(sp, **kwargs), cls, clamp) for sp in specs]
     if not prepared:
@@ -616,7 +618,7 @@ def run_edit(image: str, output: Path, *, preview: bool = False, engine: str = "
         raise InvalidInput("--take", "what to take from --reference (expression, pose, light)", None)
     if take and reference is None:
         raise InvalidInput("--reference", f"a reference photo to take {take} from", None)
-    if batch is not None and (presets or any(v is not None for k, v in spec_fields.items())):
+    if batch is not None and (presets or any(v is not None for v in spec_fields.values())):
         raise InvalidInput("--batch", "the edits in the file, not together with edit options on the command line",
                            str(batch), hint="put every edit's fields into the file")
     if batch is not None:
