@@ -288,6 +288,6 @@ def check_source_pose(source: FaceParams, pose_range: Any, *, what: str = "IMAGE
                                hint="use a more frontal photo, or pass --force (check_source=False) to try anyway")
     notes = []
     if abs(yaw) > pose_range.warn_source_yaw:
-        notes.append(f"the source face is turned {yaw:+.0f} degrees: turning it further fills the hidden side "
-                     f"and may look synthetic")
+        notes.append(f"the source face is turned {yaw:+.0f} degrees (a 3/4 view): edits are less reliable, and "
+                     f"turning it further shows a side the photo does not have, which is filled")
     return notes
