@@ -363,3 +363,18 @@ def test_source_warning_is_logged_once_per_call(fitted, astronaut, caplog):
         rs = fedit.edit_many(astronaut, ["smile", "sad"], params=three_q, model=fm, buffers=False)
     assert [r.message for r in caplog.records].count(rs[0].notes[0]) == 1
     assert all("-35" in r.notes[0] for r in rs)
+
+
+@pytest.mark.shared_data
+def test_real_near_profile_photo_is_refused_and_force_edits_it(tmp_path, capsys):
+    from facerig.io.assets import shared_path
+
+    photo = shared_path("data", "portraits", "human", "stock-models-14.jpg")  # fitted at yaw about +50
+    if photo is None:
+        pytest.skip("stock-models-14.jpg absent from the shared data")
+    rc, _, err = _run(["edit", photo, "--preset", "smile", "-o", tmp_path / "o.png"], capsys)
+    assert rc == 2 and "near profile" in err and "--force" in err
+    assert not (tmp_path / "o.png").exists()
+    rc, _, err = _run(["edit", photo, "--preset", "smile", "--force", "-o", tmp_path / "o.png"], capsys)
+    assert rc == 0, err
+    assert (tmp_path / "o.png").is_file()
