@@ -42,9 +42,17 @@ def describe_choices() -> str:
     lines += [f"  {n:<{width}}  {DESCRIPTIONS.get(n, '')}" for n in PRESET_NAMES]
     lines.append("light presets (--light NAME): " + ", ".join(LIGHT_PRESET_NAMES))
     lines.append("engines (--engine NAME):")
+    from facerig.engines import _resolve
+
     for n, info in available_engines().items():
-        weights = " (needs --weights)" if info.get("requires_weights") else ""
+        weights = " (needs --weights)" if info.get("requires_weights") and "--weights" not in str(info.get("description")) else ""
         lines.append(f"  {n}{weights}: {info.get('description', '')}")
+        try:
+            rng = getattr(_resolve(n), "pose_range", None)
+        except ImportError:
+            rng = None
+        if rng is not None:
+            lines.append(f"    faithful pose range: {rng.describe()}")
     try:
         fm = load_model("builtin")
         lines.append("blendshapes of the builtin model (--expression NAME=VALUE): " + ", ".join(fm.expression_names))

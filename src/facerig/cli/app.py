@@ -71,9 +71,9 @@ def edit(
     preset_mode: Annotated[str | None, typer.Option(
         help="parts (default: replace only the face parts the preset moves) | replace (the whole expression) | blend")] = None,
     text: Annotated[str | None, typer.Option(help="describe the expression: \"make her smile a lot\"")] = None,
-    yaw: Annotated[float | None, typer.Option(help="degrees; > 0 turns the nose to image right")] = None,
-    pitch: Annotated[float | None, typer.Option(help="degrees; > 0 lifts the nose")] = None,
-    roll: Annotated[float | None, typer.Option(help="degrees; > 0 rotates counter-clockwise on screen")] = None,
+    yaw: Annotated[float | None, typer.Option(help="degrees; > 0 turns the nose to image right (warp: within +-20 of the photo's own pose, else refused or --clamp)")] = None,
+    pitch: Annotated[float | None, typer.Option(help="degrees; > 0 lifts the nose (warp: within +-12 of the photo's own pose, else refused or --clamp)")] = None,
+    roll: Annotated[float | None, typer.Option(help="degrees; > 0 rotates counter-clockwise on screen (warp: within +-25 of the photo's own pose, else refused or --clamp)")] = None,
     absolute: Annotated[bool, typer.Option("--absolute", help="yaw/pitch/roll are absolute angles, not offsets")] = False,
     clamp: Annotated[bool, typer.Option("--clamp", help="clamp a pose beyond the engine's faithful range to it "
                                         "(default: refuse it)")] = False,
