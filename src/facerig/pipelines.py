@@ -25,6 +25,42 @@ def load_model(name: str = "builtin", path: str | Path | None = None) -> Any:
     return load_face_model(name, str(path) if path else None)
 
 
+def model_or_name(name: str = "builtin", path: str | Path | None = None) -> Any:
+    """The model name itself (loaded later, by whoever needs it) or, with ``--model-path``, the
+    loaded model."""
+    return load_model(name, path) if path else name
+
+
+def describe_choices() -> str:
+    """`facerig edit --list-presets`: expression presets, light presets, engines, blendshape names."""
+    from facerig.engines import available_engines
+    from facerig.rig.light import LIGHT_PRESET_NAMES
+    from facerig.rig.presets import DESCRIPTIONS, PRESET_NAMES
+
+    lines = ["expression presets (--preset NAME, --intensity 0..2):"]
+    width = max(len(n) for n in PRESET_NAMES)
+    lines += [f"  {n:<{width}}  {DESCRIPTIONS.get(n, '')}" for n in PRESET_NAMES]
+    lines.append("light presets (--light NAME): " + ", ".join(LIGHT_PRESET_NAMES))
+    lines.append("engines (--engine NAME):")
+    from facerig.engines import _resolve
+
+    for n, info in available_engines().items():
+        weights = " (needs --weights)" if info.get("requires_weights") and "--weights" not in str(info.get("description")) else ""
+        lines.append(f"  {n}{weights}: {info.get('description', '')}")
+        try:
+            rng = getattr(_resolve(n), "pose_range", None)
+        except ImportError:
+            rng = None
+        if rng is not None:
+            lines.append(f"    faithful pose range: {rng.describe()}")
+    try:
+        fm = load_model("builtin")
+        lines.append("blendshapes of the builtin model (--expression NAME=VALUE): " + ", ".join(fm.expression_names))
+    except Exception as e:  # the listing must not fail on a broken model install
+        log.warning("could not load the builtin model: %s", e)
+    return "\n".join(lines)
+
+
 def run_fit(source: str | None, output: Path, *, model: str = "builtin", model_path: Path | None = None,
             camera_kind: str = "weak_perspective", size: int = 512, face: str = "largest", album: bool = False,
             texture_size: int = 256, max_frames: int | None = None, demo: str | None = None) -> dict[str, Any]:
@@ -68,6 +104,8 @@ def run_fit(source: str | None, output: Path, *, model: str = "builtin", model_p
     params = result.params
     params.meta.update(source=str(src), kind=kind, names=names)
     params.to_json(output / "params.json", include_albedo=True)
+    if texture_size > 0:
+        _save_textures(params, output, names)
     (output / "report.json").write_text(json.dumps(_jsonable(result.report), indent=1))
     export_buffers(fm, params, output, size=size, images=result.images, names=names, kind=kind)
     log.info("wrote %s", output)
@@ -75,6 +113,27 @@ def run_fit(source: str | None, output: Path, *, model: str = "builtin", model_p
     print(f"fitted {params.batch_size} face(s) with the {fm.name} model: landmark error median "
           f"{summary.get('median_pct_iod', float('nan')):.2f}% of the inter-ocular distance; outputs in {output}/")
     return result.report
+
+
+def _save_textures(params: Any, output: Path, names: list[str]) -> None:
+    """The UV albedo textures of ``--texture``: ``texture/NAME_albedo.png`` (texels seen in the
+    photo, shading divided out) and ``NAME_mask.png`` (which texels were seen)."""
+    from facerig.io.image import save_image
+
+    tex = getattr(params, "texture", None)
+    if tex is None:
+        log.warning("no texture was unwrapped (the fit returned none)")
+        return
+    mask = getattr(params, "texture_mask", None)
+    tdir = output / "texture"
+    tdir.mkdir(parents=True, exist_ok=True)
+    for i in range(tex.shape[0]):
+        stem = names[i] if i < len(names) else f"face{i}"
+        rgb = (tex[i].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        save_image(tdir / f"{stem}_albedo.png", rgb)
+        if mask is not None:
+            m = (mask[i].detach().float().clamp(0, 1)[0].cpu().numpy() * 255 + 0.5).astype(np.uint8)
+            save_image(tdir / f"{stem}_mask.png", m)
 
 
 def run_render(params_path: Path, output: Path, *, size: int = 512, space: str = "crop",

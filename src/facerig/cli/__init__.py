@@ -14,7 +14,9 @@ from facerig.cli.app import app
 
 def main(argv: list[str] | None = None) -> int:
     from facerig.errors import FacerigError
+    from facerig.io.lazy_imports import install
 
+    install()  # mediapipe's matplotlib-based drawing helpers load only if used (0.8 s per edit)
     debug = os.environ.get("FACERIG_DEBUG") == "1"
     if not debug:
         _silence_native_stderr()
@@ -40,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, _click_exceptions("ClickException")):
             print(f"facerig: error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
             return int(getattr(e, "exit_code", 1))
+        if isinstance(e, ImportError):
+            from facerig.errors import MissingDependency
+
+            typed = MissingDependency.from_import_error(e, "this command")
+            if typed is not None:
+                print(f"facerig: error: {typed}", file=sys.stderr)
+                return typed.exit_code
         if debug:
             raise
         print(f"facerig: internal error: {type(e).__name__}: {e} (set FACERIG_DEBUG=1 for a traceback)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -58,38 +59,72 @@ def render(
 
 @app.command()
 def edit(
-    image: Annotated[str, typer.Argument(help="photo with a face (jpg/png/...)")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="output image (.png/.jpg)")] = Path("edited.png"),
+    image: Annotated[str | None, typer.Argument(help="photo with a face (jpg/png/...)")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="output image (.png/.jpg); for several edits a "
+                                         "pattern like 'out_{name}.png' or a folder")] = Path("edited.png"),
     smile: Annotated[float | None, typer.Option(help="shortcut for --expression mouthSmile=VALUE (0..1)")] = None,
     expression: Annotated[list[str] | None, typer.Option(
         "--expression", "-e", help="NAME=VALUE blendshape value, repeatable (e.g. jawOpen=0.5)")] = None,
-    preset: Annotated[str | None, typer.Option(help="expression preset: smile, sad, surprised, open_mouth, ...")] = None,
+    preset: Annotated[list[str] | None, typer.Option(
+        help="expression preset (see --list-presets); repeat it for several edits of the photo in one call")] = None,
     intensity: Annotated[float | None, typer.Option(help="preset/text intensity (0..2)")] = None,
     preset_mode: Annotated[str | None, typer.Option(
         help="parts (default: replace only the face parts the preset moves) | replace (the whole expression) | blend")] = None,
     text: Annotated[str | None, typer.Option(help="describe the expression: \"make her smile a lot\"")] = None,
-    yaw: Annotated[float | None, typer.Option(help="degrees; > 0 turns the nose to image right")] = None,
-    pitch: Annotated[float | None, typer.Option(help="degrees; > 0 lifts the nose")] = None,
-    roll: Annotated[float | None, typer.Option(help="degrees; > 0 rotates counter-clockwise on screen")] = None,
+    yaw: Annotated[float | None, typer.Option(help="degrees; > 0 turns the nose to image right (warp: within +-20 of the photo's own pose, else refused or --clamp)")] = None,
+    pitch: Annotated[float | None, typer.Option(help="degrees; > 0 lifts the nose (warp: within +-12 of the photo's own pose, else refused or --clamp)")] = None,
+    roll: Annotated[float | None, typer.Option(help="degrees; > 0 rotates counter-clockwise on screen (warp: within +-25 of the photo's own pose, else refused or --clamp)")] = None,
     absolute: Annotated[bool, typer.Option("--absolute", help="yaw/pitch/roll are absolute angles, not offsets")] = False,
+    clamp: Annotated[bool, typer.Option("--clamp", help="clamp a pose beyond the engine's faithful range to it "
+                                        "(default: refuse it)")] = False,
+    force: Annotated[bool, typer.Option("--force", help="edit a source face the engine cannot fit reliably "
+                                        "(a profile) anyway")] = False,
     light: Annotated[str | None, typer.Option(help="light preset: front, left, right, top, bottom, rim, soft, dim")] = None,
     light_azimuth: Annotated[float | None, typer.Option(help="directional light azimuth, degrees (> 0: from image right)")] = None,
     light_elevation: Annotated[float | None, typer.Option(help="directional light elevation, degrees (> 0: from above)")] = None,
     light_intensity: Annotated[float, typer.Option(help="light intensity factor")] = 1.0,
-    like: Annotated[str | None, typer.Option("--like", help="reference photo to copy from (with --take)")] = None,
-    take: Annotated[str | None, typer.Option(help="what to copy from --like: expression,pose,light")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="reference photo to copy from (with --take)")] = None,
+    like: Annotated[str | None, typer.Option("--like", help="deprecated alias of --reference")] = None,
+    take: Annotated[str | None, typer.Option(help="what to copy from --reference: expression,pose,light")] = None,
+    batch: Annotated[Path | None, typer.Option("--batch", help="JSON list of edits (each {\"name\":..., \"preset\":..., "
+                                               "\"yaw\":..., ...}), all of one fit; with an -o pattern/folder")] = None,
     engine: Annotated[str, typer.Option(help="engine: warp (default, no weights)")] = "warp",
     face: Annotated[str, typer.Option(help="which face: largest, or an index (0 = largest)")] = "largest",
     model: ModelOpt = "builtin",
+    model_path: ModelPathOpt = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="reuse the fit of this photo's content "
+                                        "(FACERIG_CACHE, default ~/.cache/facerig/fits)")] = True,
     seed: Annotated[int | None, typer.Option(help="random seed (engines that sample)")] = None,
     preview: Annotated[bool, typer.Option(help="also write OUT_preview.png: source, buffers before/after, result")] = False,
     anchor: Annotated[str | None, typer.Option(help="point a pose change keeps in place: face (eye-mouth centre) | head (head centre); default: the engine's")] = None,
+    list_presets: Annotated[bool, typer.Option("--list-presets", help="list presets, lights, engines and "
+                                               "blendshape names, then exit")] = False,
 ) -> None:
     """Edit the expression, head pose or lighting of the face in a photo."""
+    if list_presets:
+        from facerig.pipelines import describe_choices
+
+        print(describe_choices())
+        return
+    from facerig.errors import InvalidInput
+
+    if image is None:
+        raise typer.BadParameter("missing the photo to edit (or --list-presets)", param_hint="'IMAGE'")
+    if like is not None:
+        import logging
+
+        if reference is not None:
+            raise InvalidInput("--like", "either --reference or its deprecated alias --like, not both", like)
+        logging.getLogger("facerig.cli").warning("--like is deprecated: use --reference")
+        print("facerig: warning: --like is deprecated, use --reference", file=sys.stderr)
+        reference = like
+    if anchor is not None and anchor not in ("face", "head"):
+        raise InvalidInput("--anchor", "face or head", anchor)
     from facerig.edit import run_edit
 
-    run_edit(image, output, preview=preview, engine=engine, reference=like, model=model, face=face, seed=seed,
-             smile=smile, expression=list(expression) if expression else None, preset=preset,
+    run_edit(image, output, preview=preview, engine=engine, reference=reference, model=model, face=face, seed=seed,
+             clamp=clamp, check_source=not force, cache=cache, model_path=model_path, presets=preset,
+             batch=batch, smile=smile, expression=list(expression) if expression else None,
              intensity=intensity, text=text, yaw=yaw, pitch=pitch, roll=roll,
              preset_mode=preset_mode,
              pose_relative=False if absolute else None, light=light, light_azimuth=light_azimuth,
@@ -108,6 +143,7 @@ def reenact(
     engine: Annotated[str, typer.Option(help="engine: warp (default, no weights)")] = "warp",
     face: Annotated[str, typer.Option(help="which face of the source: largest, or an index")] = "largest",
     model: ModelOpt = "builtin",
+    model_path: ModelPathOpt = None,
     max_frames: Annotated[int | None, typer.Option(help="use at most this many driving frames")] = None,
     preview: Annotated[bool, typer.Option(help="also write OUT_preview.mp4: source | driving | result")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
@@ -115,9 +151,10 @@ def reenact(
 ) -> None:
     """Animate the face of a photo with the head motion and expressions of a video (audio kept)."""
     from facerig.edit import run_reenact
+    from facerig.pipelines import model_or_name
 
     run_reenact(source_image, driving_video, output, relative=relative, smooth=smooth, engine=engine, face=face,
-                model=model, max_frames=max_frames, preview=preview, progress=progress, anchor=anchor)
+                model=model_or_name(model, model_path), max_frames=max_frames, preview=preview, progress=progress, anchor=anchor)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from facerig.detect.crops import (
     warp_to_crop,
 )
 from facerig.detect.mediapipe import FaceDetector
+from facerig.io.lazy_imports import install as _lazy_install  # noqa: E402
+
+_lazy_install()  # MediaPipe's drawing helpers (matplotlib) load only if used
 
 __all__ = [
     "FaceDetector",

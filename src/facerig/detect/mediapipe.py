@@ -100,6 +100,13 @@ def parse_face_selector(face: Any, name: str = "face") -> str | int:
         raise InvalidInput(name, "'largest' or a face index (0 = largest)", face) from None
 
 
+#: side (pixels) of the tiles a large image is searched in when the whole-image detectors find no face
+TILE_SIDE = 1024
+#: smallest tile side: half the image's long side, within [MIN_TILE_SIDE, TILE_SIDE]
+MIN_TILE_SIDE = 512
+#: images whose long side is at least this are searched in tiles when nothing else found a face
+TILED_FROM = 1000
+
 class FaceDetector:
     """MediaPipe face-mesh detector producing :class:`~facerig.types.FaceLandmarks` (478 points).
 
@@ -228,13 +235,37 @@ class FaceDetector:
             boxes.append((bb.xmin * w, bb.ymin * h, (bb.xmin + bb.width) * w, (bb.ymin + bb.height) * h))
         return boxes
 
+    def _tiled_boxes(self, rgb: np.ndarray) -> list[tuple[float, float, float, float]]:
+        """Full-range detections on overlapping tiles of a large image: the detector sees a 192 px
+        thumbnail of its input, where a 90 px face of a 4000 px photo is 4 px; on a ~1000 px tile it
+        is 17 px, which it finds. Overlapping boxes of neighbouring tiles are merged."""
+        h, w = rgb.shape[:2]
+        tile = int(min(TILE_SIDE, max(MIN_TILE_SIDE, max(h, w) / 2)))
+        step = int(tile * 0.75)
+        boxes: list[tuple[float, float, float, float]] = []
+        ys = list(range(0, max(1, h - tile), step)) + [max(0, h - tile)]
+        xs = list(range(0, max(1, w - tile), step)) + [max(0, w - tile)]
+        for y in sorted(set(ys)):
+            for x in sorted(set(xs)):
+                part = np.ascontiguousarray(rgb[y:y + tile, x:x + tile])
+                for b in self._full_range_boxes(part):
+                    fb = (b[0] + x, b[1] + y, b[2] + x, b[3] + y)
+                    if not any(_box_iou(fb, o) > 0.3 for o in boxes):
+                        boxes.append(fb)
+        boxes.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+        return boxes
+
     def _run_in_boxes(self, graph: Any, rgb: np.ndarray, frame_index: int) -> list[FaceLandmarks]:
-        """Face mesh on an enlarged square around each full-range detection, mapped back to the frame."""
+        """Face mesh on an enlarged square around each full-range detection, mapped back to the frame;
+        in a large image with none, on the detections of its tiles (:meth:`_tiled_boxes`)."""
         import cv2
 
         h, w = rgb.shape[:2]
         faces: list[FaceLandmarks] = []
-        for x0, y0, x1, y1 in self._full_range_boxes(rgb)[: self.max_faces]:
+        boxes = self._full_range_boxes(rgb)
+        if not boxes and max(h, w) >= TILED_FROM:
+            boxes = self._tiled_boxes(rgb)
+        for x0, y0, x1, y1 in boxes[: self.max_faces]:
             side = 2.2 * max(x1 - x0, y1 - y0)
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
             ox, oy = cx - side / 2, cy - side / 2
@@ -314,7 +345,11 @@ class FaceDetector:
     def _select(self, faces: list[FaceLandmarks], select: str | int, source: str,
                 hw: tuple[int, ...]) -> FaceLandmarks:
         if not faces:
-            raise NoFaceFound(source, f"MediaPipe found no face in the {hw[1]}x{hw[0]} image")
+            detail = f"MediaPipe found no face in the {hw[1]}x{hw[0]} image"
+            if max(hw[:2]) >= TILED_FROM:
+                detail += (" (a face that is small relative to the image is easily missed: crop the photo "
+                           "around the face and try again)")
+            raise NoFaceFound(source, detail)
         if select == "largest":
             face = faces[0]
         elif isinstance(select, (int, np.integer)) and not isinstance(select, bool):

@@ -22,13 +22,45 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from facerig.errors import InvalidInput
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "PoseRange"]
+
+
+@dataclass(frozen=True)
+class PoseRange:
+    """The head poses an engine renders faithfully (degrees, ``docs/conventions.md`` signs).
+
+    ``yaw`` / ``pitch`` / ``roll``: the largest change of each angle *relative to the source's own
+    pose* (a pose edit, an ``--absolute`` angle, a reference's pose, a reenactment frame).
+    ``source_yaw`` / ``source_pitch``: the largest |angle| of the source's own pose for which the fit
+    (and so every edit) is reliable; beyond it the source is refused (a profile photo).
+    ``warn_source_yaw``: above this |yaw| the source is accepted with a warning (3/4 views: turning
+    them further reveals the hidden cheek, which is filled, not seen).
+    """
+
+    yaw: float
+    pitch: float
+    roll: float
+    source_yaw: float = 45.0
+    source_pitch: float = 30.0
+    warn_source_yaw: float = 30.0
+
+    AXES: ClassVar[tuple[str, str, str]] = ("yaw", "pitch", "roll")
+
+    def limit(self, axis: str) -> float:
+        if axis not in self.AXES:
+            raise InvalidInput("axis", "yaw, pitch or roll", axis)
+        return float(getattr(self, axis))
+
+    def describe(self) -> str:
+        return (f"yaw +-{self.yaw:g}, pitch +-{self.pitch:g}, roll +-{self.roll:g} degrees relative to the "
+                f"source; source pose within yaw +-{self.source_yaw:g}, pitch +-{self.source_pitch:g}")
 
 
 class Engine(ABC):
@@ -42,6 +74,10 @@ class Engine(ABC):
     #: as DiffusionRig/RigFace, for engines that generate the whole head) or "head" (the head's
     #: centre, for engines that move the photo's own pixels and must keep hair/outline consistent)
     pose_anchor: ClassVar[str] = "face"
+    #: the head poses the engine renders faithfully (relative to the source, plus limits on the
+    #: source's own pose); facerig.edit refuses (or with clamp=True clamps) edits beyond it and
+    #: reenactment clamps frames to it (facerig.rig.pose.clamp_to_range)
+    pose_range: ClassVar[PoseRange] = PoseRange(yaw=30.0, pitch=20.0, roll=30.0)
 
     def __init__(self, weights: Any = None, device: str = "cpu", **options: Any) -> None:
         if self.requires_weights and weights is None:

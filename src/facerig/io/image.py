@@ -56,6 +56,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MIN_SIDE",
     "from_tensor",
+    "load_alpha",
     "load_image",
     "max_pixels_limit",
     "save_image",
@@ -154,6 +155,21 @@ def load_image(
     finally:
         if fp is not source:
             fp.close()
+
+
+def load_alpha(path: str | os.PathLike[str]) -> np.ndarray | None:
+    """The alpha channel ``(H, W) uint8`` of an image file with transparency (upright, as
+    :func:`load_image` orients the pixels), or None when the file is opaque or unreadable (the
+    pixels themselves are read, with their errors, by :func:`load_image`)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in _PIL_ALPHA and "transparency" not in im.info:
+                return None
+            up = ImageOps.exif_transpose(im) or im
+            a = np.array(up.convert("RGBA"), dtype=np.uint8)[..., 3]
+    except Exception:  # unreadable: load_image reports it
+        return None
+    return None if bool((a == 255).all()) else a
 
 
 def _decode(fp: Any, label: str, limit: int, min_side: int) -> np.ndarray:

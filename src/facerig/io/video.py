@@ -32,6 +32,7 @@ from facerig.errors import InvalidInput, VideoUnreadable
 __all__ = [
     "VideoInfo",
     "available_video_encoders",
+    "check_driving_video",
     "iter_frames",
     "probe_video",
     "read_video",
@@ -144,6 +145,37 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
         container.close()
 
 
+#: still-image suffixes (and codecs) ffmpeg opens as a one-frame "video"
+STILL_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".heic", ".avif"}
+STILL_CODECS = {"mjpeg", "png", "bmp", "tiff", "webp", "jpeg2000", "jpegls"}
+
+
+def check_max_frames(max_frames: Any, name: str = "--max-frames") -> None:
+    """None (all frames) or a positive whole number of frames."""
+    if max_frames is None:
+        return
+    if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1:
+        raise InvalidInput(name, "a positive number of frames (or none for all)", max_frames)
+
+
+def check_driving_video(path: str | os.PathLike[str], name: str = "DRIVING_VIDEO",
+                        max_frames: Any = None) -> VideoInfo:
+    """The probed :class:`VideoInfo` of a driving video, refusing a still image (ffmpeg opens a JPEG
+    or PNG as a one-frame video, which "reenacts" nothing), a video with fewer than 2 frames and a
+    ``max_frames`` that is not a positive number."""
+    check_max_frames(max_frames)
+    p = Path(path)
+    if p.suffix.lower() in STILL_SUFFIXES:
+        raise InvalidInput(name, "a video (mp4, mov, mkv, webm, ...), not a still image", str(p),
+                           hint="to copy one photo's expression or pose use `facerig edit PHOTO --reference "
+                                f"{p.name} --take expression,pose`")
+    info = probe_video(p)
+    if info.frame_count < 2 and (info.codec in STILL_CODECS or info.frame_count <= 1):
+        raise InvalidInput(name, "a video with at least 2 frames", f"{p} ({info.frame_count} frame, {info.codec})",
+                           hint="a still image cannot drive a reenactment; use `facerig edit --reference`")
+    return info
+
+
 def iter_frames(
     path: str | os.PathLike[str], max_frames: int | None = None, *, start: int = 0
 ) -> Iterator[np.ndarray]:
@@ -197,6 +229,7 @@ def read_video(
     ``VideoInfo.frame_count`` is the number of frames actually returned.
     """
     info = probe_video(path)
+    check_max_frames(max_frames)
     frames = list(iter_frames(path, max_frames=max_frames))
     arr = np.stack(frames, axis=0)
     h, w = arr.shape[1:3]

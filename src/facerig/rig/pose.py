@@ -26,7 +26,7 @@ from facerig.rotations import axis_angle_to_matrix, matrix_to_axis_angle, matrix
 from facerig.types import FaceParams
 
 __all__ = ["set_pose", "transfer_pose", "face_anchor", "anchor_ndc", "repose", "ANCHOR_LANDMARKS",
-           "get_pose"]
+           "get_pose", "pose_excess", "check_pose_range", "clamp_to_range", "check_offsets", "check_source_pose"]
 
 #: MediaPipe ids: eye corners (subject's right eye 33/133, left eye 362/263) and mouth corners 61/291
 ANCHOR_LANDMARKS = {"eyes": (33, 133, 362, 263), "mouth": (61, 291)}
@@ -166,3 +166,128 @@ def transfer_pose(params: FaceParams, reference_params: FaceParams, model: Any, 
     check_params(reference_params, "reference_params")
     rot = broadcast_batch(reference_params.rotation, params.batch_size, "reference_params")
     return repose(params, model, rot.to(params.rotation), anchor_head=anchor_point(params, model, anchor))
+
+
+# ---------------------------------------------------------------------------------------------
+# faithful range (facerig.engines.base.PoseRange): refuse, or clamp, poses an engine cannot render
+
+_AXES = ("yaw", "pitch", "roll")
+
+
+def _wrap(d: torch.Tensor) -> torch.Tensor:
+    return (d + 180.0) % 360.0 - 180.0
+
+
+def _relative_ypr(source: FaceParams, target: FaceParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target ypr (B,3), target - source ypr wrapped to [-180, 180) (B,3)); source batch 1 broadcasts."""
+    t = get_pose(target)
+    s = get_pose(source)
+    if s.shape[0] == 1 and t.shape[0] > 1:
+        s = s.expand_as(t)
+    if s.shape[0] != t.shape[0]:
+        raise InvalidInput("source", f"batch 1 or {t.shape[0]} source params", s.shape[0])
+    return t, _wrap(t - s)
+
+
+def pose_excess(source: FaceParams, target: FaceParams, pose_range: Any) -> list[tuple[int, str, float, float]]:
+    """``(frame, axis, change, limit)`` for every angle of ``target`` whose change from ``source``
+    exceeds ``pose_range`` (an :class:`~facerig.engines.base.PoseRange`); empty when all fit."""
+    _, d = _relative_ypr(source, target)
+    out = []
+    for k, ax in enumerate(_AXES):
+        lim = float(pose_range.limit(ax))
+        for i in torch.nonzero(d[:, k].abs() > lim + 1e-6).flatten().tolist():
+            out.append((int(i), ax, float(d[i, k]), lim))
+    return out
+
+
+def clamp_to_range(params_seq: FaceParams, source: FaceParams, pose_range: Any, model: Any,
+                   anchor: str = "face") -> tuple[FaceParams, int]:
+    """``params_seq`` (a batch of target params, e.g. a reenactment's frames) with each frame's
+    yaw/pitch/roll change from ``source`` (batch 1) clamped to ``pose_range``, re-anchored so the
+    clamped head stays where the frame put it. Pure: returns ``(clamped copy, frames changed)``;
+    frames within the range are returned unchanged (bit for bit)."""
+    check_params_model(params_seq, model)
+    t, d = _relative_ypr(source, params_seq)
+    lim = torch.tensor([float(pose_range.limit(a)) for a in _AXES], dtype=d.dtype)
+    dc = torch.maximum(torch.minimum(d, lim), -lim)
+    changed = (dc != d).any(1)
+    n = int(changed.sum())
+    if n == 0:
+        return params_seq.clone(), 0
+    ypr = t + (dc - d)
+    ypr[:, 1] = ypr[:, 1].clamp(-MAX_PITCH, MAX_PITCH)
+    rot = matrix_to_axis_angle(ypr_to_matrix(ypr))
+    moved = repose(params_seq, model, rot.to(params_seq.rotation.dtype),
+                   anchor_head=anchor_point(params_seq, model, anchor))
+    keep = changed[:, None]
+    rotation = torch.where(keep, moved.rotation, params_seq.rotation)
+    camera = torch.where(keep, moved.camera, params_seq.camera)
+    return params_seq.replace(rotation=rotation.clone(), camera=camera.clone()), n
+
+
+def _range_error(what: str, axis: str, value: float, limit: float, engine: str, extra: str = "") -> InvalidInput:
+    return InvalidInput(what if what.endswith(axis) else f"{what} {axis}".strip(),
+                        f"a {axis} change within +-{limit:g} degrees of the source's pose (the {engine} "
+                        f"engine's faithful range{extra})", f"{value:+.1f}",
+                        hint="pass --clamp (clamp=True) to clamp it to the range")
+
+
+def check_offsets(yaw: Any, pitch: Any, roll: Any, pose_range: Any, *, clamp: bool = False,
+                  engine: str = "the") -> tuple[list[float | None], list[str]]:
+    """Relative yaw/pitch/roll offsets checked against ``pose_range`` before any fit: returns the
+    (possibly clamped) offsets and one note per clamped axis; raises InvalidInput naming the axis,
+    the range and the value when ``clamp`` is False."""
+    out: list[float | None] = []
+    notes: list[str] = []
+    for ax, v in zip(_AXES, (yaw, pitch, roll), strict=True):
+        if v is None:
+            out.append(None)
+            continue
+        fv = finite_float(v, ax)
+        lim = float(pose_range.limit(ax))
+        if abs(fv) > lim + 1e-9:
+            if not clamp:
+                raise _range_error(f"--{ax}", ax, fv, lim, engine)
+            notes.append(f"{ax} {fv:+g} clamped to {max(-lim, min(lim, fv)):+g} (faithful range +-{lim:g})")
+            fv = max(-lim, min(lim, fv))
+        out.append(fv)
+    return out, notes
+
+
+def check_pose_range(source: FaceParams, target: FaceParams, model: Any, pose_range: Any, *,
+                     clamp: bool = False, anchor: str = "face", what: str = "pose",
+                     engine: str = "the") -> tuple[FaceParams, list[str]]:
+    """``target`` checked against ``pose_range`` relative to ``source``: unchanged when within it;
+    else InvalidInput (``what`` names the argument: "--yaw", "--reference pose", ...), or with ``clamp``
+    the clamped params and one note per clamped axis."""
+    excess = pose_excess(source, target, pose_range)
+    if not excess:
+        return target, []
+    if not clamp:
+        i, ax, val, lim = excess[0]
+        src = get_pose(source)[0 if source.batch_size == 1 else i, _AXES.index(ax)]
+        raise _range_error(what, ax, val, lim, engine, extra=f"; the source's {ax} is {float(src):+.0f}")
+    out, _ = clamp_to_range(target, source, pose_range, model, anchor=anchor)
+    notes = [f"{what} {ax} change {val:+.1f} clamped to {max(-lim, min(lim, val)):+g} (faithful range +-{lim:g})"
+             for _, ax, val, lim in excess]
+    return out, notes
+
+
+def check_source_pose(source: FaceParams, pose_range: Any, *, what: str = "IMAGE",
+                      engine: str = "the") -> list[str]:
+    """The source's own pose against the engine's limits for a reliable fit: raises InvalidInput
+    beyond ``source_yaw`` / ``source_pitch`` (a profile photo: the fit and every edit break), returns
+    a warning note beyond ``warn_source_yaw`` (a 3/4 view: a further turn fills what is hidden)."""
+    ypr = get_pose(source)[0]
+    yaw, pitch = float(ypr[0]), float(ypr[1])
+    for ax, v, lim in (("yaw", yaw, pose_range.source_yaw), ("pitch", pitch, pose_range.source_pitch)):
+        if abs(v) > lim:
+            raise InvalidInput(what, f"a face within {ax} +-{lim:g} degrees for a reliable fit with the {engine} engine",
+                               f"a face at {ax} {v:+.0f} (near profile)",
+                               hint="use a more frontal photo, or pass --force (check_source=False) to try anyway")
+    notes = []
+    if abs(yaw) > pose_range.warn_source_yaw:
+        notes.append(f"the source face is turned {yaw:+.0f} degrees (a 3/4 view): edits are less reliable, and "
+                     f"turning it further shows a side the photo does not have, which is filled")
+    return notes

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from facerig.engines.base import Engine, _check_image
+from facerig.engines.base import Engine, PoseRange, _check_image
 from facerig.errors import IncompatibleModel, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ class DiffusionRigEngine(Engine):
     name: ClassVar[str] = "diffusionrig"
     requires_weights: ClassVar[bool] = True
     description: ClassVar[str] = "DiffusionRig diffusion model conditioned on rendered buffers (needs --weights)"
+    # generates the whole head from buffers, so no hidden cheek is torn open; limited by what FFHQ-style
+    # training data covers (DiffusionRig's paper shows turns of about +-30 yaw, +-20 pitch)
+    pose_range: ClassVar[PoseRange] = PoseRange(yaw=30.0, pitch=20.0, roll=30.0, source_yaw=50.0,
+                                                source_pitch=30.0, warn_source_yaw=35.0)
 
     def __init__(self, weights: Any = None, device: str = "cpu", *, steps: int = 20, seed: int = 0,
                  eta: float = 0.0, pipeline: Any = None, unet_config: dict[str, Any] | None = None,

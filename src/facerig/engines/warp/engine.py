@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 import torch
 
-from facerig.engines.base import Engine, _check_image
+from facerig.engines.base import Engine, PoseRange, _check_image
 from facerig.engines.warp.field import (
     apply_gain,
     border_taper,
@@ -149,6 +149,12 @@ class WarpEngine(Engine):
     # about half the turn; with the plane model both anchors re-fit alike on synthetic heads, yaw
     # +-20 -> -15.1/+15.3 face, -15.2/+15.8 head: benchmarks/pose_truth.py --anchor)
     pose_anchor: ClassVar[str] = "head"
+    # what the warp renders faithfully: yaw +-20 re-fits at -15.4/+15.8 on true 3D heads with no tear
+    # (docs/pose-truth.md; +-30 re-fits at 22 with 0 % within 2 degrees and a visible fold),
+    # pitch +-10 re-fits at -7.1/+7.5 (docs/edit-accuracy.md), so +-12; roll is an in-plane rotation
+    # of the photo's own pixels (no reveal), +-25. Sources beyond yaw +-45 (profile) fit unreliably.
+    pose_range: ClassVar[PoseRange] = PoseRange(yaw=20.0, pitch=12.0, roll=25.0, source_yaw=45.0,
+                                                source_pitch=30.0, warn_source_yaw=30.0)
 
     def __init__(self, weights: Any = None, device: str = "cpu", **options: Any) -> None:
         super().__init__(weights, device)
