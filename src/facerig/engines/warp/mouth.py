@@ -130,12 +130,12 @@ def synthesize_mouth(
     soft = max(0.8, 0.04 * width)
     m_up = np.clip((tu - d_up) / soft + 0.5, 0, 1) * np.clip((0.47 - np.abs(uc - 0.5)) / 0.08, 0, 1)
     # in the upper lip's shadow at the gum line, lit towards the incisal edge
-    shade_u = (1 - 0.45 * side ** 2) * (0.72 + 0.28 * np.clip(d_up / max(1.0, 0.6 * tu.max()), 0, 1))
+    shade_u = (1 - 0.35 * side ** 2) * (0.88 + 0.17 * np.clip(d_up / max(1.0, 0.6 * tu.max()), 0, 1))
     # faint gaps between incisors / laterals / canines
     gaps = np.zeros_like(u)
     for g in (0.5, 0.5 - 0.085, 0.5 + 0.085, 0.5 - 0.165, 0.5 + 0.165, 0.5 - 0.235, 0.5 + 0.235):
-        gaps += np.exp(-0.5 * ((u - g) * width / max(0.6, 0.006 * width)) ** 2)
-    shade_u = shade_u * (1 - 0.12 * np.clip(gaps, 0, 1))
+        gaps += np.exp(-0.5 * ((u - g) * width / max(0.6, 0.005 * width)) ** 2)
+    shade_u = shade_u * (1 - 0.22 * np.clip(gaps, 0, 1))
     upper = teeth_base[None, None] * shade_u[..., None]
     out = out * (1 - m_up[..., None]) + upper * m_up[..., None]
 
@@ -237,7 +237,7 @@ def match_colour(rgb: np.ndarray, src: tuple[np.ndarray, np.ndarray], dst: tuple
 def safe_mouth_colours(lip_rgb: np.ndarray, skin_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(teeth, cavity) RGB in [0, 1] derived from the lips and skin in Lab so that neither turns
     blue or grey-blue next to dark or warm skin: the teeth are lighter than the skin, with some of
-    its warmth (b* >= 8, a* >= 0), the cavity dark and in the lips' red (a* >= 12, b* >= 4)."""
+    its warmth (b* >= 12, a* >= 1), the cavity dark and in the lips' red (a* >= 12, b* >= 4)."""
     def lab(c: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(np.clip(np.asarray(c, np.float32), 0, 1).reshape(1, 1, 3), cv2.COLOR_RGB2LAB)[0, 0]
 
@@ -246,8 +246,9 @@ def safe_mouth_colours(lip_rgb: np.ndarray, skin_rgb: np.ndarray) -> tuple[np.nd
 
     s, li = lab(skin_rgb), lab(lip_rgb)
     # (real teeth in photos: L* 65-85, a* 0-4, b* 8-20 - yellowish; a neutral grey read as grey-blue)
-    teeth = np.array([np.clip(max(1.25 * s[0], s[0] + 20), 50, 85), np.clip(0.15 * s[1], 0, 5),
-                      np.clip(0.5 * s[2], 8, 20)], np.float32)
+    # (next to saturated skin, b* < 10 still read as grey: the teeth keep ~55 % of the skin's b*)
+    teeth = np.array([np.clip(max(1.3 * s[0], s[0] + 25), 55, 90), np.clip(0.25 * s[1], 1, 9),
+                      np.clip(0.55 * s[2], 12, 30)], np.float32)
     cav = np.array([np.clip(0.3 * li[0], 6, 20), max(0.8 * li[1], 12), max(0.5 * li[2], 4)], np.float32)
     return rgb(teeth), rgb(cav)
 
