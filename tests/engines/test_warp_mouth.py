@@ -109,7 +109,8 @@ def test_reenact_takes_the_interior_from_the_driving_frame(hopper, astro, astron
     inner = _interior(eng, st, target, out)
     assert inner.sum() > 50
     m, m_t, m_p = (o[inner].astype(np.float64).mean(0) for o in (out, out_t, plain))
-    assert np.abs(m - m_t).max() < 12, (m, m_t)  # the tint is matched away (it moved the frame by ~20-60)
+    # most of the tint is matched away (unmatched, it would move the interior by ~m * [0.25, 0, 0.3])
+    assert np.abs(m - m_t).max() < 0.6 * np.abs(m * [0.25, 0, 0.3]).max(), (m, m_t)
     assert m_t[2] <= m_t[0]  # not blue
     assert np.abs(m - m_p).max() > 5 or np.abs(out[inner].astype(float) - plain[inner]).mean() > 10
     with pytest.raises(InvalidInput, match="driving"):

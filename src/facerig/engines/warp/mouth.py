@@ -224,13 +224,22 @@ def lab_stats(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return lab.mean(0), lab.std(0) + 1e-3
 
 
-def match_colour(rgb: np.ndarray, src: tuple[np.ndarray, np.ndarray], dst: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def match_colour(rgb: np.ndarray, src: tuple[np.ndarray, np.ndarray], dst: tuple[np.ndarray, np.ndarray],
+                 floor: tuple[float, float] | None = None, chroma: float = 1.0) -> np.ndarray:
     """``rgb`` (float [0, 1]) with ``src``'s Lab statistics moved to ``dst``'s (per channel
-    ``(x - mean_s) / std_s * std_d + mean_d``, the std ratio kept within [0.6, 1.6])."""
+    ``(x - mean_s) / std_s * std_d + mean_d``, the std ratio kept within [0.75, 1.3] for L* and
+    [0.8, 1.2] for a*/b*: the statistics are the lips', and a wider ratio pushed the teeth, far
+    from the lips' mean, to white or cyan); ``floor``: minimum (a*, b*) of the result; ``chroma``:
+    the fraction of the a*/b* change applied."""
     lab = cv2.cvtColor(np.ascontiguousarray(np.clip(rgb, 0, 1).astype(np.float32)), cv2.COLOR_RGB2LAB)
-    k = np.clip(dst[1] / src[1], 0.6, 1.6)
+    k = np.clip(dst[1] / src[1], [0.75, 0.8, 0.8], [1.3, 1.2, 1.2])
+    orig = lab
     lab = (lab - src[0]) * k + dst[0]
+    lab[..., 1:] = orig[..., 1:] + chroma * (lab[..., 1:] - orig[..., 1:])
     lab[..., 0] = np.clip(lab[..., 0], 0, 100)
+    if floor is not None:  # (a*, b*) minimum: hue-safe
+        lab[..., 1] = np.maximum(lab[..., 1], floor[0])
+        lab[..., 2] = np.maximum(lab[..., 2], floor[1])
     return np.clip(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB), 0, 1)
 
 
@@ -417,7 +426,10 @@ def driving_interior(frame: np.ndarray, xy: np.ndarray, det: np.ndarray | None, 
     lips = (poly_mask(xy_l, OUTER_LOOP, lbox) > 0.5) & ~inner
     stats = lab_stats(crop, lips)
     if stats is not None and src.lips is not None:
-        crop = match_colour(crop, stats, src.lips)
+        # (a mouth interior is never bluer than a* -1, b* 3)
+        # three quarters of the lips' a*/b* difference (mostly the two people's lip colours, not the
+        # light: in full it turned the driver's teeth grey-blue on pink-lipped sources)
+        crop = match_colour(crop, stats, src.lips, floor=(-1.0, 3.0), chroma=0.75)
     iod_d = float(np.linalg.norm(xy_c[33] - xy_c[263]))
     iod_t = float(np.linalg.norm(tgt_xy[33, :2] - tgt_xy[263, :2]))
     scale = iod_d / max(iod_t, 1e-3)
