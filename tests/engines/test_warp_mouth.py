@@ -94,7 +94,7 @@ def test_opening_keeps_the_photos_own_teeth(astro, astronaut, model):
     assert np.percentile(lum[inner], 30) < 0.5 * np.percentile(lum[inner], 95)
 
 
-def test_reenact_takes_the_interior_from_the_driving_frame(hopper, astro, astronaut, model):
+def test_reenact_takes_the_interior_from_the_driving_frame(hopper, astro, astronaut, grace_hopper, model):
     """Grace Hopper's mouth is closed; a driving frame that shows teeth gives her its interior,
     colour-matched: a blue-tinted driving frame gives (nearly) the same interior colour as the
     untinted one, not a blue mouth."""
@@ -115,6 +115,10 @@ def test_reenact_takes_the_interior_from_the_driving_frame(hopper, astro, astron
     assert np.abs(m - m_p).max() > 5 or np.abs(out[inner].astype(float) - plain[inner]).mean() > 10
     with pytest.raises(InvalidInput, match="driving"):
         eng.render_frame(st, target, driving_image=astronaut)
+    # Engine.reenact hands each driving frame and its params to render_frame
+    (frame,) = list(eng.reenact(grace_hopper, params_h, [target], model, driving_frames=[astronaut],
+                                driving_params=[params_a]))
+    assert np.array_equal(frame, out)
 
 
 def test_dark_skin_interior_is_not_blue(grace_hopper, model):

@@ -20,8 +20,9 @@ Algorithm (details and measured figures in docs/warp-engine.md):
 4. **Visibility**: target pixels whose source point was hidden (z-test against the source depth),
    back-facing or extremely stretched are filled from the mirrored surface point (``mirror_index``)
    when that one is visible, else inpainted (Telea).
-5. **Mouth**: where the target opens the mouth more than the source, the interior is synthesised
-   (:mod:`.mouth`); a source that is already open is reused (stretched) instead.
+5. **Mouth**: where the target opens the mouth more than the source, the interior (bounded by the
+   detected inner lips) comes from the driving frame of a reenactment (colour-matched), else from
+   the photo's own open mouth (its teeth move with the lips), else it is synthesised (:mod:`.mouth`).
 6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped), carried
    outwards from the rim onto skin-coloured pixels next to the face (forehead above the mesh, neck,
    ears: ``relight_skin``) and faded out over hair and background.
