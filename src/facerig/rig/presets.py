@@ -105,7 +105,7 @@ OPENING_SHAPES: tuple[str, ...] = ("jawOpen", "mouthLowerDown_L", "mouthLowerDow
 #: mesh's motion: "raise_brows" lifted the detected brows by 4-8 % of the eye distance. Presets scale
 #: these shapes' recipe weights by it (recipes stay in [0, 1] = fraction of the preset's full motion)
 HEADROOM: MappingProxyType = MappingProxyType({
-    "browInnerUp": 1.6, "browOuterUp_L": 1.6, "browOuterUp_R": 1.6, "browDown_L": 2.0, "browDown_R": 2.0,
+    "browInnerUp": 1.6, "browOuterUp_L": 1.6, "browOuterUp_R": 1.6, "browDown_L": 1.6, "browDown_R": 1.6,
 })
 
 #: one-line descriptions (docs, CLI help)

@@ -256,7 +256,8 @@ def safe_mouth_colours(lip_rgb: np.ndarray, skin_rgb: np.ndarray) -> tuple[np.nd
     s, li = lab(skin_rgb), lab(lip_rgb)
     # (real teeth in photos: L* 65-85, a* 0-4, b* 8-20 - yellowish; a neutral grey read as grey-blue)
     # (next to saturated skin, b* < 10 still read as grey: the teeth keep ~55 % of the skin's b*)
-    teeth = np.array([np.clip(max(1.3 * s[0], s[0] + 25), 55, 90), np.clip(0.25 * s[1], 1, 9),
+    # (teeth are about as light on dark skin as on any: L* from 65 whatever the skin's)
+    teeth = np.array([np.clip(max(1.3 * s[0], s[0] + 30), 65, 88), np.clip(0.25 * s[1], 1, 9),
                       np.clip(0.55 * s[2], 12, 30)], np.float32)
     cav = np.array([np.clip(0.3 * li[0], 6, 20), max(0.8 * li[1], 12), max(0.5 * li[2], 4)], np.float32)
     return rgb(teeth), rgb(cav)
