@@ -160,3 +160,29 @@ def test_safe_colours_and_blur_estimate(astronaut):
     sa, sb = M.lab_stats(a, full), M.lab_stats(b, full)
     got = M.lab_stats(M.match_colour(a, sa, sb), full)
     assert np.abs(got[0] - sb[0]).max() < 1.0
+
+
+@pytest.mark.shared_data
+def test_dark_skin_portrait_interior_is_warm(model):
+    """A real dark-skinned portrait with a closed mouth (shared data): the opened mouth's teeth and
+    cavity are warm, not grey-blue."""
+    from facerig.io.assets import shared_path
+    from facerig.io.image import load_image
+
+    path = shared_path("data", "portraits", "pexels-unsplash", "yRpe13BHdKw.jpg")
+    img = load_image(path)
+    s = 768 / max(img.shape[:2])
+    if s < 1:
+        img = np.ascontiguousarray(cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)),
+                                              interpolation=cv2.INTER_AREA))
+    params = _fit(img, model, "dark-skin")
+    eng = get_engine("warp")
+    st = eng.prepare(img, params, model)
+    target = EditSpec(preset="surprised").apply(params, model)
+    out = eng.render_frame(st, target, return_layers=True)
+    assert eng.last_layers["mouth_kind"] in ("synthetic", "source")
+    inner = _interior(eng, st, target, out)
+    px = out[inner].astype(np.float32) / 255
+    lab = cv2.cvtColor(px[None], cv2.COLOR_RGB2LAB)[0]
+    bright = lab[lab[:, 0] >= np.percentile(lab[:, 0], 80)]
+    assert bright[:, 2].mean() > 4.0 and px[:, 2].mean() <= px[:, 0].mean(), (bright.mean(0), lab.mean(0))
