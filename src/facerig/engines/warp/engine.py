@@ -662,7 +662,10 @@ class WarpEngine(Engine):
                 if inter is None and ms.real:  # the photo's own teeth and cavity, moved with the lips
                     mouth_w = float(np.clip((op_t / max(st.opening, 1e-3) - 1.02) / 0.1, 0, 1))
                     if mouth_w > 0:
-                        inter = transfer_interior(st.image, ms.xy, xy_t, box, 1.0, ms.cavity, st.noise, rng)
+                        # (what opens between the teeth: a shaded cavity with a tongue when wide)
+                        cav = synthesize_mouth(xy_t, box, st.lip_rgb, st.skin_rgb, st.noise, rng, blur=ms.blur,
+                                               teeth=False)
+                        inter = transfer_interior(st.image, ms.xy, xy_t, box, 1.0, ms.cavity, cavity_img=cav)
                         mouth_kind = "source"
                 if inter is None and not ms.real:  # last resort: procedural
                     mouth_w = 1.0 if st.opening < 1.0 else float(np.clip((op_t / st.opening - 1.15) / 0.35, 0, 1))

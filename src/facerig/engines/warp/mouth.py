@@ -54,10 +54,12 @@ def synthesize_mouth(
     teeth_rgb: np.ndarray | None = None,
     cavity_rgb: np.ndarray | None = None,
     blur: float = 0.0,
+    teeth: bool = True,
 ) -> np.ndarray:
     """RGB float32 [0, 1] interior image over ``box`` = (x0, y0, x1, y1) (work pixels) for the target
     vertices ``xy`` (V, 2) in work pixels; ``blur``: the photo's measured blur sigma (px), which the
-    interior gets too (a crisp procedural mouth in a soft photo read as a cartoon)."""
+    interior gets too (a crisp procedural mouth in a soft photo read as a cartoon). ``teeth=False``:
+    cavity and tongue only (what opens between a real mouth's teeth, :func:`transfer_interior`)."""
     x0, y0, x1, y1 = box
     h, w = y1 - y0, x1 - x0
     a, b = xy[78], xy[308]
@@ -124,31 +126,32 @@ def synthesize_mouth(
     teeth_base = safe_mouth_colours(lip, np.asarray(skin_rgb, np.float32))[0]
     if teeth_rgb is not None and float(teeth_rgb[2]) <= float(teeth_rgb[0]):
         teeth_base = np.clip(np.asarray(teeth_rgb, np.float32) * 1.05, 0.2, 0.95)
-    # upper teeth: band under the upper lip; incisal edge curves down in the middle
-    tu = 0.13 * width * (1 - 0.45 * side ** 2)  # (0.17 drew a tall flat band)
-    tu = np.minimum(tu, 0.55 * gap + 0.6)   # keep some cavity visible
-    soft = max(0.8, 0.04 * width)
-    m_up = np.clip((tu - d_up) / soft + 0.5, 0, 1) * np.clip((0.47 - np.abs(uc - 0.5)) / 0.08, 0, 1)
-    # in the upper lip's shadow at the gum line, lit towards the incisal edge
-    shade_u = (1 - 0.35 * side ** 2) * (0.88 + 0.17 * np.clip(d_up / max(1.0, 0.6 * tu.max()), 0, 1))
-    # faint gaps between incisors / laterals / canines
-    gaps = np.zeros_like(u)
-    for g in (0.5, 0.5 - 0.085, 0.5 + 0.085, 0.5 - 0.165, 0.5 + 0.165, 0.5 - 0.235, 0.5 + 0.235):
-        gaps += np.exp(-0.5 * ((u - g) * width / max(0.6, 0.005 * width)) ** 2)
-    shade_u = shade_u * (1 - 0.22 * np.clip(gaps, 0, 1))
-    upper = teeth_base[None, None] * shade_u[..., None]
-    out = out * (1 - m_up[..., None]) + upper * m_up[..., None]
+    if teeth:
+        # upper teeth: band under the upper lip; incisal edge curves down in the middle
+        tu = 0.13 * width * (1 - 0.45 * side ** 2)  # (0.17 drew a tall flat band)
+        tu = np.minimum(tu, 0.55 * gap + 0.6)   # keep some cavity visible
+        soft = max(0.8, 0.04 * width)
+        m_up = np.clip((tu - d_up) / soft + 0.5, 0, 1) * np.clip((0.47 - np.abs(uc - 0.5)) / 0.08, 0, 1)
+        # in the upper lip's shadow at the gum line, lit towards the incisal edge
+        shade_u = (1 - 0.35 * side ** 2) * (0.88 + 0.17 * np.clip(d_up / max(1.0, 0.6 * tu.max()), 0, 1))
+        # faint gaps between incisors / laterals / canines
+        gaps = np.zeros_like(u)
+        for g in (0.5, 0.5 - 0.085, 0.5 + 0.085, 0.5 - 0.165, 0.5 + 0.165, 0.5 - 0.235, 0.5 + 0.235):
+            gaps += np.exp(-0.5 * ((u - g) * width / max(0.6, 0.005 * width)) ** 2)
+        shade_u = shade_u * (1 - 0.22 * np.clip(gaps, 0, 1))
+        upper = teeth_base[None, None] * shade_u[..., None]
+        out = out * (1 - m_up[..., None]) + upper * m_up[..., None]
 
-    # lower teeth: shorter band above the lower lip, in shadow, only in a clearly open mouth
-    if open_c > 0.12 * width:
-        # (a few millimetres at most: a wide grey band there reads as a second row of upper teeth)
-        tl = 0.06 * width * (1 - 0.5 * side ** 2)
-        tl = np.minimum(tl, 0.2 * gap)
-        k = np.clip((open_c / width - 0.12) / 0.15, 0, 1)
-        m_lo = np.clip((tl - d_lo) / soft + 0.5, 0, 1) * np.clip((0.33 - np.abs(uc - 0.5)) / 0.08, 0, 1) * k
-        m_lo = 0.5 * m_lo * (1 - m_up)  # the lower teeth are mostly behind the lower lip
-        lower = teeth_base[None, None] * (0.5 * (1 - 0.6 * side ** 1.5))[..., None]
-        out = out * (1 - m_lo[..., None]) + lower * m_lo[..., None]
+        # lower teeth: shorter band above the lower lip, in shadow, only in a clearly open mouth
+        if open_c > 0.12 * width:
+            # (a few millimetres at most: a wide grey band there reads as a second row of upper teeth)
+            tl = 0.06 * width * (1 - 0.5 * side ** 2)
+            tl = np.minimum(tl, 0.2 * gap)
+            k = np.clip((open_c / width - 0.12) / 0.15, 0, 1)
+            m_lo = np.clip((tl - d_lo) / soft + 0.5, 0, 1) * np.clip((0.33 - np.abs(uc - 0.5)) / 0.08, 0, 1) * k
+            m_lo = 0.5 * m_lo * (1 - m_up)  # the lower teeth are mostly behind the lower lip
+            lower = teeth_base[None, None] * (0.5 * (1 - 0.6 * side ** 1.5))[..., None]
+            out = out * (1 - m_lo[..., None]) + lower * m_lo[..., None]
 
     # dark contact shadow just inside the lips
     edge = np.exp(-np.minimum(np.maximum(d_up, 0), np.maximum(d_lo, 0)) / max(0.7, 0.025 * width))
@@ -276,7 +279,7 @@ def dark_interior(image: np.ndarray, mask: np.ndarray, lip_rgb: np.ndarray) -> n
 
 def transfer_interior(src_img: np.ndarray, src_xy: np.ndarray, tgt_xy: np.ndarray, box: tuple[int, int, int, int],
                       scale: float, cavity_rgb: np.ndarray, noise: float = 0.0,
-                      rng: np.random.Generator | None = None) -> np.ndarray:
+                      rng: np.random.Generator | None = None, cavity_img: np.ndarray | None = None) -> np.ndarray:
     """A real mouth interior moved from the source contour ``src_xy`` (pixels of ``src_img``, float
     RGB [0, 1]) to the target contour ``tgt_xy`` over ``box`` (target pixels); ``scale`` = source
     pixels per target pixel (the faces' size ratio). Where the target opening is no larger than the
@@ -284,7 +287,8 @@ def transfer_interior(src_img: np.ndarray, src_xy: np.ndarray, tgt_xy: np.ndarra
     each lip moves with that lip at its own scale (the teeth keep their size) and what opens between
     them continues the source's middle, darkening into ``cavity_rgb`` within 5 % of the mouth width
     (shaded: darkest at the back of a wide opening, lighter towards the lips and corners, with the
-    photo's ``noise``; a flat colour read as a hole)."""
+    photo's ``noise``; a flat colour read as a hole), or into ``cavity_img`` (H, W, 3) where given
+    (a synthesised cavity and tongue: :func:`synthesize_mouth` with ``teeth=False``)."""
     x0, y0, x1, y1 = box
     h, w = y1 - y0, x1 - x0
     fs, ft = _frame(src_xy), _frame(tgt_xy)
@@ -314,7 +318,9 @@ def transfer_interior(src_img: np.ndarray, src_xy: np.ndarray, tgt_xy: np.ndarra
     depth = np.clip(np.minimum(d_up, d_lo) / max(0.15 * ft[3], 1.0), 0, 1) * (1 - np.abs(2 * uc - 1) ** 2)
     shade = (1.15 - 0.55 * depth).reshape(h, w, 1).astype(np.float32)
     cav = np.asarray(cavity_rgb, np.float32)[None, None] * shade
-    if noise > 0 and rng is not None:
+    if cavity_img is not None:
+        cav = cavity_img.astype(np.float32)
+    elif noise > 0 and rng is not None:
         cav = cav + rng.normal(0, noise, (h, w, 1)).astype(np.float32) * 0.6
     return np.clip(col * (1 - t) + cav * t, 0, 1).astype(np.float32)
 
