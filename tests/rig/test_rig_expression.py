@@ -92,12 +92,14 @@ def test_preset_geometry(model, params, head):
 
 def test_preset_modes(model, params):
     p = set_expression(params, {"jawOpen": 0.6}, model)
-    r = apply_preset(p, "smile", 0.5, model)  # the smile moves the mouth: the old jawOpen is gone
+    r = apply_preset(p, "pucker", 0.5, model)  # the pucker moves the mouth: the old jawOpen is gone
     assert r.expression[0, _idx(model, "jawOpen")] == 0
-    assert r.expression[0, _idx(model, "mouthSmile_L")] == pytest.approx(0.425)
+    r = apply_preset(p, "smile", 0.5, model)  # a smile keeps an open mouth open (no squeezed grimace)
+    assert r.expression[0, _idx(model, "jawOpen")] == pytest.approx(0.6)
+    assert r.expression[0, _idx(model, "mouthSmile_L")] == pytest.approx(0.45)
     b = apply_preset(p, "smile", 0.5, model, mode="blend")
-    assert b.expression[0, _idx(model, "jawOpen")] == pytest.approx(0.3)
-    assert b.expression[0, _idx(model, "mouthSmile_L")] == pytest.approx(0.425)
+    assert b.expression[0, _idx(model, "jawOpen")] == pytest.approx(0.3 + 0.5 * 0.12)
+    assert b.expression[0, _idx(model, "mouthSmile_L")] == pytest.approx(0.45)
     n = apply_preset(p, "neutral", model=model)
     assert n.expression.abs().sum() == 0
     assert apply_preset(p, "Close Eyes", model=model).expression[0, _idx(model, "eyeBlink_L")] == 1

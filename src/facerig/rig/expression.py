@@ -16,7 +16,15 @@ from typing import Any
 import torch
 
 from facerig.errors import FacerigError, InvalidInput
-from facerig.rig.presets import PRESET_NAMES, canonical_preset_name, preset_recipe
+from facerig.rig.presets import (
+    HEADROOM,
+    KEEP_OPENING,
+    OPENING_SHAPES,
+    PRESET_NAMES,
+    canonical_preset_name,
+    preset_recipe,
+    strong_recipe,
+)
 from facerig.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from facerig.types import FaceParams
 
@@ -144,18 +152,31 @@ def _require_blendshapes(model: Any) -> None:
 
 
 def preset_vector(name: str, model: Any, intensity: float = 1.0) -> torch.Tensor:
-    """Expression coefficients (K_exp,) of a preset at ``intensity`` for a blendshape model."""
+    """Expression coefficients (K_exp,) of a preset at ``intensity`` for a blendshape model: the
+    recipe x intensity (+ the preset's :data:`~facerig.rig.presets.STRONG` shapes from intensity 0.5
+    on), the :data:`~facerig.rig.presets.HEADROOM` shapes scaled by their factor; clamped to the
+    model's range (the headroom shapes to their factor x its upper bound)."""
     _require_blendshapes(model)
     recipe = preset_recipe(name)
-    missing = [n for n in recipe if n not in model.expression_names]
+    strong = strong_recipe(name)
+    missing = [n for n in {**recipe, **strong} if n not in model.expression_names]
     if missing:
         raise InvalidInput("model", f"a model with the ARKit shapes of preset {name!r}",
                            f"{model.name} lacks {', '.join(missing)}")
     vec = torch.zeros(model.n_expression, dtype=torch.float64)
     for n, v in recipe.items():
-        vec[model.expression_names.index(n)] = v * intensity
+        vec[model.expression_names.index(n)] = v * intensity * HEADROOM.get(n, 1.0)
+    k = min(max((float(intensity) - 0.5) / 0.5, 0.0), 1.0)
+    for n, v in strong.items():
+        vec[model.expression_names.index(n)] += v * k
+    return vec.clamp(*_preset_bounds(model))
+
+
+def _preset_bounds(model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coefficient (lo, hi) a preset may set: the model's range, HEADROOM x hi for brow shapes."""
     lo, hi = model.expression_range
-    return vec.clamp(lo, hi)
+    up = torch.tensor([hi * HEADROOM.get(n, 1.0) for n in model.expression_names], dtype=torch.float64)
+    return torch.full_like(up, float(lo)), up
 
 
 #: preset modes: "parts" (default) replaces the face parts the preset touches, "replace" the whole
@@ -181,12 +202,14 @@ def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: A
       (:func:`expression_part`: eyes, brows, nose, mouth incl. jaw and cheeks) are neutralised, then
       ``preset * intensity`` is applied; the other parts keep their values, so ``close_eyes`` on a
       smiling photo keeps the smile and ``smile`` keeps raised brows. ``neutral`` neutralises all.
-      ``intensity`` in [0, 2].
+      A smile (:data:`~facerig.rig.presets.KEEP_OPENING`) keeps the source's jaw and lips apart
+      where they are more open than its own. ``intensity`` in [0, 2].
     * ``mode="replace"``: the whole expression (and jaw) is neutralised first; ``intensity`` in [0, 2].
     * ``mode="blend"``: ``expression <- (1 - intensity) * expression + intensity * preset``
       (jaw likewise towards zero); ``intensity`` in [0, 1].
 
-    Results are clamped to the model's range. Presets are defined for blendshape models with ARKit
+    Results are clamped to the model's range, except that the brow shapes may reach
+    :data:`~facerig.rig.presets.HEADROOM` x its upper bound (the models' brow shapes are weak). Presets are defined for blendshape models with ARKit
     names (builtin, ict); flame raises.
     """
     check_params_model(params, model)
@@ -203,7 +226,8 @@ def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: A
         vec = preset_vector(name, model, 1.0).to(dtype=dtype, device=device)
         exp = (1 - t) * params.expression + t * vec
         jaw = (1 - t) * params.jaw_pose
-        return params.replace(expression=_clamp(params, model, exp), jaw_pose=jaw)
+        lo, hi = (b.to(dtype=dtype, device=device) for b in _preset_bounds(model))
+        return params.replace(expression=torch.maximum(torch.minimum(exp, hi), lo), jaw_pose=jaw)
     vec = preset_vector(name, model, t).to(dtype=dtype, device=device)
     exp = vec.expand(params.batch_size, -1).clone()
     jaw = torch.zeros_like(params.jaw_pose)
@@ -213,7 +237,17 @@ def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: A
         exp = torch.where(keep, params.expression, exp)
         if "mouth" not in parts:
             jaw = params.jaw_pose.clone()
-    return params.replace(expression=_clamp(params, model, exp), jaw_pose=jaw)
+        elif name in KEEP_OPENING:
+            # a smile keeps the photo's own open mouth (closing it under a smile drew a squeezed
+            # grimace): its opening shapes take the larger of the source's and the preset's
+            for n in OPENING_SHAPES:
+                if n in model.expression_names:
+                    i = model.expression_names.index(n)
+                    exp[:, i] = torch.maximum(exp[:, i], params.expression[:, i])
+            jaw = params.jaw_pose.clone()
+    lo, hi = _preset_bounds(model)
+    lo, hi = lo.to(dtype=dtype, device=device), hi.to(dtype=dtype, device=device)
+    return params.replace(expression=torch.maximum(torch.minimum(exp, hi), lo), jaw_pose=jaw)
 
 
 def transfer_expression(params: FaceParams, reference_params: FaceParams) -> FaceParams:

@@ -43,18 +43,20 @@ def _recipe(*parts: dict[str, float]) -> MappingProxyType:
 PRESETS: MappingProxyType = MappingProxyType({
     "neutral": _recipe(),
     # AU6 + AU12 (Duchenne smile): corners up and out, cheeks raised, lids narrowed by the cheeks
-    "smile": _recipe(_both("mouthSmile", 0.85), _both("cheekSquint", 0.5), _both("eyeSquint", 0.3),
-                     _both("mouthDimple", 0.15)),
+    # (a strong smile also parts the lips: see STRONG)
+    "smile": _recipe(_both("mouthSmile", 0.9), _both("cheekSquint", 0.7), _both("eyeSquint", 0.3),
+                     _both("mouthDimple", 0.15), _both("mouthStretch", 0.1)),
     # AU4 + AU7 + AU9 + AU24 + AU15 + AU17: lowered, drawn-together brows, tight lids, pressed lips
     # (in ICT-derived shapes noseSneer also lifts the lip corners: kept low, offset by mouthFrown)
-    "angry": _recipe(_both("browDown", 0.85), _both("eyeSquint", 0.4), _both("noseSneer", 0.2),
+    "angry": _recipe(_both("browDown", 0.9), _both("eyeSquint", 0.4), _both("noseSneer", 0.2),
                      _both("mouthPress", 0.5), _both("mouthFrown", 0.5), {"mouthShrugLower": 0.2}),
     # AU1 + AU4 + AU15 + AU17: oblique brows (inner corners up), corners down, chin raised
-    "sad": _recipe({"browInnerUp": 0.8}, _both("browDown", 0.25), _both("mouthFrown", 0.7),
-                   {"mouthShrugLower": 0.35}, _both("mouthPress", 0.15), _both("eyeSquint", 0.15)),
+    "sad": _recipe({"browInnerUp": 0.8}, _both("browDown", 0.3), _both("mouthFrown", 0.8),
+                   {"mouthShrugLower": 0.4}, _both("mouthPress", 0.15), _both("eyeSquint", 0.15),
+                   _both("mouthLowerDown", 0.1)),
     # AU1 + AU2 + AU5 + AU26: brows up, eyes wide, jaw dropped
-    "surprised": _recipe({"browInnerUp": 0.8}, _both("browOuterUp", 0.8), _both("eyeWide", 0.7),
-                         {"jawOpen": 0.45, "mouthFunnel": 0.1}),
+    "surprised": _recipe({"browInnerUp": 0.9}, _both("browOuterUp", 0.9), _both("eyeWide", 0.7),
+                         {"jawOpen": 0.45, "mouthFunnel": 0.15}),
     # AU1 + AU2 + AU4 + AU5 + AU20 + AU26: raised but drawn brows, wide eyes, stretched lips
     "fear": _recipe({"browInnerUp": 0.8}, _both("browOuterUp", 0.4), _both("browDown", 0.3),
                     _both("eyeWide", 0.8), _both("mouthStretch", 0.6), {"jawOpen": 0.2},
@@ -66,9 +68,9 @@ PRESETS: MappingProxyType = MappingProxyType({
     # AU43: both eyes closed
     "close_eyes": _recipe(_both("eyeBlink", 1.0)),
     # AU1 + AU2 (+ a little AU5)
-    "raise_brows": _recipe({"browInnerUp": 0.8}, _both("browOuterUp", 0.8), _both("eyeWide", 0.1)),
+    "raise_brows": _recipe({"browInnerUp": 1.0}, _both("browOuterUp", 1.0), _both("eyeWide", 0.15)),
     # AU4 (+ AU7): furrowed brows
-    "frown_brows": _recipe(_both("browDown", 0.9), _both("eyeSquint", 0.2), _both("noseSneer", 0.1)),
+    "frown_brows": _recipe(_both("browDown", 1.0), _both("eyeSquint", 0.2), _both("noseSneer", 0.1)),
     # AU25 + AU26/27: jaw drop with the lower lip following
     "open_mouth": _recipe({"jawOpen": 0.7}, _both("mouthLowerDown", 0.2)),
     # AU18 (+ AU22): pursed lips
@@ -83,10 +85,33 @@ PRESETS: MappingProxyType = MappingProxyType({
     "smirk": _recipe({"mouthSmile_L": 0.6, "mouthDimple_L": 0.3, "cheekSquint_L": 0.2}),
 })
 
+#: shapes added only to a strong preset, with weight clip((intensity - 0.5) / 0.5, 0, 1): a strong
+#: smile parts the lips (upper lip raised over the teeth, lower lip down, the jaw a little open),
+#: a mild one does not
+STRONG: MappingProxyType = MappingProxyType({
+    "smile": _recipe(_both("mouthUpperUp", 0.35), _both("mouthLowerDown", 0.3), {"jawOpen": 0.12}),
+})
+
+#: presets that keep the source's own mouth opening (jawOpen, jaw pose, lips apart) when it is larger
+#: than theirs: a smile on a photo that talks or laughs with an open mouth stays open (closing it drew
+#: a squeezed grimace)
+KEEP_OPENING: frozenset[str] = frozenset({"smile", "smirk", "wink_left", "wink_right"})
+OPENING_SHAPES: tuple[str, ...] = ("jawOpen", "mouthLowerDown_L", "mouthLowerDown_R", "mouthUpperUp_L",
+                                   "mouthUpperUp_R")
+
+#: a preset may drive these shapes beyond the model's upper bound, by this factor: the brow shapes of
+#: the ARKit-named models move the brows by only ~3.4 % (raise) / 1.5 % (lower) of the eye distance
+#: per unit, far less than a real brow raise (12-15 %), and a re-detected face showed ~60 % of the
+#: mesh's motion: "raise_brows" lifted the detected brows by 4-8 % of the eye distance. Presets scale
+#: these shapes' recipe weights by it (recipes stay in [0, 1] = fraction of the preset's full motion)
+HEADROOM: MappingProxyType = MappingProxyType({
+    "browInnerUp": 1.6, "browOuterUp_L": 1.6, "browOuterUp_R": 1.6, "browDown_L": 1.6, "browDown_R": 1.6,
+})
+
 #: one-line descriptions (docs, CLI help)
 DESCRIPTIONS: MappingProxyType = MappingProxyType({
     "neutral": "relaxed face (all blendshapes zero)",
-    "smile": "Duchenne smile: lip corners up, cheeks raised (AU6+12)",
+    "smile": "Duchenne smile: lip corners up and out, cheeks raised, lips parted when strong (AU6+12+25)",
     "angry": "lowered brows, tight lids, pressed lips (AU4+7+9+24+15+17)",
     "sad": "inner brows up, lip corners down, chin raised (AU1+4+15+17)",
     "surprised": "brows up, eyes wide, jaw dropped (AU1+2+5+26)",
@@ -124,4 +149,10 @@ def canonical_preset_name(name: str) -> str:
     return key
 
 
-__all__ = ["PRESETS", "PRESET_NAMES", "DESCRIPTIONS", "preset_recipe", "canonical_preset_name"]
+def strong_recipe(name: str) -> dict[str, float]:
+    """The shapes a preset adds when strong (see :data:`STRONG`; empty for most presets)."""
+    return dict(STRONG.get(canonical_preset_name(name), {}))
+
+
+__all__ = ["PRESETS", "PRESET_NAMES", "DESCRIPTIONS", "STRONG", "KEEP_OPENING", "OPENING_SHAPES", "HEADROOM",
+           "preset_recipe", "strong_recipe", "canonical_preset_name"]

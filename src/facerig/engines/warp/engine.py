@@ -20,8 +20,9 @@ Algorithm (details and measured figures in docs/warp-engine.md):
 4. **Visibility**: target pixels whose source point was hidden (z-test against the source depth),
    back-facing or extremely stretched are filled from the mirrored surface point (``mirror_index``)
    when that one is visible, else inpainted (Telea).
-5. **Mouth**: where the target opens the mouth more than the source, the interior is synthesised
-   (:mod:`.mouth`); a source that is already open is reused (stretched) instead.
+5. **Mouth**: where the target opens the mouth more than the source, the interior (bounded by the
+   detected inner lips) comes from the driving frame of a reenactment (colour-matched), else from
+   the photo's own open mouth (its teeth move with the lips), else it is synthesised (:mod:`.mouth`).
 6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped), carried
    outwards from the rim onto skin-coloured pixels next to the face (forehead above the mesh, neck,
    ears: ``relight_skin``) and faded out over hair and background.
@@ -53,7 +54,17 @@ from facerig.engines.warp.field import (
     sample,
 )
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
-from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
+from facerig.engines.warp.mouth import (
+    MouthSource,
+    driving_interior,
+    interior_alpha,
+    measure_mouth,
+    mouth_opening,
+    mouth_width,
+    synthesize_mouth,
+    target_box,
+    transfer_interior,
+)
 from facerig.engines.warp.segment import skin_likelihood
 from facerig.errors import IncompatibleModel, InvalidInput
 
@@ -135,6 +146,7 @@ class WarpSource:
     lid_delta: np.ndarray | None = None  # (V, 2) detected - fitted eye-contour positions (work px)
     eye_full: np.ndarray | None = None  # (H, W) uint8: the detected eye openings, not shrunk
     sclera_rgb: np.ndarray | None = None  # (2, 3) white of each eye
+    mouth: MouthSource | None = None  # the source's mouth: detected inner lips, real interior, colours, blur
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -292,16 +304,11 @@ class WarpEngine(Engine):
             g = image.mean(2)
             hp = g - cv2.GaussianBlur(g, (0, 0), 1.0)
             noise = float(1.4826 * np.median(np.abs(hp[skin])) * 1.3)
-        teeth_rgb = cavity_rgb = None
-        op_s = mouth_opening(verts[:, :2]) if verts.shape[0] > 400 else 0.0
-        inside = reg_pix == regions.get("mouth_interior", -2)
-        if op_s > 0.08 * max(mouth_width(verts[:, :2]), 1.0) and inside.sum() > 20:
-            px = image[inside]
-            lum = px.mean(1)
-            hi, lo = np.percentile(lum, 75), np.percentile(lum, 30)
-            if px[lum >= hi].mean() > 1.1 * float(np.mean(lip_rgb)):
-                teeth_rgb = px[lum >= hi].mean(0)
-            cavity_rgb = px[lum <= lo].mean(0)
+        # the mouth on its detected inner lips: whether the photo shows its interior, its colours, blur
+        mouth_src, xy_m = measure_mouth(image, verts[:, :2], _detected_px(source_params, (x0, y0), k), lip_rgb, skin_rgb)
+        op_s = mouth_opening(xy_m) if verts.shape[0] > 400 else 0.0
+        teeth_rgb = mouth_src.teeth if mouth_src is not None else None
+        cavity_rgb = mouth_src.cavity if mouth_src is not None and mouth_src.real else None
         mirror = model.mirror_index.long().cpu().numpy() if hasattr(model, "mirror_index") else None
         skin_like = skin_likelihood(image, skin) * person if o.relight_skin > 0 else None
         st = WarpSource(
@@ -313,7 +320,7 @@ class WarpEngine(Engine):
             model=model, params=source_params, faces=faces, regions=regions, mirror=mirror,
             head=fit_head(vhead) if (o.head_proxy and vhead.shape[0] > 152) else None,
             head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces), skin=skin_like,
-            head_src=vhead, lid_delta=lid_delta,
+            head_src=vhead, lid_delta=lid_delta, mouth=mouth_src,
         )
         st.eye_full = _eye_openings(source_params, (x0, y0), k, hw)
         if st.eye_full is not None:
@@ -334,12 +341,19 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     def render_frame(self, state: WarpSource, target_params: Any, *, generator: Any = None,
-                     return_layers: bool = False, **kw: Any) -> np.ndarray:
+                     return_layers: bool = False, driving_image: np.ndarray | None = None,
+                     driving_params: Any = None, **kw: Any) -> np.ndarray:
+        """One frame. ``driving_image`` (RGB uint8) / ``driving_params`` (its batch-1 fit, with
+        ``.crop``): the driving frame of a reenactment; the mouth interior is then taken from it."""
+        if (driving_image is None) != (driving_params is None):
+            raise InvalidInput("driving_image", "given together with driving_params (or neither)",
+                               type(driving_image).__name__, hint="Engine.reenact passes both")
         with _few_threads():
-            return self._render_frame(state, target_params, generator=generator, return_layers=return_layers)
+            return self._render_frame(state, target_params, generator=generator, return_layers=return_layers,
+                                      driving=(driving_image, driving_params) if driving_image is not None else None)
 
     def _render_frame(self, state: WarpSource, target_params: Any, *, generator: Any = None,
-                      return_layers: bool = False) -> np.ndarray:
+                      return_layers: bool = False, driving: tuple[np.ndarray, Any] | None = None) -> np.ndarray:
         o = self.opts
         tm: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -638,34 +652,47 @@ class WarpEngine(Engine):
             if (~ok).any():
                 alpha[hy[~ok], hx[~ok]] = 2.0  # marker: inpaint later
         mouth_w = 0.0
+        mouth_kind = ""
         if o.synth_mouth and r_mouth >= 0:
-            op_t = mouth_opening(vt[:, :2])
-            mw = mouth_width(vt[:, :2])
-            if op_t > max(1.5, 0.03 * mw):
-                mouth_w = 1.0 if st.opening < 1.0 else float(np.clip((op_t / st.opening - 1.15) / 0.35, 0, 1))
-            if mouth_w > 0:
-                mm = np.zeros((h, w), np.float32)
-                sel = region_of == r_mouth
-                mm[iy[sel], ix[sel]] = 1.0
-                if mm.any():
-                    ys_, xs_ = np.nonzero(mm)
-                    pad = 3
-                    bx0, by0 = max(0, xs_.min() - pad), max(0, ys_.min() - pad)
-                    bx1, by1 = min(w, xs_.max() + pad + 1), min(h, ys_.max() + pad + 1)
-                    synth = synthesize_mouth(vt[:, :2], (bx0, by0, bx1, by1), st.lip_rgb, st.skin_rgb,
-                                             st.noise, rng, teeth_rgb=st.teeth_rgb, cavity_rgb=st.cavity_rgb)
-                    # anti-aliased interior mask: blurred, re-steepened around the contour
-                    ma = np.clip(cv2.GaussianBlur(mm[by0:by1, bx0:bx1], (0, 0), 0.9) * 1.7 - 0.35, 0, 1)
-                    a_m = (ma * mouth_w)[..., None]
-                    rl = gain_w[by0:by1, bx0:bx1]
-                    region = fill[by0:by1, bx0:bx1]
-                    a_old = alpha[by0:by1, bx0:bx1, None].clip(0, 1)
-                    # where nothing else fills, the layer holds the interior itself (its soft edge
-                    # is alpha's job; blending towards the empty layer would draw a black rim)
-                    fill[by0:by1, bx0:bx1] = np.where(a_old > 0, region * (1 - a_m) + synth * rl * a_m, synth * rl)
-                    alpha[by0:by1, bx0:bx1] = np.where(
-                        a_m[..., 0] > 0, np.maximum(a_m[..., 0], a_old[..., 0] * (1 - a_m[..., 0])),
-                        alpha[by0:by1, bx0:bx1])
+            ms = st.mouth
+            xy_t = vt[:, :2] + ms.delta if ms is not None and ms.delta is not None else vt[:, :2]
+            op_t = mouth_opening(xy_t)
+            mw = mouth_width(xy_t)
+            box = target_box(xy_t, (h, w)) if ms is not None else (0, 0, 0, 0)
+            inter = None
+            if op_t > max(1.5, 0.03 * mw) and ms is not None and box[2] > box[0] and box[3] > box[1]:
+                if driving is not None:  # reenactment: the driving frame's own interior
+                    inter = self._driving_mouth(st, driving, xy_t, box)
+                    mouth_kind = "driving" if inter is not None else ""
+                    mouth_w = float(np.clip((op_t / mw - 0.03) / 0.03, 0, 1)) if inter is not None else 0.0
+                if inter is None and ms.real:  # the photo's own teeth and cavity, moved with the lips
+                    mouth_w = float(np.clip((op_t / max(st.opening, 1e-3) - 1.02) / 0.1, 0, 1))
+                    if mouth_w > 0:
+                        # (what opens between the teeth: a shaded cavity with a tongue when wide)
+                        cav = synthesize_mouth(xy_t, box, st.lip_rgb, st.skin_rgb, st.noise, rng, blur=ms.blur,
+                                               teeth=False)
+                        inter = transfer_interior(st.image, ms.xy, xy_t, box, 1.0, ms.cavity, cavity_img=cav)
+                        mouth_kind = "source"
+                if inter is None and not ms.real:  # last resort: procedural
+                    mouth_w = 1.0 if st.opening < 1.0 else float(np.clip((op_t / st.opening - 1.15) / 0.35, 0, 1))
+                    if mouth_w > 0:
+                        inter = synthesize_mouth(xy_t, box, st.lip_rgb, st.skin_rgb, st.noise, rng,
+                                                 teeth_rgb=st.teeth_rgb, cavity_rgb=st.cavity_rgb, blur=ms.blur)
+                        mouth_kind = "synthetic"
+            if inter is not None and mouth_w > 0 and ms is not None:
+                bx0, by0, bx1, by1 = box
+                a_m = (interior_alpha(xy_t, box, ms.blur) * mouth_w)[..., None]
+                rl = gain_w[by0:by1, bx0:bx1]
+                region = fill[by0:by1, bx0:bx1]
+                a_old = alpha[by0:by1, bx0:bx1, None].clip(0, 1)
+                # where nothing else fills, the layer holds the interior itself (its soft edge
+                # is alpha's job; blending towards the empty layer would draw a black rim)
+                fill[by0:by1, bx0:bx1] = np.where(a_old > 0, region * (1 - a_m) + inter * rl * a_m, inter * rl)
+                alpha[by0:by1, bx0:bx1] = np.where(
+                    a_m[..., 0] > 0, np.maximum(a_m[..., 0], a_old[..., 0] * (1 - a_m[..., 0])),
+                    alpha[by0:by1, bx0:bx1])
+            else:
+                mouth_w = 0.0
         tm["fill"] = time.perf_counter() - t0
 
         # ---- inpaint what neither the source nor its mirror saw (work grid)
@@ -695,6 +722,7 @@ class WarpEngine(Engine):
         self.last_timings = tm
         if return_layers:
             self.last_layers = {"field": fld, "fill": fill, "alpha": alpha, "mouth_weight": mouth_w,
+                                "mouth_kind": mouth_kind,
                                 "hidden_fraction": float(hidden.mean()) if hidden.size else 0.0}
         return out
 
@@ -812,6 +840,19 @@ class WarpEngine(Engine):
         fall_e = pmix * cos_falloff(dist_e / r_p) + (1 - pmix) * cos_falloff(dist_e / r_b)
         g = np.maximum(h_w, fall_e) * (pmix + (1 - pmix) * cos_falloff(dist / r_b))
         return (g[..., None] * G_ext).astype(np.float32)
+
+    # ------------------------------------------------------------------------------------------
+    def _driving_mouth(self, st: WarpSource, driving: tuple[np.ndarray, Any], xy_t: np.ndarray,
+                       box: tuple[int, int, int, int]) -> np.ndarray | None:
+        """The driving frame's interior on the target contour (see :func:`mouth.driving_interior`)."""
+        image, params = driving
+        _check_image(image)
+        if getattr(params, "batch_size", 1) != 1:
+            raise InvalidInput("driving_params", "the params of one driving face (batch 1)", params.batch_size)
+        Hd, Wd = image.shape[:2]
+        xy_d, _ = self._geometry(st.model, params, (0, 0, Wd, Hd), 1.0)
+        assert st.mouth is not None
+        return driving_interior(image, xy_d[:, :2], _detected_px(params, (0, 0), 1.0), xy_t, box, st.mouth)
 
     # ------------------------------------------------------------------------------------------
     def _compose(self, st: WarpSource, fld: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
