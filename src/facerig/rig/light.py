@@ -38,7 +38,7 @@ LIGHT_PRESETS: MappingProxyType = MappingProxyType({
     "front": (0.0, 15.0, 1.0, DEFAULT_AMBIENT),     # key light near the camera, slightly above
     "left": (-60.0, 15.0, 1.0, DEFAULT_AMBIENT),    # key light on the image's left
     "right": (60.0, 15.0, 1.0, DEFAULT_AMBIENT),    # key light on the image's right
-    "top": (0.0, 70.0, 1.0, DEFAULT_AMBIENT),       # overhead
+    "top": (0.0, 55.0, 1.3, 0.15),                  # overhead: a high key, little fill (forehead/top lit, under nose/chin dark)
     "bottom": (0.0, -60.0, 1.0, DEFAULT_AMBIENT),   # from below ("horror" light)
     "rim": (180.0, 20.0, 1.0, 0.45),                # from behind and above, with some ambient fill
     "soft": (0.0, 20.0, 0.5, 0.65),                 # flat, low-contrast
@@ -49,7 +49,7 @@ LIGHT_PRESET_NAMES: tuple[str, ...] = tuple(LIGHT_PRESETS)
 #: exposure of each preset relative to the photo when relighting keeps the brightness: a light from
 #: the side should move light across the face, not make the photo darker; only "dim" (and the
 #: back-lit "rim") are meant to be darker.
-PRESET_EXPOSURE: MappingProxyType = MappingProxyType({name: 1.0 for name in LIGHT_PRESETS} | {"dim": 0.5, "rim": 0.6})
+PRESET_EXPOSURE: MappingProxyType = MappingProxyType({name: 1.0 for name in LIGHT_PRESETS} | {"dim": 0.5, "rim": 0.6, "top": 1.06})
 
 
 def _fibonacci_normals(z: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ from facerig.engines.warp.field import (
 )
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
+from facerig.engines.warp.relight import apply_gain_lab, head_relight
 from facerig.engines.warp.segment import skin_likelihood
 from facerig.errors import IncompatibleModel, InvalidInput
 
@@ -68,7 +69,10 @@ class WarpOptions:
     falloff_background: float = 0.12  # falloff radius on the background, x face size
     relight_falloff: float = 0.5    # fade of the relight ratio outside the mesh, x face size
     relight_hair: float = 0.8       # fraction of the relight applied to hair/neck next to the face
-    ratio_clamp: tuple[float, float] = (0.25, 4.0)
+    relight_head: bool = True       # a new light relights the whole head/neck via a proxy (relight.py)
+    relight_blend: float = 0.15     # mesh ratio -> head proxy ratio over this distance outside the mesh, x face size
+    relight_chroma: float = 0.35    # chroma follows the relit lightness to this power (Lab; 1 = plain product)
+    ratio_clamp: tuple[float, float] = (0.35, 2.5)  # (0.25, 4): deep shadows lifted 4x went grey and noisy
     same_light_clamp: tuple[float, float] = (0.9, 1.1)  # ratio range when only geometry changes
     occlusion_tol: float = 0.015    # z-test tolerance, x face size
     max_stretch: float = 8.0        # target/source triangle area ratio treated as "not seen"
@@ -87,7 +91,7 @@ class WarpOptions:
                                     # the rim's motion (the engine before 2026-11-23)
     outline_depth: float = 0.8      # that plane: this many face widths behind the nose tip
     occluding_band: float = 0.05    # ("plane") band where the face moves over its surroundings, x face size
-    shadow_warmth: float = 0.25     # skin darkened by relighting: red darkens by gain**(1-w), blue by gain**(1+w)
+    shadow_warmth: float = 0.0      # (0.25 before the Lab gain, relight_chroma) skin darkened by relighting: red darkens by gain**(1-w), blue by gain**(1+w)
     outline_band: float = 0.12      # band outside the mesh over which the pose motion eases from the
                                     # rim's own (continuity) to outline_follow, x face size
     band_factor: float = 2.0        # revealing-side band / the rim's pose motion (>= 1: no fold)
@@ -492,6 +496,9 @@ class WarpEngine(Engine):
         if st.skin is not None:  # skin next to the face takes the relight fully, fading slowly
             sk = resize(st.skin, (hq, wq), cv2.INTER_AREA)
             wl = np.maximum(wl, sk * cos_falloff(dist / max(o.relight_skin * F, 1.0)))
+        if o.relight_head and light_changed:  # a new light: the whole head and neck (relight.py)
+            ext_r, wl = head_relight(st, target_params, vt, (hq, wq), q, Rq / np.maximum(Craw, 1e-6)[..., None],
+                                     Cq, pers_q, dist, (lo_c, hi_c), o.relight_blend)
         # expression motion (a dropped chin) carries on at full strength next to the mesh and fades
         # within expression_reach (never faster than 3x its own size, so the field cannot fold)
         de = _p98(np.linalg.norm(d_expr, axis=1))
@@ -821,7 +828,7 @@ class WarpEngine(Engine):
         mx, my = _maps(fld[..., :2], x0, y0)
         warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         gain = np.exp(fld[..., 2:])
-        res = apply_gain(warped, gain, 255.0)
+        res = apply_gain_lab(warped, gain, 255.0, self.opts.relight_chroma)
         if self.opts.shadow_warmth > 0:
             res = _warm_shadows(res, gain, self.opts.shadow_warmth)
         if alpha.any():
