@@ -498,7 +498,7 @@ class WarpEngine(Engine):
             wl = np.maximum(wl, sk * cos_falloff(dist / max(o.relight_skin * F, 1.0)))
         if o.relight_head and light_changed:  # a new light: the whole head and neck (relight.py)
             ext_r, wl = head_relight(st, target_params, vt, (hq, wq), q, Rq / np.maximum(Craw, 1e-6)[..., None],
-                                     Cq, pers_q, dist, (lo_c, hi_c), o.relight_blend)
+                                     Cq, pers_q, dist, (lo_c, hi_c), o.relight_blend, o.segmentation)
         # expression motion (a dropped chin) carries on at full strength next to the mesh and fades
         # within expression_reach (never faster than 3x its own size, so the field cannot fold)
         de = _p98(np.linalg.norm(d_expr, axis=1))

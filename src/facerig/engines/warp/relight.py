@@ -173,13 +173,14 @@ def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chro
 
 def head_relight(st: Any, target_params: Any, vt: np.ndarray, hwq: tuple[int, int], q: int, rim_log: np.ndarray,
                  rim_w: np.ndarray, pers_q: np.ndarray, dist: np.ndarray, clamp: tuple[float, float],
-                 blend: float) -> tuple[np.ndarray, np.ndarray]:
+                 blend: float, segmentation: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The warp engine's log relight ratio outside the mesh and its weight on the ``hwq`` grid.
 
     ``rim_log`` (hq, wq, 1): the mesh's log ratio on its rim cells, weighted ``rim_w``; ``pers_q``
     the (blurred) person mask, ``dist`` the distance to the mesh (work pixels), ``clamp`` the ratio
     range. The proxy's ratio (:func:`proxy_log_ratio`) plus the rim residual faded over ``blend``
-    face sizes; weight :func:`head_weight` (1 at the mesh boundary: continuous there)."""
+    face sizes; weight :func:`head_weight` (1 at the mesh boundary: continuous there) over
+    :func:`relight_mask` (``segmentation``: use the segmenter)."""
     from facerig.engines.warp.field import cos_falloff, nearest_extend
 
     F = st.face_px
@@ -190,9 +191,35 @@ def head_relight(st: Any, target_params: Any, vt: np.ndarray, hwq: tuple[int, in
     res = nearest_extend(rim_log - lp[..., None], rim_w, max(0.5, 0.06 * F / q))
     c = cos_falloff(dist / max(blend * F, 1.0))
     ext = lp[..., None] + res * c[..., None]
-    # the unblurred mask: a blurred one reaches onto the background next to the hair, where a
-    # brightening ratio (a light from that side) draws a glowing halo round the head
+    # the segmenter's own mask, unblurred: the engine's (blurred, with an elliptical face prior)
+    # reaches onto the background round the head, where a brightening ratio drew a glowing halo
     from facerig.engines.warp.field import resize
 
-    pers = resize(st.person, hwq, cv2.INTER_AREA)
-    return ext.astype(np.float32), head_weight(np.minimum(pers, pers_q), rho, dist, F)
+    pers = resize(relight_mask(st, segmentation), hwq, cv2.INTER_AREA)
+    return ext.astype(np.float32), head_weight(pers, rho, dist, F)
+
+
+def relight_mask(st: Any, use_model: bool = True) -> np.ndarray:
+    """The person mask the relight is confined to (work grid, cached on the source state): the
+    segmenter's own mask (:func:`facerig.engines.warp.segment.segment_person`) united with the
+    face mesh's coverage; the engine's person mask when segmentation is off or unavailable."""
+    cached = getattr(st, "_relight_mask", None)
+    if cached is not None:
+        return np.asarray(cached)
+    from facerig.engines.warp.segment import segment_person
+
+    seg = None
+    if use_model:
+        seg = segment_person(np.clip(np.rint(st.image * 255.0), 0, 255).astype(np.uint8))
+    if seg is None:
+        m = st.person.astype(np.float32)
+    else:
+        n = max(1, int(0.02 * st.face_px))
+        cov = cv2.dilate((st.face_index >= 0).astype(np.uint8), np.ones((2 * n + 1, 2 * n + 1), np.uint8))
+        m = np.maximum(seg, cov.astype(np.float32))
+    # pulled in a little: the field lives on a coarser grid and is smoothed, so the weight would
+    # spill a few pixels onto the background, where a brightening ratio draws a white outline
+    r = max(2, int(round(0.015 * st.face_px)))
+    m = cv2.erode(m, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
+    setattr(st, "_relight_mask", m)  # noqa: B010 - a cache on the engine's per-source state
+    return m
