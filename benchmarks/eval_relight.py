@@ -11,7 +11,9 @@ size) so repeated runs only render. Per photo and light preset:
   a*b* vector of the skin pixels (fitted mesh skin region, eroded), result minus source angle;
   ``dchroma``: ratio of the mean chroma C* (result / source); ``dL``: mean L* change;
 * ``seam``: step of the relight across the mesh boundary: the log luminance ratio result/source,
-  blurred, its mean |gradient| in a band of +-2 px around the mesh boundary inside the person mask,
+  blurred, its mean |gradient| in a band of +-2 px around the mesh boundary inside the person mask
+  (the segmenter's own, :func:`facerig.engines.warp.relight.relight_mask`; image edges such as a
+  beard's outline count too, so values of 1-2 are normal),
   divided by the same over the band 4-12 % of the face inside the mesh (1 = no step);
 * ``reach``: mean |log ratio| over hair/neck/ears (person mask, outside the mesh, within 0.25 face
   sizes of it) / the same over the mesh's outer band (1 = the hair is relit as much as the face's
@@ -110,6 +112,14 @@ def seam_reach(src: np.ndarray, out: np.ndarray, cov: np.ndarray, person: np.nda
     return {"seam": seam, "reach": reach}
 
 
+def _person(state: Any) -> np.ndarray:
+    try:
+        from facerig.engines.warp.relight import relight_mask
+    except ImportError:  # an engine before the head relight (baseline runs): its own mask
+        return np.asarray(state.person)
+    return relight_mask(state)
+
+
 def fit_cached(name: str, img: np.ndarray, model: Any, cache: Path) -> Any:
     from facerig.edit import _fit_landmarks
     from facerig.fit.api import _default_detector
@@ -182,8 +192,8 @@ def main() -> None:
         state = eng.prepare(img, params, model)
         skin, cov, face = masks(model, params, img.shape[:2])
         x0, y0, x1, y1 = state.roi
-        person = np.zeros(img.shape[:2], np.float32)
-        person[y0:y1, x0:x1] = cv2.resize(state.person, (x1 - x0, y1 - y0))
+        person = np.zeros(img.shape[:2], np.float32)  # the segmenter's own mask (no face prior)
+        person[y0:y1, x0:x1] = cv2.resize(_person(state), (x1 - x0, y1 - y0))
         far = np.ones(img.shape[:2], bool)
         far[y0:y1, x0:x1] = False
         tiles = [img]
