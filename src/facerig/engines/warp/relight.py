@@ -139,14 +139,16 @@ def head_weight(pers_q: np.ndarray, rho: np.ndarray, dist: np.ndarray, face_px: 
 
 
 def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chroma_follow: float = 0.5,
-                   onset: tuple[float, float] = (0.01, 0.05)) -> np.ndarray:
+                   onset: tuple[float, float] = (0.11, 0.2)) -> np.ndarray:
     """``image`` (H, W, 3) relit by ``gain`` (H, W, 1): the lightness is that of the
     tone-preserving product (:func:`facerig.engines.warp.field.apply_gain`), the hue angle (Lab)
     is the source's, and the chroma C* follows the change of L* only to the power
     ``chroma_follow`` (0: chroma kept; 1: chroma scales with lightness, as a plain product of sRGB
-    values roughly does). The Lab result is blended in as |log gain| grows over ``onset`` (the two
-    agree to a fraction of a level for gains near 1, and the mild shading changes of a pose edit
-    stay cheap). Pixels with gain 1 are returned unchanged (bit-identical)."""
+    values roughly does). The Lab result is blended in as |log gain| grows over ``onset``: gains
+    within 0.9-1.1 (the mild shading changes of pose and expression edits, ``same_light_clamp``)
+    stay the plain product - the two differ by a few % of chroma there, and the Lab path costs
+    about six times the product per pixel, too much for every frame of a reenactment. Pixels with
+    gain 1 are returned unchanged (bit-identical)."""
     from facerig.engines.warp.field import apply_gain
 
     out = apply_gain(image, gain, white)
