@@ -195,6 +195,10 @@ def test_proxy_normals_and_weight():
     assert abs(n[4, 1]) < 0.5 and n[4, 2] > 0.5            # the neck below the chin: a cylinder
     assert np.allclose(np.linalg.norm(n, axis=1), 1)
     assert rho[0] == pytest.approx(0) and rho[2] == pytest.approx(1, abs=0.02)
+    # the neck's weight fades from 0.3 to 0.8 face sizes below the chin
+    _, rho_n = proxy_normals(e, np.array([[100.0, 140.0 + 0.2 * 60], [100.0, 140.0 + 0.55 * 60], [100.0, 140.0 + 60]]), 60.0)
+    wn = head_weight(np.ones((1, 3)), rho_n[None], np.full((1, 3), 100.0), 60.0)[0]
+    assert wn[0] == pytest.approx(1.0) and 0.1 < wn[1] < 0.9 and wn[2] == 0.0
     w = head_weight(np.array([[1.0, 0.0, 1.0]]), np.array([[0.5, 0.5, 2.0]]), np.array([[5.0, 50.0, 5.0]]), 60.0)
     assert w[0, 0] == 1.0 and w[0, 1] == 0.0 and w[0, 2] == 0.0
 

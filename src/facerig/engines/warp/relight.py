@@ -94,9 +94,10 @@ def proxy_normals(e: HeadEllipse, xy: np.ndarray, face_px: float, min_z: float =
     z = np.maximum(z, min_z)
     n = np.stack([u, -v, z], 1)
     n /= np.linalg.norm(n, axis=1, keepdims=True)
-    # the neck fades sideways beyond its cylinder and downwards from 0.3 face sizes below the chin
-    down = np.maximum(xy[:, 1] - e.chin_y - 0.3 * face_px, 0.0) / (0.8 * face_px)
-    rho_head = (1 - t) * rho + t * (np.abs(un) + down)
+    # the neck fades sideways beyond its cylinder and downwards from 0.3 to 0.8 face sizes below
+    # the chin (rho 1 -> 1.5): the shoulders and chest have no proxy
+    down = 1.0 + np.maximum(xy[:, 1] - e.chin_y - 0.3 * face_px, 0.0) / face_px
+    rho_head = (1 - t) * rho + t * np.maximum(np.abs(un), down)
     return n, rho_head
 
 
