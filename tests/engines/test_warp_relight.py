@@ -216,3 +216,14 @@ def test_head_ellipse_follows_the_person_mask():
     assert abs(en.centre[0] - 150) < 3 and en.chin_y == pytest.approx(190.0)
     e0 = head_ellipse(np.zeros((h, w), np.float32), verts, 80.0)  # no mask: a default head
     assert np.isfinite(e0.radii).all()
+
+
+def test_face_keeps_the_exposure_the_light_asks_for(lit):
+    """A preset relit with the photo's exposure moves light across the face without darkening it
+    (a side or top light made faces 3-5 L* darker, a grey face); ``dim`` halves the light."""
+    img, skin = lit["img"], lit["skin"]
+    for light in ("left", "right", "top", "soft", "bottom"):
+        m = float(np.log((lit["outs"][light][skin].astype(np.float64).mean(1) + 4) / (img[skin].mean(1) + 4)).mean())
+        assert abs(m) < 0.09, (light, m)
+    m = float(np.log((lit["outs"]["dim"][skin].astype(np.float64).mean(1) + 4) / (img[skin].mean(1) + 4)).mean())
+    assert -0.8 < m < -0.55, m  # dim: half the shading (PRESET_EXPOSURE 0.5)

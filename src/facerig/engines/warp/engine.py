@@ -54,7 +54,7 @@ from facerig.engines.warp.field import (
 )
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
-from facerig.engines.warp.relight import apply_gain_lab, head_relight
+from facerig.engines.warp.relight import apply_gain_lab, face_exposure, head_relight
 from facerig.engines.warp.segment import skin_likelihood
 from facerig.errors import IncompatibleModel, InvalidInput
 
@@ -435,6 +435,10 @@ class WarpEngine(Engine):
         light_changed = not torch.allclose(target_params.light.double(), st.params.light.double(), atol=1e-5)
         if not light_changed:  # same light: only mild shading changes from the moved geometry
             lo_c, hi_c = max(lo_c, o.same_light_clamp[0]), min(hi_c, o.same_light_clamp[1])
+        k_exp = 1.0
+        if o.relight_head and light_changed:  # the face's exposure changes as the lights' (relight.py)
+            k_exp = face_exposure(r_l, ~hidden, st.params.light[0], target_params.light[0], (lo_c, hi_c))
+            r_l = r_l * k_exp
         ratio = np.clip(r_l, lo_c, hi_c)[:, None]  # one (luminance) channel: the tint is neutral
         tm["correspond"] = time.perf_counter() - t0
 
@@ -498,7 +502,7 @@ class WarpEngine(Engine):
             wl = np.maximum(wl, sk * cos_falloff(dist / max(o.relight_skin * F, 1.0)))
         if o.relight_head and light_changed:  # a new light: the whole head and neck (relight.py)
             ext_r, wl = head_relight(st, target_params, vt, (hq, wq), q, Rq / np.maximum(Craw, 1e-6)[..., None],
-                                     Cq, pers_q, dist, (lo_c, hi_c), o.relight_blend, o.segmentation)
+                                     Cq, pers_q, dist, (lo_c, hi_c), o.relight_blend, o.segmentation, k_exp)
         # expression motion (a dropped chin) carries on at full strength next to the mesh and fades
         # within expression_reach (never faster than 3x its own size, so the field cannot fold)
         de = _p98(np.linalg.norm(d_expr, axis=1))

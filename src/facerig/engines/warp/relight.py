@@ -174,22 +174,46 @@ def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chro
     return res
 
 
+def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, clamp: tuple[float, float]) -> float:
+    """Factor for the per-pixel shading ratios ``ratio`` (N,) of the face so that their geometric
+    mean over the ``visible`` pixels equals the lights' own exposure change (the ratio of their mean
+    frontal shading, :func:`facerig.rig.light.mean_frontal_shading`: 1 for a preset relit with the
+    photo's exposure, 0.5 ** (1 / 2.2) for ``dim``).
+
+    The exposure calibration of the presets averages over a hemisphere of normals; a real face's
+    normals and a fitted light are not that average, so a side or top light made most faces darker
+    (about 3-5 L* on average, up to 10 on photos lit from above), which read as a grey face."""
+    import torch
+
+    from facerig.rig.light import mean_frontal_shading
+
+    r = np.clip(np.asarray(ratio, np.float64)[visible], clamp[0], clamp[1])
+    if r.size < 50:
+        return 1.0
+    with torch.no_grad():
+        want = float(mean_frontal_shading(torch.as_tensor(light_t).double()).mean()
+                     / max(float(mean_frontal_shading(torch.as_tensor(light_s).double()).mean()), 1e-6))
+    got = float(np.exp(np.log(r).mean()))
+    return float(np.clip(want / max(got, 1e-6), 0.5, 2.0))
+
+
 def head_relight(st: Any, target_params: Any, vt: np.ndarray, hwq: tuple[int, int], q: int, rim_log: np.ndarray,
                  rim_w: np.ndarray, pers_q: np.ndarray, dist: np.ndarray, clamp: tuple[float, float],
-                 blend: float, segmentation: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 blend: float, segmentation: bool = True, light_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """The warp engine's log relight ratio outside the mesh and its weight on the ``hwq`` grid.
 
     ``rim_log`` (hq, wq, 1): the mesh's log ratio on its rim cells, weighted ``rim_w``; ``pers_q``
     the (blurred) person mask, ``dist`` the distance to the mesh (work pixels), ``clamp`` the ratio
     range. The proxy's ratio (:func:`proxy_log_ratio`) plus the rim residual faded over ``blend``
     face sizes; weight :func:`head_weight` (1 at the mesh boundary: continuous there) over
-    :func:`relight_mask` (``segmentation``: use the segmenter)."""
+    :func:`relight_mask` (``segmentation``: use the segmenter); ``light_scale`` multiplies the target
+    light (:func:`face_exposure`)."""
     from facerig.engines.warp.field import cos_falloff, nearest_extend
 
     F = st.face_px
     ell = head_ellipse(pers_q, vt[:, :2] / q, F / q)
     light_s = st.params.light[0].detach().double().cpu().numpy()
-    light_t = target_params.light[0].detach().double().cpu().numpy()
+    light_t = target_params.light[0].detach().double().cpu().numpy() * light_scale
     lp, rho = proxy_log_ratio(ell, hwq, 1, F / q, light_s, light_t, clamp)
     res = nearest_extend(rim_log - lp[..., None], rim_w, max(0.5, 0.06 * F / q))
     c = cos_falloff(dist / max(blend * F, 1.0))
