@@ -72,7 +72,7 @@ class WarpOptions:
     relight_head: bool = True       # a new light relights the whole head/neck via a proxy (relight.py)
     relight_blend: float = 0.15     # mesh ratio -> head proxy ratio over this distance outside the mesh, x face size
     relight_chroma: float = 0.5     # chroma follows the relit lightness to this power (Lab; 1 = plain product)
-    ratio_clamp: tuple[float, float] = (0.35, 2.5)  # (0.25, 4): deep shadows lifted 4x went grey and noisy
+    ratio_clamp: tuple[float, float] = (0.25, 4.0)
     same_light_clamp: tuple[float, float] = (0.9, 1.1)  # ratio range when only geometry changes
     occlusion_tol: float = 0.015    # z-test tolerance, x face size
     max_stretch: float = 8.0        # target/source triangle area ratio treated as "not seen"
