@@ -22,9 +22,10 @@ Algorithm (details and measured figures in docs/warp-engine.md):
    when that one is visible, else inpainted (Telea).
 5. **Mouth**: where the target opens the mouth more than the source, the interior is synthesised
    (:mod:`.mouth`); a source that is already open is reused (stretched) instead.
-6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped), carried
-   outwards from the rim onto skin-coloured pixels next to the face (forehead above the mesh, neck,
-   ears: ``relight_skin``) and faded out over hair and background.
+6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped); for a
+   new light, outside the mesh the ratio of a smooth head/neck proxy fitted to the person mask
+   (hair, ears, neck; :mod:`.relight`), continuous with the rim's, applied in Lab keeping the skin's
+   hue; for the same light the rim's ratio carried onto skin next to the face (``relight_skin``).
 7. **Compositing**: all layers are blended in the work region; displacement and ratio are exactly 0
    and 1 far from the face, so the result is seamless with the untouched frame.
 """
