@@ -38,7 +38,7 @@ LIGHT_PRESETS: MappingProxyType = MappingProxyType({
     "front": (0.0, 15.0, 1.0, DEFAULT_AMBIENT),     # key light near the camera, slightly above
     "left": (-60.0, 15.0, 1.0, DEFAULT_AMBIENT),    # key light on the image's left
     "right": (60.0, 15.0, 1.0, DEFAULT_AMBIENT),    # key light on the image's right
-    "top": (0.0, 70.0, 1.0, DEFAULT_AMBIENT),       # overhead
+    "top": (0.0, 55.0, 1.3, 0.15),                  # overhead: a high key, little fill (forehead/top lit, under nose/chin dark)
     "bottom": (0.0, -60.0, 1.0, DEFAULT_AMBIENT),   # from below ("horror" light)
     "rim": (180.0, 20.0, 1.0, 0.45),                # from behind and above, with some ambient fill
     "soft": (0.0, 20.0, 0.5, 0.65),                 # flat, low-contrast
@@ -48,8 +48,8 @@ LIGHT_PRESET_NAMES: tuple[str, ...] = tuple(LIGHT_PRESETS)
 
 #: exposure of each preset relative to the photo when relighting keeps the brightness: a light from
 #: the side should move light across the face, not make the photo darker; only "dim" (and the
-#: back-lit "rim") are meant to be darker.
-PRESET_EXPOSURE: MappingProxyType = MappingProxyType({name: 1.0 for name in LIGHT_PRESETS} | {"dim": 0.5, "rim": 0.6})
+#: back-lit "rim") are meant to be darker; "top" is lifted a little (its key misses the face front).
+PRESET_EXPOSURE: MappingProxyType = MappingProxyType({name: 1.0 for name in LIGHT_PRESETS} | {"dim": 0.5, "rim": 0.6, "top": 1.06})
 
 
 def _fibonacci_normals(z: torch.Tensor) -> torch.Tensor:
@@ -203,8 +203,8 @@ def set_light(params: FaceParams, light: Any, intensity: float = 1.0, keep_brigh
     ``keep_brightness=False``: absolute, on the presets' scale (``front`` = exposure of a typical
     fit). ``keep_brightness=True``: calibrated to the photo's own exposure. A preset name is scaled
     so its mean frontal shading equals the current light's times :data:`PRESET_EXPOSURE` (1 for all
-    but ``dim`` 0.5 and ``rim`` 0.6: a side light moves light across the face without darkening the
-    photo). SH from :func:`directional` with ``preset_scale=True`` is multiplied by
+    but ``dim`` 0.5, ``rim`` 0.6 and ``top`` 1.06: a side light moves light across the face without
+    darkening the photo; an overhead key lights less of the face front than the hemisphere average). SH from :func:`directional` with ``preset_scale=True`` is multiplied by
     ``brightness(current light) / brightness(front preset)``; other SH is rescaled to the current
     brightness as by :func:`relight_keep_brightness`. ``intensity`` multiplies after that.
     """

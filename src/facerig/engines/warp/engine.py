@@ -23,9 +23,10 @@ Algorithm (details and measured figures in docs/warp-engine.md):
 5. **Mouth**: where the target opens the mouth more than the source, the interior (bounded by the
    detected inner lips) comes from the driving frame of a reenactment (colour-matched), else from
    the photo's own open mouth (its teeth move with the lips), else it is synthesised (:mod:`.mouth`).
-6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped), carried
-   outwards from the rim onto skin-coloured pixels next to the face (forehead above the mesh, neck,
-   ears: ``relight_skin``) and faded out over hair and background.
+6. **Relighting**: ratio of target to source SH shading at the same surface point (clamped); for a
+   new light, outside the mesh the ratio of a smooth head/neck proxy fitted to the person mask
+   (hair, ears, neck; :mod:`.relight`), continuous with the rim's, applied in Lab keeping the skin's
+   hue; for the same light the rim's ratio carried onto skin next to the face (``relight_skin``).
 7. **Compositing**: all layers are blended in the work region; displacement and ratio are exactly 0
    and 1 far from the face, so the result is seamless with the untouched frame.
 """
@@ -65,6 +66,7 @@ from facerig.engines.warp.mouth import (
     target_box,
     transfer_interior,
 )
+from facerig.engines.warp.relight import apply_gain_lab, face_exposure, head_relight
 from facerig.engines.warp.segment import skin_likelihood
 from facerig.errors import IncompatibleModel, InvalidInput
 
@@ -79,6 +81,9 @@ class WarpOptions:
     falloff_background: float = 0.12  # falloff radius on the background, x face size
     relight_falloff: float = 0.5    # fade of the relight ratio outside the mesh, x face size
     relight_hair: float = 0.8       # fraction of the relight applied to hair/neck next to the face
+    relight_head: bool = True       # a new light relights the whole head/neck via a proxy (relight.py)
+    relight_blend: float = 0.15     # mesh ratio -> head proxy ratio over this distance outside the mesh, x face size
+    relight_chroma: float = 0.5     # chroma follows the relit lightness to this power (Lab; 1 = plain product)
     ratio_clamp: tuple[float, float] = (0.25, 4.0)
     same_light_clamp: tuple[float, float] = (0.9, 1.1)  # ratio range when only geometry changes
     occlusion_tol: float = 0.015    # z-test tolerance, x face size
@@ -98,7 +103,7 @@ class WarpOptions:
                                     # the rim's motion (the engine before 2026-11-23)
     outline_depth: float = 0.8      # that plane: this many face widths behind the nose tip
     occluding_band: float = 0.05    # ("plane") band where the face moves over its surroundings, x face size
-    shadow_warmth: float = 0.25     # skin darkened by relighting: red darkens by gain**(1-w), blue by gain**(1+w)
+    shadow_warmth: float = 0.0      # (0.25 before the Lab gain, relight_chroma) skin darkened by relighting: red darkens by gain**(1-w), blue by gain**(1+w)
     outline_band: float = 0.12      # band outside the mesh over which the pose motion eases from the
                                     # rim's own (continuity) to outline_follow, x face size
     band_factor: float = 2.0        # revealing-side band / the rim's pose motion (>= 1: no fold)
@@ -451,6 +456,10 @@ class WarpEngine(Engine):
         light_changed = not torch.allclose(target_params.light.double(), st.params.light.double(), atol=1e-5)
         if not light_changed:  # same light: only mild shading changes from the moved geometry
             lo_c, hi_c = max(lo_c, o.same_light_clamp[0]), min(hi_c, o.same_light_clamp[1])
+        k_exp = 1.0
+        if o.relight_head and light_changed:  # the face's exposure changes as the lights' (relight.py)
+            k_exp = face_exposure(r_l, ~hidden, st.params.light[0], target_params.light[0], (lo_c, hi_c))
+            r_l = r_l * k_exp
         ratio = np.clip(r_l, lo_c, hi_c)[:, None]  # one (luminance) channel: the tint is neutral
         tm["correspond"] = time.perf_counter() - t0
 
@@ -512,6 +521,9 @@ class WarpEngine(Engine):
         if st.skin is not None:  # skin next to the face takes the relight fully, fading slowly
             sk = resize(st.skin, (hq, wq), cv2.INTER_AREA)
             wl = np.maximum(wl, sk * cos_falloff(dist / max(o.relight_skin * F, 1.0)))
+        if o.relight_head and light_changed:  # a new light: the whole head and neck (relight.py)
+            ext_r, wl = head_relight(st, target_params, vt, (hq, wq), q, Rq / np.maximum(Craw, 1e-6)[..., None],
+                                     Cq, pers_q, dist, (lo_c, hi_c), o.relight_blend, o.segmentation, k_exp)
         # expression motion (a dropped chin) carries on at full strength next to the mesh and fades
         # within expression_reach (never faster than 3x its own size, so the field cannot fold)
         de = _p98(np.linalg.norm(d_expr, axis=1))
@@ -868,7 +880,7 @@ class WarpEngine(Engine):
         mx, my = _maps(fld[..., :2], x0, y0)
         warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         gain = np.exp(fld[..., 2:])
-        res = apply_gain(warped, gain, 255.0)
+        res = apply_gain_lab(warped, gain, 255.0, self.opts.relight_chroma)
         if self.opts.shadow_warmth > 0:
             res = _warm_shadows(res, gain, self.opts.shadow_warmth)
         if alpha.any():

@@ -54,6 +54,19 @@ def person_mask(image: np.ndarray, centre: np.ndarray, face_px: float, use_model
     return np.maximum(m, ellipse_prior(image.shape[:2], centre, 0.75 * face_px))
 
 
+def segment_person(image: np.ndarray) -> np.ndarray | None:
+    """The segmenter's own soft person mask (H, W) of an RGB uint8 image, without the elliptical
+    face prior :func:`person_mask` adds (that prior reaches well onto the background round a bald
+    head or short hair); None when segmentation is unavailable."""
+    seg = _segmenter()
+    if seg is None:
+        return None
+    with _LOCK:
+        res = seg.process(np.ascontiguousarray(image))
+    m = getattr(res, "segmentation_mask", None)
+    return None if m is None else np.clip(np.asarray(m, np.float32), 0, 1)
+
+
 def skin_likelihood(image: np.ndarray, skin_mask: np.ndarray, scale: float = 2.5) -> np.ndarray:
     """Soft skin map (H, W) in [0, 1] of a float RGB image in [0, 1]: how close each pixel's
     chroma (YCrCb) is to the face's own skin (``skin_mask``: the fitted mesh's skin pixels), as a
