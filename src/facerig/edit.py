@@ -76,7 +76,9 @@ class EditResult:
 
 @dataclass
 class ReenactResult:
-    """Output of :func:`reenact`: the written video, its frame count / fps, and the preview path."""
+    """Output of :func:`reenact`: the written video, its frame count / fps, and the preview path;
+    ``motion`` and ``ref_frame``: the motion mode used and its reference driving frame (None for
+    "absolute")."""
 
     path: Path
     frames: int
@@ -84,6 +86,8 @@ class ReenactResult:
     preview_path: Path | None = None
     has_audio: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    motion: str = "relative"
+    ref_frame: int | None = None
 
 
 def _crop_view(image: np.ndarray, crop: Any, scale: float = 1.6) -> np.ndarray:
@@ -309,7 +313,9 @@ def reenact(
     output: str | Path,
     *,
     engine: Any = "warp",
-    relative: bool = True,
+    motion: str = "relative",
+    ref_frame: int | None = None,
+    relative: bool | None = None,
     smooth: float = 1.0,
     preview: bool | str | Path = False,
     max_frames: int | None = None,
@@ -323,21 +329,40 @@ def reenact(
     """Animate the face of ``source_image`` with the motion of ``driving_video``; write ``output``.
 
     Fits the source once and the driving video (shared identity, smoothed), transfers expression and
-    head rotation frame by frame (``relative``: the driving's motion relative to its first frame is
-    applied on top of the source's pose/expression, else absolute values), smooths the sequence
+    head rotation frame by frame (:func:`facerig.rig.sequence.align_sequence`), smooths the sequence
     (``smooth``: Gaussian sigma in frames, 0 = off), renders every frame from the SOURCE image (no
-    drift) and writes a video with the driving video's frame count, fps and audio. ``preview``: also
-    write a grid video (source | driving | result), to ``<output>_preview.mp4`` or the given path.
+    drift; the engine also gets each driving frame and its fitted params, ``driving_image=`` /
+    ``driving_params=``) and writes a video with the driving video's frame count, fps and audio.
+
+    ``motion``: "relative" (default: the driver's motion against a reference driving frame applied
+    on top of the source's pose and expression; the mouth follows the driver's opening fully) or
+    "absolute" (the driver's expression and head rotation, the source's identity). ``ref_frame``:
+    the reference frame of "relative" (default: the most neutral driving frame). ``relative``:
+    older boolean spelling of ``motion`` (True = "relative", False = "absolute").
+    ``preview``: also write a grid video (source | driving | result), to ``<output>_preview.mp4`` or
+    the given path.
     """
     import torch
 
     from facerig.engines import get_engine
     from facerig.fit.api import FitConfig, fit_video
     from facerig.io.video import probe_video, write_video
-    from facerig.rig.sequence import align_sequence, smooth_sequence
+    from facerig.rig.sequence import align_sequence, check_motion, check_ref_frame, smooth_sequence
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    if relative is not None:
+        if not isinstance(relative, bool):
+            raise InvalidInput("relative", "True or False (older spelling of motion=)", relative)
+        motion = "relative" if relative else "absolute"
+    motion = check_motion(motion)
+    check_ref_frame(ref_frame)
+    if ref_frame is not None and motion == "absolute":
+        raise InvalidInput("ref_frame", "no reference frame with motion='absolute' (it is for 'relative')",
+                           ref_frame, hint="drop --ref-frame or use --motion relative")
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
+                                   or max_frames < 1):
+        raise InvalidInput("max_frames", "a number of driving frames >= 1 (or None for all)", max_frames)
     drv = Path(driving_video)
     if not drv.exists():
         raise InvalidInput("DRIVING_VIDEO", "an existing video file", str(drv))
@@ -357,9 +382,12 @@ def reenact(
     cfg = FitConfig(photometric=False)
     fr = fit_video(str(drv), fm, cfg, max_frames=max_frames)
     timings["fit_driving"] = time.perf_counter() - t1
+    check_ref_frame(ref_frame, fr.params.batch_size)
     eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
-    seq = align_sequence(sp, fr.params, fm, relative=relative,
+    seq = align_sequence(sp, fr.params, fm, motion=motion, ref_frame=ref_frame,
                          anchor=cast(str, anchor or getattr(eng, "pose_anchor", "face")))
+    log.info("reenact: motion %s, reference frame %s, mouth follows the driver %.2f", motion,
+             seq.meta["aligned"]["ref_frame"], seq.meta["aligned"]["mouth_follow"])
     if smooth > 0 and seq.batch_size > 1:
         seq = smooth_sequence(seq, smooth)
     n = seq.batch_size
@@ -376,11 +404,14 @@ def reenact(
             bar.update(1)
 
     gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+    drv_frames = fr.images if fr.images is not None and len(fr.images) == n else None
     frames_out: list[np.ndarray] = []
     t2 = time.perf_counter()
 
     def results() -> Iterable[np.ndarray]:
-        for img in eng.reenact(src, sp, seq, fm, generator=gen, progress=cb):
+        # the fit already holds the frames in memory (fit_video reads them once): no copy is made
+        for img in eng.reenact(src, sp, seq, fm, generator=gen, progress=cb, driving_frames=drv_frames,
+                               driving_params=fr.params):
             if preview:
                 frames_out.append(img)
             yield img
@@ -396,12 +427,13 @@ def reenact(
     if preview:
         pv_path = Path(preview) if isinstance(preview, (str, Path)) else out_path.with_name(
             out_path.stem + "_preview.mp4")
-        drv_frames = fr.images or []
-        write_video(pv_path, (_grid_frame(src, drv_frames[i] if i < len(drv_frames) else frames_out[i], frames_out[i])
+        drv_list = drv_frames or []
+        write_video(pv_path, (_grid_frame(src, drv_list[i] if i < len(drv_list) else frames_out[i], frames_out[i])
                               for i in range(len(frames_out))), fps=fps,
                     audio_from=str(drv) if info.has_audio else None)
     timings["total"] = time.perf_counter() - t0
-    return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings)
+    return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings, motion,
+                         seq.meta["aligned"]["ref_frame"])
 
 
 def _grid_frame(source: np.ndarray, driving: np.ndarray, result: np.ndarray, height: int = 360) -> np.ndarray:
@@ -420,7 +452,8 @@ def run_reenact(source_image: str, driving_video: str, output: Path, **kw: Any) 
     res = reenact(source_image, driving_video, output, **kw)
     extra = f", preview {res.preview_path}" if res.preview_path else ""
     audio = " with audio" if res.has_audio else ""
-    print(f"reenacted {res.frames} frames at {float(res.fps):.3g} fps{audio} -> {res.path}{extra}")
+    how = f"motion {res.motion}" + (f", reference frame {res.ref_frame}" if res.ref_frame is not None else "")
+    print(f"reenacted {res.frames} frames at {float(res.fps):.3g} fps{audio} ({how}) -> {res.path}{extra}")
     return res
 
 
