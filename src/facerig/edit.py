@@ -405,15 +405,15 @@ def reenact(
 
     gen = None if seed is None else torch.Generator().manual_seed(int(seed))
     drv_frames = fr.images if fr.images is not None and len(fr.images) == n else None
-    frames_out: list[np.ndarray] = []
+    grid_frames: list[np.ndarray] = []  # preview tiles (360 px high), not the full-size outputs
     t2 = time.perf_counter()
 
     def results() -> Iterable[np.ndarray]:
         # the fit already holds the frames in memory (fit_video reads them once): no copy is made
-        for img in eng.reenact(src, sp, seq, fm, generator=gen, progress=cb, driving_frames=drv_frames,
-                               driving_params=fr.params):
+        for i, img in enumerate(eng.reenact(src, sp, seq, fm, generator=gen, progress=cb, driving_frames=drv_frames,
+                                            driving_params=fr.params)):
             if preview:
-                frames_out.append(img)
+                grid_frames.append(_grid_frame(src, drv_frames[i] if drv_frames is not None else img, img))
             yield img
 
     fps = info.fps if info.fps and info.fps > 0 else fr.report.get("fps", 25.0)
@@ -427,9 +427,7 @@ def reenact(
     if preview:
         pv_path = Path(preview) if isinstance(preview, (str, Path)) else out_path.with_name(
             out_path.stem + "_preview.mp4")
-        drv_list = drv_frames or []
-        write_video(pv_path, (_grid_frame(src, drv_list[i] if i < len(drv_list) else frames_out[i], frames_out[i])
-                              for i in range(len(frames_out))), fps=fps,
+        write_video(pv_path, grid_frames, fps=fps,
                     audio_from=str(drv) if info.has_audio else None)
     timings["total"] = time.perf_counter() - t0
     return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings, motion,
