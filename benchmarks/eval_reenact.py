@@ -1,7 +1,7 @@
 """Reenactment measurements of the warp engine (numbers only; no frames are written).
 
     python benchmarks/eval_reenact.py [--clips 3] [--frames 60] [--modes relative,absolute,first]
-                                      [--docs docs/edit-accuracy.md]
+                                      [--docs docs/edit-accuracy.md] [--from-json OUT.json]
 
 For each clip under $FACERIG_SHARED/data/videos (a few, at most ``--frames`` frames each) the clip
 drives three sources: its own first frame (**self**-reenactment), a shared portrait and the first
@@ -223,7 +223,14 @@ def main() -> None:
     ap.add_argument("--no-cross", action="store_true", help="self-reenactment only")
     ap.add_argument("--out", default="/tmp/eval_reenact.json")
     ap.add_argument("--docs", default=None)
+    ap.add_argument("--from-json", default=None, help="no measuring: print / write --docs from an earlier --out")
     args = ap.parse_args()
+    if args.from_json:
+        d = json.loads(Path(args.from_json).read_text())
+        print("\n".join(summary(d["rows"])))
+        if args.docs:
+            write_docs(Path(args.docs), d["rows"], d["meta"])
+        return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad:
