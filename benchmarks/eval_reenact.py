@@ -6,8 +6,8 @@
 For each clip under $FACERIG_SHARED/data/videos (a few, at most ``--frames`` frames each) the clip
 drives three sources: its own first frame (**self**-reenactment), a shared portrait and the first
 frame of ANOTHER clip (**cross**-identity), in each motion mode (``relative``: deltas against the
-automatically chosen most neutral driving frame, the mouth following the driver while the source's
-mouth is closed: the default; ``absolute``; ``neutral-delta``: relative without that mouth rule;
+automatically chosen most neutral driving frame, the mouth opening = the driver's plus the source's
+excess over that frame: the default; ``absolute``; ``neutral-delta``: relative without that mouth rule;
 ``first``: plain deltas against the driver's FIRST frame, the behaviour before issue 10, as a
 baseline). fit_video without
 photometric fit, smoothing sigma 1, the warp engine renders every frame from the source and gets
@@ -192,8 +192,8 @@ def write_docs(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
          f"Measured {meta['date']} with `{meta['command']}`: each driving clip (at most {meta['frames']} frames) "
          "drives its own first frame (self) and, cross-identity, a shared portrait and the first frame of "
          "another clip, in each motion mode: `relative` (default: deltas against the most neutral driving "
-         "frame, the number in brackets; the mouth follows the driver's opening while the source's mouth is "
-         "closed), `absolute` (the driver's expression and head rotation), `neutral-delta` (relative without "
+         "frame, the number in brackets; the mouth opening is the driver's own plus what the source opens "
+         "beyond that frame), `absolute` (the driver's expression and head rotation), `neutral-delta` (relative without "
          "that mouth rule), `first` (plain deltas against the driver's FIRST frame: the behaviour before "
          "issue 10, for comparison). Mouth r: Pearson correlation over "
          "frames of the inner-lip opening / IOD detected (MediaPipe) on the output vs on the driver (target "

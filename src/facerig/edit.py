@@ -386,7 +386,7 @@ def reenact(
     eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
     seq = align_sequence(sp, fr.params, fm, motion=motion, ref_frame=ref_frame,
                          anchor=cast(str, anchor or getattr(eng, "pose_anchor", "face")))
-    log.info("reenact: motion %s, reference frame %s, mouth follows the driver %.2f", motion,
+    log.info("reenact: motion %s, reference frame %s, mouth rule %s", motion,
              seq.meta["aligned"]["ref_frame"], seq.meta["aligned"]["mouth_follow"])
     if smooth > 0 and seq.batch_size > 1:
         seq = smooth_sequence(seq, smooth)

@@ -40,13 +40,13 @@ def test_align_absolute(model, make):
 
 
 def test_align_relative(model, make):
-    # an open-mouthed source: plain deltas everywhere (the mouth rule is for closed mouths)
+    # an open-mouthed source (more open than the reference frame): plain deltas everywhere
     src = set_expression(make(seed=10), {"mouthSmile": 0.3, "jawOpen": 0.4}, model)
     src = src.replace(rotation=ypr_to_axis_angle(torch.tensor([[5.0, -3.0, 2.0]])))
     drv = _driving(model, make)
     ref = 2
     out = align_sequence(src, drv, model, motion="relative", ref_frame=ref)
-    assert out.meta["aligned"]["ref_frame"] == ref and out.meta["aligned"]["mouth_follow"] == 0.0
+    assert out.meta["aligned"]["ref_frame"] == ref and out.meta["aligned"]["mouth_follow"] is True
     # the reference frame reproduces the source exactly
     assert torch.allclose(out.rotation[ref], src.rotation[0], atol=1e-6)
     assert torch.allclose(out.expression[ref], src.expression[0], atol=1e-6)
@@ -101,7 +101,7 @@ def test_mouth_follows_a_driver_that_starts_mid_sentence(model, make):
     j = model.expression_names.index("jawOpen")
     drv_range = float(jaw.max() - jaw.min())
     out = align_sequence(src, drv, model)
-    assert out.meta["aligned"]["ref_frame"] == 9 and out.meta["aligned"]["mouth_follow"] == 1.0
+    assert out.meta["aligned"]["ref_frame"] == 9 and out.meta["aligned"]["mouth_follow"] is True
     got = out.expression[:, j]
     assert float(got.max() - got.min()) == pytest.approx(drv_range, rel=1e-4)
     assert torch.allclose(got, jaw, atol=1e-5)           # the driver's own opening
@@ -117,11 +117,24 @@ def test_mouth_follows_a_driver_that_starts_mid_sentence(model, make):
     assert torch.allclose(out.expression[:, b], src.expression[:, b].expand(drv.batch_size))
 
 
-def test_mouth_rule_fades_as_the_source_opens(model, make):
-    drv, _ = _talking(model, make)
-    w = [align_sequence(set_expression(make(seed=10), {"jawOpen": v}, model), drv, model).meta["aligned"]["mouth_follow"]
-         for v in (0.0, 0.1, 0.2, 0.3, 0.6)]
-    assert w == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
+def test_a_source_with_parted_lips_keeps_them(model, make):
+    """Mouth rule = the driver's absolute opening + the source's excess over the reference frame."""
+    drv, jaw = _talking(model, make)
+    names = model.expression_names
+    j, up, lo = names.index("jawOpen"), names.index("mouthUpperUp_L"), names.index("mouthLowerDown_L")
+    src = set_expression(make(seed=10), {"mouthUpperUp_L": 0.2, "jawOpen": 0.02}, model)   # a smile with teeth
+    out = align_sequence(src, drv, model)
+    ref = out.meta["aligned"]["ref_frame"]
+    assert ref == 9
+    # teeth kept: the driver's (0) upper-lip raise plus the source's 0.2, at every frame
+    assert torch.allclose(out.expression[:, up], torch.tensor(0.2))
+    # jawOpen 0.02 is below the driver's reference (0.03): the driver's own opening
+    assert torch.allclose(out.expression[:, j], jaw, atol=1e-5)
+    # an open source (jawOpen 0.5 > 0.03) moves by the driver's deltas, never less open than the driver
+    wide = align_sequence(set_expression(make(seed=10), {"jawOpen": 0.5}, model), drv, model)
+    assert torch.allclose(wide.expression[:, j], (0.5 + jaw - jaw[ref]).clamp(0, 1), atol=1e-5)
+    assert float(wide.expression[ref, j]) == pytest.approx(0.5, abs=1e-6)   # the reference reproduces it
+    assert float(wide.expression[:, lo].min()) >= 0
 
 
 @pytest.mark.parametrize("kw, needle", [

@@ -12,10 +12,13 @@ come from the driving frame. Two motion modes (:data:`MOTION_MODES`):
   pose composed like the rotation), so a driving actor's resting face and head pose do not replace
   the source's. ``ref`` is the most neutral driving frame (:func:`neutral_frame`: smallest mouth
   opening / expression energy, closest to frontal) unless given. The mouth follows the driver
-  fully: when the source's mouth is neutral (closed, ``jawOpen`` <= 0.1), the mouth-opening
-  coefficients (:data:`MOUTH_OPENING`) and the jaw pose take the driver's absolute values (blended
-  to the relative ones as the source's mouth opens up to ``jawOpen`` 0.3), so a clamp at a closed
-  mouth cannot damp the driver's opening and a driver that never closes its mouth is followed.
+  fully: each mouth-opening coefficient (:data:`MOUTH_OPENING`) is ``max(src + drv_t - drv_ref,
+  drv_t) = drv_t + max(src - drv_ref, 0)``: the driver's absolute opening plus whatever the source
+  opens beyond the driver's reference. A closed source mouth therefore takes the driver's own
+  opening (a clamp at a closed mouth cannot damp it, and a driver that never fully closes is
+  followed), while a source that already parts its lips (a smile with teeth, an open mouth) keeps
+  that and moves with the driver's deltas. The jaw pose takes the driver's absolute value while
+  the source's jaw is no more open than the reference's, else the relative composition.
 
 Every frame is anchored like :func:`facerig.rig.pose.set_pose`: the source's eye-mouth anchor (on
 the source's identity and expression, so expression changes do not shake the head) projects to the
@@ -41,14 +44,13 @@ __all__ = ["MOTION_MODES", "DEFAULT_MOTION", "MOUTH_OPENING", "align_sequence", 
 
 MOTION_MODES = ("relative", "absolute")
 DEFAULT_MOTION = "relative"
-#: coefficients that open / shape the lips' opening: in relative mode they follow the driver's absolute
-#: values while the source's mouth is neutral (names absent from a model are ignored)
+#: coefficients that open / shape the lips' opening: in relative mode the driver's absolute value plus
+#: the source's excess over the reference frame (names absent from a model are ignored)
 MOUTH_OPENING = ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLowerDown_L", "mouthLowerDown_R",
                  "mouthUpperUp_L", "mouthUpperUp_R", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
                  "mouthShrugUpper", "mouthStretch_L", "mouthStretch_R", "mouthPress_L", "mouthPress_R")
 #: gaze is not expression: ignored by the neutrality score
 _GAZE = ("eyeLookDown", "eyeLookIn", "eyeLookOut", "eyeLookUp")
-_MOUTH_NEUTRAL = (0.1, 0.3)     # source jawOpen: <= 0.1 follows the driver's mouth, >= 0.3 relative deltas
 _JAW_RAD_PER_UNIT = 0.35        # models without jawOpen: this jaw-pose angle (rad, ~20 deg) counts as 1
 
 
@@ -115,8 +117,8 @@ def align_sequence(source: FaceParams, driving: FaceParams, model: Any, motion: 
     where, the mouth rule (``follow_mouth=False``: plain deltas for the mouth too, the behaviour
     before the rule) and the anchoring. ``relative`` (bool, kept for older callers) overrides
     ``motion``. ``anchor`` as in :func:`facerig.rig.pose.set_pose` ("face": eye-mouth centre,
-    "head": the head's centre). ``out.meta["aligned"]`` records the mode, reference frame and the
-    mouth-follow weight.
+    "head": the head's centre). ``out.meta["aligned"]`` records the mode, reference frame and
+    ``mouth_follow`` (whether the mouth rule applied).
     """
     check_params_model(source, model, "source")
     check_params(driving, "driving")
@@ -132,22 +134,22 @@ def align_sequence(source: FaceParams, driving: FaceParams, model: Any, motion: 
         raise InvalidInput("ref_frame", "no reference frame with motion='absolute' (it is for 'relative')", ref)
     assert driving.jaw_pose is not None and source.jaw_pose is not None  # FaceParams.__post_init__ fills them
     base = source[[0] * t]
-    follow = 0.0
     if motion == "relative":
         if ref is None:
             ref = neutral_frame(driving, model)
         rot = _compose_relative(driving.rotation, source.rotation, ref)
         exp = source.expression.double() + driving.expression.double() - driving.expression[ref:ref + 1].double()
         jaw = _compose_relative(driving.jaw_pose, source.jaw_pose, ref)
-        lo, hi = _MOUTH_NEUTRAL
         if follow_mouth:
-            follow = float(np.clip((hi - float(mouth_opening(source, model)[0])) / (hi - lo), 0.0, 1.0))
-        if follow > 0:
             names = list(getattr(model, "expression_names", source.expression_names))
             idx = [names.index(n) for n in MOUTH_OPENING if n in names]
             if idx:
-                exp[:, idx] = follow * driving.expression[:, idx].double() + (1 - follow) * exp[:, idx]
-            jaw = follow * driving.jaw_pose.double() + (1 - follow) * jaw
+                d_m = driving.expression[:, idx].double()
+                excess = (source.expression[:, idx].double() - d_m[ref:ref + 1]).clamp_min(0)
+                exp[:, idx] = d_m + excess
+            src_jaw = float(source.jaw_pose.double().norm(dim=-1)[0])
+            if src_jaw <= float(driving.jaw_pose[ref].double().norm()) + 1e-9:
+                jaw = driving.jaw_pose.double()
         exp = _clamp(source, model, exp)
     else:
         rot = driving.rotation.double()
@@ -157,7 +159,8 @@ def align_sequence(source: FaceParams, driving: FaceParams, model: Any, motion: 
     point = anchor_point(source, model, anchor).expand(t, 3)
     out = repose(frames, model, rot.to(source.rotation), anchor_head=point, anchor_from=base)
     out.meta = {**source.meta, "aligned": {"motion": motion, "relative": motion == "relative", "frames": t,
-                                           "ref_frame": ref, "mouth_follow": follow}}
+                                           "ref_frame": ref,
+                                           "mouth_follow": motion == "relative" and follow_mouth}}
     return out
 
 
