@@ -88,7 +88,10 @@ class EditResult:
 
 @dataclass
 class ReenactResult:
-    """Output of :func:`reenact`: the written video, its frame count / fps, and the preview path."""
+    """Output of :func:`reenact`: the written video, its frame count / fps, and the preview path;
+    ``motion`` and ``ref_frame``: the motion mode used and its reference driving frame (None for
+    "absolute"); ``clamped_frames``: frames whose head pose was clamped to the engine's faithful
+    range (:attr:`facerig.engines.base.Engine.pose_range`)."""
 
     path: Path
     frames: int
@@ -96,6 +99,9 @@ class ReenactResult:
     preview_path: Path | None = None
     has_audio: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    motion: str = "relative"
+    ref_frame: int | None = None
+    clamped_frames: int = 0  # frames whose head pose was clamped to the engine's faithful range
 
 
 def _crop_view(image: np.ndarray, crop: Any, scale: float = 1.6) -> np.ndarray:
@@ -669,7 +675,9 @@ def reenact(
     output: str | Path,
     *,
     engine: Any = "warp",
-    relative: bool = True,
+    motion: str = "relative",
+    ref_frame: int | None = None,
+    relative: bool | None = None,
     smooth: float = 1.0,
     preview: bool | str | Path = False,
     max_frames: int | None = None,
@@ -683,21 +691,40 @@ def reenact(
     """Animate the face of ``source_image`` with the motion of ``driving_video``; write ``output``.
 
     Fits the source once and the driving video (shared identity, smoothed), transfers expression and
-    head rotation frame by frame (``relative``: the driving's motion relative to its first frame is
-    applied on top of the source's pose/expression, else absolute values), smooths the sequence
+    head rotation frame by frame (:func:`facerig.rig.sequence.align_sequence`), smooths the sequence
     (``smooth``: Gaussian sigma in frames, 0 = off), renders every frame from the SOURCE image (no
-    drift) and writes a video with the driving video's frame count, fps and audio. ``preview``: also
-    write a grid video (source | driving | result), to ``<output>_preview.mp4`` or the given path.
+    drift; the engine also gets each driving frame and its fitted params, ``driving_image=`` /
+    ``driving_params=``) and writes a video with the driving video's frame count, fps and audio.
+
+    ``motion``: "relative" (default: the driver's motion against a reference driving frame applied
+    on top of the source's pose and expression; the mouth follows the driver's opening fully) or
+    "absolute" (the driver's expression and head rotation, the source's identity). ``ref_frame``:
+    the reference frame of "relative" (default: the most neutral driving frame). ``relative``:
+    older boolean spelling of ``motion`` (True = "relative", False = "absolute").
+    ``preview``: also write a grid video (source | driving | result), to ``<output>_preview.mp4`` or
+    the given path.
     """
     import torch
 
     from facerig.engines import get_engine
     from facerig.fit.api import FitConfig, fit_video
     from facerig.io.video import write_video
-    from facerig.rig.sequence import align_sequence, smooth_sequence
+    from facerig.rig.sequence import align_sequence, check_motion, check_ref_frame, smooth_sequence
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    if relative is not None:
+        if not isinstance(relative, bool):
+            raise InvalidInput("relative", "True or False (older spelling of motion=)", relative)
+        motion = "relative" if relative else "absolute"
+    motion = check_motion(motion)
+    check_ref_frame(ref_frame)
+    if ref_frame is not None and motion == "absolute":
+        raise InvalidInput("ref_frame", "no reference frame with motion='absolute' (it is for 'relative')",
+                           ref_frame, hint="drop --ref-frame or use --motion relative")
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
+                                   or max_frames < 1):
+        raise InvalidInput("max_frames", "a number of driving frames >= 1 (or None for all)", max_frames)
     drv = Path(driving_video)
     if not drv.exists():
         raise InvalidInput("DRIVING_VIDEO", "an existing video file", str(drv))
@@ -717,11 +744,26 @@ def reenact(
     cfg = FitConfig(photometric=False)
     fr = fit_video(str(drv), fm, cfg, max_frames=max_frames)
     timings["fit_driving"] = time.perf_counter() - t1
+    check_ref_frame(ref_frame, fr.params.batch_size)
     eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
-    seq = align_sequence(sp, fr.params, fm, relative=relative,
+    seq = align_sequence(sp, fr.params, fm, motion=motion, ref_frame=ref_frame,
                          anchor=cast(str, anchor or getattr(eng, "pose_anchor", "face")))
+    log.info("reenact: motion %s, reference frame %s, mouth rule %s", motion,
+             seq.meta["aligned"]["ref_frame"], seq.meta["aligned"]["mouth_follow"])
     if smooth > 0 and seq.batch_size > 1:
         seq = smooth_sequence(seq, smooth)
+    n_clamped = 0
+    pose_range = getattr(eng, "pose_range", None)
+    if pose_range is not None:  # frames beyond what the engine renders faithfully: clamped, said once
+        from facerig.rig.pose import clamp_to_range
+
+        seq, n_clamped = clamp_to_range(seq, sp, pose_range, fm,
+                                        cast(str, anchor or getattr(eng, "pose_anchor", "face")))
+        if n_clamped:
+            log.warning("reenact: %d of %d frames turn the head beyond the %s engine's faithful range "
+                        "(yaw +-%g, pitch +-%g, roll +-%g degrees of the source's pose): clamped to it",
+                        n_clamped, seq.batch_size, getattr(eng, "name", "engine"), pose_range.limit("yaw"),
+                        pose_range.limit("pitch"), pose_range.limit("roll"))
     n = seq.batch_size
     bar = None
     cb: Callable[[int, int], None] | None = None
@@ -736,13 +778,16 @@ def reenact(
             bar.update(1)
 
     gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-    frames_out: list[np.ndarray] = []
+    drv_frames = fr.images if fr.images is not None and len(fr.images) == n else None
+    grid_frames: list[np.ndarray] = []  # preview tiles (360 px high), not the full-size outputs
     t2 = time.perf_counter()
 
     def results() -> Iterable[np.ndarray]:
-        for img in eng.reenact(src, sp, seq, fm, generator=gen, progress=cb):
+        # the fit already holds the frames in memory (fit_video reads them once): no copy is made
+        for i, img in enumerate(eng.reenact(src, sp, seq, fm, generator=gen, progress=cb, driving_frames=drv_frames,
+                                            driving_params=fr.params)):
             if preview:
-                frames_out.append(img)
+                grid_frames.append(_grid_frame(src, drv_frames[i] if drv_frames is not None else img, img))
             yield img
 
     fps = info.fps if info.fps and info.fps > 0 else fr.report.get("fps", 25.0)
@@ -756,12 +801,11 @@ def reenact(
     if preview:
         pv_path = Path(preview) if isinstance(preview, (str, Path)) else out_path.with_name(
             out_path.stem + "_preview.mp4")
-        drv_frames = fr.images or []
-        write_video(pv_path, (_grid_frame(src, drv_frames[i] if i < len(drv_frames) else frames_out[i], frames_out[i])
-                              for i in range(len(frames_out))), fps=fps,
+        write_video(pv_path, grid_frames, fps=fps,
                     audio_from=str(drv) if info.has_audio else None)
     timings["total"] = time.perf_counter() - t0
-    return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings)
+    return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings, motion,
+                         seq.meta["aligned"]["ref_frame"], n_clamped)
 
 
 def _check_driving_video(path: Path, max_frames: Any = None) -> Any:
@@ -788,7 +832,10 @@ def run_reenact(source_image: str, driving_video: str, output: Path, **kw: Any) 
     res = reenact(source_image, driving_video, output, **kw)
     extra = f", preview {res.preview_path}" if res.preview_path else ""
     audio = " with audio" if res.has_audio else ""
-    print(f"reenacted {res.frames} frames at {float(res.fps):.3g} fps{audio} -> {res.path}{extra}")
+    how = f"motion {res.motion}" + (f", reference frame {res.ref_frame}" if res.ref_frame is not None else "")
+    if res.clamped_frames:
+        how += f", {res.clamped_frames} frames' head pose clamped to the engine's faithful range"
+    print(f"reenacted {res.frames} frames at {float(res.fps):.3g} fps{audio} ({how}) -> {res.path}{extra}")
     return res
 
 

@@ -24,7 +24,8 @@ def test_align_absolute(model, make):
     src = apply_preset(make(seed=10), "smile", model=model)
     src = src.replace(light=src.light * 0.7)
     drv = _driving(model, make)
-    out = align_sequence(src, drv, model)
+    out = align_sequence(src, drv, model, motion="absolute")
+    assert out.meta["aligned"]["motion"] == "absolute" and out.meta["aligned"]["ref_frame"] is None
     assert out.batch_size == drv.batch_size
     assert torch.equal(out.identity, src.identity.expand(6, -1))
     assert torch.equal(out.light, src.light.expand(6, -1, -1))
@@ -39,21 +40,116 @@ def test_align_absolute(model, make):
 
 
 def test_align_relative(model, make):
-    src = set_expression(make(seed=10), {"mouthSmile": 0.3}, model)
+    # an open-mouthed source (more open than the reference frame): plain deltas everywhere
+    src = set_expression(make(seed=10), {"mouthSmile": 0.3, "jawOpen": 0.4}, model)
     src = src.replace(rotation=ypr_to_axis_angle(torch.tensor([[5.0, -3.0, 2.0]])))
     drv = _driving(model, make)
-    out = align_sequence(src, drv, model, relative=True)
-    # frame 0 reproduces the source exactly
-    assert torch.allclose(out.rotation[0], src.rotation[0], atol=1e-6)
-    assert torch.allclose(out.expression[0], src.expression[0], atol=1e-6)
-    # motion deltas are the driving's
+    ref = 2
+    out = align_sequence(src, drv, model, motion="relative", ref_frame=ref)
+    assert out.meta["aligned"]["ref_frame"] == ref and out.meta["aligned"]["mouth_follow"] is True
+    # the reference frame reproduces the source exactly
+    assert torch.allclose(out.rotation[ref], src.rotation[0], atol=1e-6)
+    assert torch.allclose(out.expression[ref], src.expression[0], atol=1e-6)
+    # motion deltas against the reference frame are the driving's
     r_out, r_drv = axis_angle_to_matrix(out.rotation.double()), axis_angle_to_matrix(drv.rotation.double())
-    d_out = r_out @ r_out[:1].transpose(-1, -2)
-    d_drv = r_drv @ r_drv[:1].transpose(-1, -2)
+    d_out = r_out @ r_out[ref:ref + 1].transpose(-1, -2)
+    d_drv = r_drv @ r_drv[ref:ref + 1].transpose(-1, -2)
     assert float(rotation_angle_deg(d_out, d_drv).max()) < 1e-3
     j = model.expression_names.index("jawOpen")
-    assert torch.allclose(out.expression[:, j] - out.expression[0, j], drv.expression[:, j] - drv.expression[0, j])
+    assert torch.allclose(out.expression[:, j] - out.expression[ref, j], drv.expression[:, j] - drv.expression[ref, j])
     assert torch.allclose(out.expression[:, model.expression_names.index("mouthSmile_L")], torch.tensor(0.3))
+    # the older boolean spelling still works; the default reference is the most neutral frame: frame 1
+    # (yaw -4, jawOpen 0.24) beats frame 0 (yaw -10, jawOpen 0.1)
+    old = align_sequence(src, drv, model, relative=True)
+    assert old.meta["aligned"]["motion"] == "relative" and old.meta["aligned"]["ref_frame"] == 1
+    assert align_sequence(src, drv, model, relative=False).meta["aligned"]["motion"] == "absolute"
+
+
+def _talking(model, make, t=24):
+    """A driver that starts mid-sentence: jawOpen 0.6 at frame 0, closes (0.03) at frame 9, talks on."""
+    d = make(b=t, seed=11)
+    k = torch.arange(t, dtype=torch.float64)
+    jaw = (0.315 + 0.285 * torch.cos(2 * torch.pi * k / 18)).float()
+    exp = torch.zeros(t, model.n_expression)
+    names = model.expression_names
+    exp[:, names.index("jawOpen")] = jaw
+    exp[:, names.index("mouthLowerDown_L")] = 0.5 * jaw
+    exp[:, names.index("browInnerUp")] = 0.2
+    return d.replace(expression=exp), jaw
+
+
+def test_neutral_frame_is_the_most_neutral(model, make):
+    from facerig.rig.sequence import neutral_frame
+
+    t = 7
+    d = make(b=t, seed=3)
+    names = model.expression_names
+    exp = torch.zeros(t, model.n_expression)
+    exp[:, names.index("jawOpen")] = torch.tensor([0.6, 0.4, 0.0, 0.05, 0.3, 0.0, 0.5])
+    exp[2, names.index("mouthSmile_L")] = 0.8           # mouth closed but smiling
+    exp[3, names.index("eyeLookUp_L")] = 0.9            # gaze does not count against neutrality
+    yaw = torch.tensor([0.0, 0, 0, 0, 0, 30, 0])        # frame 5: no expression but turned 30 degrees
+    d = d.replace(expression=exp, rotation=ypr_to_axis_angle(torch.stack([yaw, torch.zeros(t), torch.zeros(t)], -1)))
+    assert neutral_frame(d, model) == 3
+    out = align_sequence(make(seed=10), d, model)        # relative is the default; the reference chosen
+    assert out.meta["aligned"]["motion"] == "relative" and out.meta["aligned"]["ref_frame"] == 3
+
+
+def test_mouth_follows_a_driver_that_starts_mid_sentence(model, make):
+    src = make(seed=10)                                  # a closed (neutral) mouth
+    drv, jaw = _talking(model, make)
+    j = model.expression_names.index("jawOpen")
+    drv_range = float(jaw.max() - jaw.min())
+    out = align_sequence(src, drv, model)
+    assert out.meta["aligned"]["ref_frame"] == 9 and out.meta["aligned"]["mouth_follow"] is True
+    got = out.expression[:, j]
+    assert float(got.max() - got.min()) == pytest.approx(drv_range, rel=1e-4)
+    assert torch.allclose(got, jaw, atol=1e-5)           # the driver's own opening
+    assert float(torch.corrcoef(torch.stack([got, jaw]))[0, 1]) > 0.999
+    # plain deltas against the neutral frame keep the range too (only the 0.03 offset is lost)
+    nd = align_sequence(src, drv, model, follow_mouth=False)
+    assert float(nd.expression[:, j].max() - nd.expression[:, j].min()) > 0.9 * drv_range
+    # the behaviour before issue 10 (deltas against the FIRST frame, clamped) leaves the mouth almost shut
+    first = align_sequence(src, drv, model, ref_frame=0, follow_mouth=False)
+    assert float(first.expression[:, j].max() - first.expression[:, j].min()) < 0.1 * drv_range
+    # the brows move by their delta (0 here) in both: the rule is only for the mouth opening
+    b = model.expression_names.index("browInnerUp")
+    assert torch.allclose(out.expression[:, b], src.expression[:, b].expand(drv.batch_size))
+
+
+def test_a_source_with_parted_lips_keeps_them(model, make):
+    """Mouth rule = the driver's absolute opening + the source's excess over the reference frame."""
+    drv, jaw = _talking(model, make)
+    names = model.expression_names
+    j, up, lo = names.index("jawOpen"), names.index("mouthUpperUp_L"), names.index("mouthLowerDown_L")
+    src = set_expression(make(seed=10), {"mouthUpperUp_L": 0.2, "jawOpen": 0.02}, model)   # a smile with teeth
+    out = align_sequence(src, drv, model)
+    ref = out.meta["aligned"]["ref_frame"]
+    assert ref == 9
+    # teeth kept: the driver's (0) upper-lip raise plus the source's 0.2, at every frame
+    assert torch.allclose(out.expression[:, up], torch.tensor(0.2))
+    # jawOpen 0.02 is below the driver's reference (0.03): the driver's own opening
+    assert torch.allclose(out.expression[:, j], jaw, atol=1e-5)
+    # an open source (jawOpen 0.5 > 0.03) moves by the driver's deltas, never less open than the driver
+    wide = align_sequence(set_expression(make(seed=10), {"jawOpen": 0.5}, model), drv, model)
+    assert torch.allclose(wide.expression[:, j], (0.5 + jaw - jaw[ref]).clamp(0, 1), atol=1e-5)
+    assert float(wide.expression[ref, j]) == pytest.approx(0.5, abs=1e-6)   # the reference reproduces it
+    assert float(wide.expression[:, lo].min()) >= 0
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"motion": "sideways"}, "motion"),
+    ({"motion": 3}, "motion"),
+    ({"ref_frame": -1}, "ref_frame"),
+    ({"ref_frame": 6}, "ref_frame"),
+    ({"ref_frame": 1.5}, "ref_frame"),
+    ({"ref_frame": True}, "ref_frame"),
+    ({"motion": "absolute", "ref_frame": 1}, "ref_frame"),
+])
+def test_align_motion_validation(model, make, kw, needle):
+    with pytest.raises(InvalidInput, match=needle) as e:
+        align_sequence(make(seed=10), _driving(model, make), model, **kw)
+    assert e.value.name == needle
 
 
 def test_align_validation(model, make):

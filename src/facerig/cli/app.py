@@ -137,8 +137,15 @@ def reenact(
     source_image: Annotated[str, typer.Argument(help="photo of the face to animate")],
     driving_video: Annotated[str, typer.Argument(help="video whose head motion and expressions drive it")],
     output: Annotated[Path, typer.Option("-o", "--output", help="output video (.mp4)")] = Path("reenacted.mp4"),
-    relative: Annotated[bool, typer.Option("--relative/--absolute",
-                                           help="apply the driving motion relative to its first frame (default)")] = True,
+    motion: Annotated[str | None, typer.Option(
+        help="relative (default: the driver's motion against its most neutral frame, on the source's own "
+             "pose and expression; the mouth follows the driver) | absolute (the driver's expression and "
+             "head pose, the source's identity)")] = None,
+    ref_frame: Annotated[int | None, typer.Option(
+        help="relative motion: the driving frame (0-based) taken as the neutral reference (default: chosen "
+             "automatically, the most neutral)")] = None,
+    legacy_motion: Annotated[bool | None, typer.Option(
+        "--relative/--absolute", hidden=True, help="older spelling of --motion relative / --motion absolute")] = None,
     smooth: Annotated[float, typer.Option(help="temporal smoothing sigma in frames (0: off)")] = 1.0,
     engine: Annotated[str, typer.Option(help="engine: warp (default, no weights)")] = "warp",
     face: Annotated[str, typer.Option(help="which face of the source: largest, or an index")] = "largest",
@@ -151,9 +158,26 @@ def reenact(
 ) -> None:
     """Animate the face of a photo with the head motion and expressions of a video (audio kept)."""
     from facerig.edit import run_reenact
+    from facerig.errors import InvalidInput
     from facerig.pipelines import model_or_name
 
-    run_reenact(source_image, driving_video, output, relative=relative, smooth=smooth, engine=engine, face=face,
+    if legacy_motion is not None:
+        legacy = "relative" if legacy_motion else "absolute"
+        if motion is not None and motion.lower() != legacy:
+            raise InvalidInput("--motion", f"the same mode as --{legacy} (an older spelling of --motion {legacy})",
+                               motion)
+        motion = legacy
+    # validated here too so that messages name the CLI options, before any fitting
+    from facerig.rig.sequence import check_motion, check_ref_frame
+
+    motion = check_motion(motion or "relative", "--motion")
+    check_ref_frame(ref_frame, name="--ref-frame")
+    if ref_frame is not None and motion == "absolute":
+        raise InvalidInput("--ref-frame", "no reference frame with --motion absolute (it is for relative)", ref_frame)
+    if max_frames is not None and max_frames < 1:
+        raise InvalidInput("--max-frames", "a number of driving frames >= 1 (omit it for all frames)", max_frames)
+    run_reenact(source_image, driving_video, output, motion=motion, ref_frame=ref_frame,
+                smooth=smooth, engine=engine, face=face,
                 model=model_or_name(model, model_path), max_frames=max_frames, preview=preview, progress=progress, anchor=anchor)
 
 

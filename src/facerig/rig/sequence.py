@@ -2,10 +2,23 @@
 
 **Structured face alignment** (MagicPortrait): for every driving frame, identity, albedo/texture,
 light, camera and crop come from the source (one face); expression + jaw and the global rotation
-come from the driving frame. ``relative=True`` (the usual choice across identities) instead applies
-the driving's *motion* on top of the source: ``R_t = (R_drv_t R_drv_0^T) R_src`` and
-``expression_t = clamp(expression_src + expression_drv_t - expression_drv_0)`` (jaw pose composed
-like the rotation), so a driving actor's resting face does not replace the source's.
+come from the driving frame. Two motion modes (:data:`MOTION_MODES`):
+
+* ``"absolute"``: the driving frame's expression, jaw pose and head rotation as they are (the
+  driver's resting face and head pose included).
+* ``"relative"`` (the default; the usual choice across identities): the driver's *motion* against a
+  reference driving frame ``ref`` is applied on top of the source: ``R_t = (R_drv_t R_drv_ref^T)
+  R_src`` and ``expression_t = clamp(expression_src + expression_drv_t - expression_drv_ref)`` (jaw
+  pose composed like the rotation), so a driving actor's resting face and head pose do not replace
+  the source's. ``ref`` is the most neutral driving frame (:func:`neutral_frame`: smallest mouth
+  opening / expression energy, closest to frontal) unless given. The mouth follows the driver
+  fully: each mouth-opening coefficient (:data:`MOUTH_OPENING`) is ``max(src + drv_t - drv_ref,
+  drv_t) = drv_t + max(src - drv_ref, 0)``: the driver's absolute opening plus whatever the source
+  opens beyond the driver's reference. A closed source mouth therefore takes the driver's own
+  opening (a clamp at a closed mouth cannot damp it, and a driver that never fully closes is
+  followed), while a source that already parts its lips (a smile with teeth, an open mouth) keeps
+  that and moves with the driver's deltas. The jaw pose takes the driver's absolute value while
+  the source's jaw is no more open than the reference's, else the relative composition.
 
 Every frame is anchored like :func:`facerig.rig.pose.set_pose`: the source's eye-mouth anchor (on
 the source's identity and expression, so expression changes do not shake the head) projects to the
@@ -26,37 +39,118 @@ from facerig.rig.pose import anchor_point, repose
 from facerig.rotations import axis_angle_to_matrix, matrix_to_axis_angle
 from facerig.types import FaceParams
 
-__all__ = ["align_sequence", "smooth_sequence", "gaussian_smooth", "smooth_rotations"]
+__all__ = ["MOTION_MODES", "DEFAULT_MOTION", "MOUTH_OPENING", "align_sequence", "neutral_frame", "check_motion",
+           "check_ref_frame", "smooth_sequence", "gaussian_smooth", "smooth_rotations"]
+
+MOTION_MODES = ("relative", "absolute")
+DEFAULT_MOTION = "relative"
+#: coefficients that open / shape the lips' opening: in relative mode the driver's absolute value plus
+#: the source's excess over the reference frame (names absent from a model are ignored)
+MOUTH_OPENING = ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLowerDown_L", "mouthLowerDown_R",
+                 "mouthUpperUp_L", "mouthUpperUp_R", "mouthRollLower", "mouthRollUpper", "mouthShrugLower",
+                 "mouthShrugUpper", "mouthStretch_L", "mouthStretch_R", "mouthPress_L", "mouthPress_R")
+#: gaze is not expression: ignored by the neutrality score
+_GAZE = ("eyeLookDown", "eyeLookIn", "eyeLookOut", "eyeLookUp")
+_JAW_RAD_PER_UNIT = 0.35        # models without jawOpen: this jaw-pose angle (rad, ~20 deg) counts as 1
 
 
-def _compose_relative(drv: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """(T,3) driving and (1,3) source axis-angles -> R(drv_t) R(drv_0)^T R(src) as axis-angle (T,3)."""
+def _compose_relative(drv: torch.Tensor, src: torch.Tensor, ref: int) -> torch.Tensor:
+    """(T,3) driving and (1,3) source axis-angles -> R(drv_t) R(drv_ref)^T R(src) as axis-angle (T,3)."""
     rd = axis_angle_to_matrix(drv.double())
     rs = axis_angle_to_matrix(src.double())
-    return matrix_to_axis_angle(rd @ rd[:1].transpose(-1, -2) @ rs)
+    return matrix_to_axis_angle(rd @ rd[ref:ref + 1].transpose(-1, -2) @ rs)
 
 
-def align_sequence(source: FaceParams, driving: FaceParams, model: Any, relative: bool = False,
-                   anchor: str = "face") -> FaceParams:
+def mouth_opening(params: FaceParams, model: Any) -> torch.Tensor:
+    """(B,) how open the mouth is, ~0 closed .. 1 wide open: ``jawOpen`` where the model has it, else
+    the jaw pose angle / 20 degrees."""
+    names = list(getattr(model, "expression_names", params.expression_names))
+    if "jawOpen" in names:
+        return params.expression[:, names.index("jawOpen")].double()
+    assert params.jaw_pose is not None  # FaceParams.__post_init__ fills it
+    return params.jaw_pose.double().norm(dim=-1) / _JAW_RAD_PER_UNIT
+
+
+def neutral_frame(driving: FaceParams, model: Any) -> int:
+    """Index of the most neutral frame of ``driving``: the smallest expression energy (sum of squared
+    coefficients, gaze excluded, the mouth opening counted three times) plus the squared head angle
+    from frontal (20 degrees weigh like a fully open mouth)."""
+    check_params(driving, "driving")
+    names = list(getattr(model, "expression_names", driving.expression_names))
+    w = torch.tensor([0.0 if n.startswith(_GAZE) else 1.0 for n in names], dtype=torch.float64)
+    e = driving.expression.double()
+    score = (w * e * e).sum(-1) + 2.0 * mouth_opening(driving, model).clamp_min(0) ** 2
+    ang = driving.rotation.double().norm(dim=-1) / math.radians(20.0)
+    score = score + ang * ang
+    return int(torch.argmin(score))
+
+
+def check_ref_frame(ref_frame: Any, n_frames: int | None = None, name: str = "ref_frame") -> int | None:
+    """None, or a driving-frame index 0 <= ref_frame < n_frames (``n_frames`` None: only >= 0)."""
+    if ref_frame is None:
+        return None
+    if isinstance(ref_frame, bool) or not isinstance(ref_frame, (int, np.integer)):
+        raise InvalidInput(name, "a driving-frame index (an integer >= 0) or None", ref_frame)
+    r = int(ref_frame)
+    if r < 0:
+        raise InvalidInput(name, "a driving-frame index >= 0 (0 = the first frame)", r)
+    if n_frames is not None and r >= n_frames:
+        raise InvalidInput(name, f"a driving-frame index in 0..{n_frames - 1} (the driver has {n_frames} frames)", r,
+                           hint="--max-frames limits the frames read")
+    return r
+
+
+def check_motion(motion: Any, name: str = "motion") -> str:
+    if not isinstance(motion, str) or motion.lower() not in MOTION_MODES:
+        raise InvalidInput(name, f"one of {', '.join(MOTION_MODES)}", motion)
+    return motion.lower()
+
+
+def align_sequence(source: FaceParams, driving: FaceParams, model: Any, motion: str = DEFAULT_MOTION,
+                   ref_frame: int | None = None, anchor: str = "face", *, follow_mouth: bool = True,
+                   relative: bool | None = None) -> FaceParams:
     """One source face + T driving frames -> T frames of the source's face doing the driving motion.
 
     ``source`` must hold one face; ``driving`` T >= 1 frames of the same face model (any identity).
-    See the module docstring for what comes from where and the anchoring; ``anchor`` as in
-    :func:`facerig.rig.pose.set_pose` ("face": eye-mouth centre, "head": the head's centre).
+    ``motion``: "relative" (deltas against the reference frame ``ref_frame``, default the most
+    neutral frame, :func:`neutral_frame`) or "absolute"; see the module docstring for what comes from
+    where, the mouth rule (``follow_mouth=False``: plain deltas for the mouth too, the behaviour
+    before the rule) and the anchoring. ``relative`` (bool, kept for older callers) overrides
+    ``motion``. ``anchor`` as in :func:`facerig.rig.pose.set_pose` ("face": eye-mouth centre,
+    "head": the head's centre). ``out.meta["aligned"]`` records the mode, reference frame and
+    ``mouth_follow`` (whether the mouth rule applied).
     """
     check_params_model(source, model, "source")
     check_params(driving, "driving")
     check_same_model(source, driving, "driving")
     if source.batch_size != 1:
         raise InvalidInput("source", "FaceParams of exactly one face", source.batch_size)
+    if relative is not None:
+        motion = "relative" if relative else "absolute"
+    motion = check_motion(motion)
     t = driving.batch_size
+    ref = check_ref_frame(ref_frame, t)
+    if ref is not None and motion == "absolute":
+        raise InvalidInput("ref_frame", "no reference frame with motion='absolute' (it is for 'relative')", ref)
     assert driving.jaw_pose is not None and source.jaw_pose is not None  # FaceParams.__post_init__ fills them
     base = source[[0] * t]
-    if relative:
-        rot = _compose_relative(driving.rotation, source.rotation)
-        exp = source.expression.double() + driving.expression.double() - driving.expression[:1].double()
+    if motion == "relative":
+        if ref is None:
+            ref = neutral_frame(driving, model)
+        rot = _compose_relative(driving.rotation, source.rotation, ref)
+        exp = source.expression.double() + driving.expression.double() - driving.expression[ref:ref + 1].double()
+        jaw = _compose_relative(driving.jaw_pose, source.jaw_pose, ref)
+        if follow_mouth:
+            names = list(getattr(model, "expression_names", source.expression_names))
+            idx = [names.index(n) for n in MOUTH_OPENING if n in names]
+            if idx:
+                d_m = driving.expression[:, idx].double()
+                excess = (source.expression[:, idx].double() - d_m[ref:ref + 1]).clamp_min(0)
+                exp[:, idx] = d_m + excess
+            src_jaw = float(source.jaw_pose.double().norm(dim=-1)[0])
+            if src_jaw <= float(driving.jaw_pose[ref].double().norm()) + 1e-9:
+                jaw = driving.jaw_pose.double()
         exp = _clamp(source, model, exp)
-        jaw = _compose_relative(driving.jaw_pose, source.jaw_pose)
     else:
         rot = driving.rotation.double()
         exp = driving.expression.double()
@@ -64,7 +158,9 @@ def align_sequence(source: FaceParams, driving: FaceParams, model: Any, relative
     frames = base.replace(expression=exp.to(source.expression), jaw_pose=jaw.to(source.jaw_pose))
     point = anchor_point(source, model, anchor).expand(t, 3)
     out = repose(frames, model, rot.to(source.rotation), anchor_head=point, anchor_from=base)
-    out.meta = {**source.meta, "aligned": {"relative": bool(relative), "frames": t}}
+    out.meta = {**source.meta, "aligned": {"motion": motion, "relative": motion == "relative", "frames": t,
+                                           "ref_frame": ref,
+                                           "mouth_follow": motion == "relative" and follow_mouth}}
     return out
 
 
