@@ -52,6 +52,7 @@ from facerig.engines.warp.field import (
     resize,
     sample,
 )
+from facerig.engines.warp.fill import colour_sources, source_face_mask
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
 from facerig.engines.warp.segment import skin_likelihood
@@ -576,6 +577,8 @@ class WarpEngine(Engine):
         widening = [(eye, float(min((r - 1.08) / 0.17, 1.0))) for eye, r in gaps.items() if r > 1.08]
         if widening and st.eye_full is not None and st.sclera_rgb is not None:
             self._fill_wider_eyes(st, vt, widening, gain_w, fill, alpha)
+        revealed = hidden.copy()  # what the photo does not show and the fill below provides
+        fill_src = np.full((src.shape[0], 2), np.nan, np.float32)  # where each fill's colour comes from
         if hidden.any() and st.rim_face is not None:
             # the mesh's outer rings (a cheek edge that turns into view, grazing or beyond the
             # silhouette in the photo): continue the nearest visible skin of the same face outwards.
@@ -602,6 +605,7 @@ class WarpEngine(Engine):
                 good = j >= 0
                 if good.any():
                     fill[ry_[good], rx_[good]] = sample(st.image, src[j[good], :2]) * ratio[j[good]]
+                    fill_src[np.nonzero(rim_h)[0][good]] = src[j[good], :2]
                     alpha[ry_[good], rx_[good]] = 1.0
                     hidden = hidden.copy()
                     hidden[np.nonzero(rim_h)[0][good]] = False
@@ -628,6 +632,7 @@ class WarpEngine(Engine):
                     s_m = np.einsum("nk,nkc->nc", b[hidden][ok], st.shade[mtri[ok]]).mean(1)
                     rm = np.clip(s_t[hidden][ok].mean(1) / np.maximum(s_m, 1e-3), lo_c, hi_c)[:, None] * tint
                     fill[hy[ok], hx[ok]] = col * rm
+                    fill_src[np.nonzero(hidden)[0][ok]] = msrc[ok, :2]
                     alpha[hy[ok], hx[ok]] = 1.0
             if (~ok).any():
                 alpha[hy[~ok], hx[~ok]] = 2.0  # marker: inpaint later
@@ -688,8 +693,17 @@ class WarpEngine(Engine):
         tm["compose"] = time.perf_counter() - t0
         self.last_timings = tm
         if return_layers:
+            rev_map = np.zeros((h, w), bool)
+            rev_map[iy[revealed], ix[revealed]] = True
+            src_map = np.full((h, w, 2), np.nan, np.float32)
+            src_map[iy[revealed], ix[revealed]] = fill_src[revealed]
             self.last_layers = {"field": fld, "fill": fill, "alpha": alpha, "mouth_weight": mouth_w,
-                                "hidden_fraction": float(hidden.mean()) if hidden.size else 0.0}
+                                "hidden_fraction": float(hidden.mean()) if hidden.size else 0.0,
+                                # the tearing measure (fill.tearing_fraction): revealed pixels, the
+                                # work-grid position their colour came from, and the source face
+                                "revealed": rev_map,
+                                "colour_source": colour_sources(rev_map, src_map, fld[..., :2]),
+                                "source_face": source_face_mask(st.face_index, st.skin, F)}
         return out
 
     # ------------------------------------------------------------------------------------------
