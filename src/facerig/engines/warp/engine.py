@@ -52,7 +52,7 @@ from facerig.engines.warp.field import (
     resize,
     sample,
 )
-from facerig.engines.warp.fill import colour_sources, source_face_mask
+from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
 from facerig.engines.warp.segment import skin_likelihood
@@ -95,6 +95,9 @@ class WarpOptions:
     expression_reach: float = 0.3   # how far expression motion carries on outside the mesh, x face size
     relight_skin: float = 0.6       # relight reach over skin-coloured pixels next to the face (forehead,
                                     # neck, ears), x face size (0: off)
+    reveal_stretch: tuple[float, float] = (1.3, 3.0)  # outer-ring triangles stretched beyond these (target/
+                                    # source area) are "not seen" (filled from the face) where the photo shows
+                                    # no face there (background, hair, ear) / anywhere
 
 
 @dataclass
@@ -373,10 +376,15 @@ class WarpEngine(Engine):
         # a fitted mesh overlaps the background beyond a cheek that is nearly edge-on in the photo
         # (its outline vertices sit behind the visible silhouette): turned into view (its outer
         # triangles grow), those parts showed the background inside the face: not seen either
-        if st.rim_face is not None and st.skin is not None:
-            opened = st.rim_face[f] & (stretch > 1.5)
+        # (the same for hair and ears the outline overlaps: stretched across the cheek that turns
+        # into view they read as a smear); and the outer rings stretched several times are a
+        # foreshortened strip of the photo drawn as a blocky smear: filled from the face instead
+        face_src = source_face_mask(st.face_index, st.skin, F)
+        if st.rim_face is not None:
+            opened = st.rim_face[f] & (stretch > o.reveal_stretch[0])
             if opened.any():
-                hidden |= opened & (st.skin[sy, sx] < 0.25)
+                hidden |= opened & ~face_src[sy, sx]
+            hidden |= st.rim_face[f] & (stretch > o.reveal_stretch[1])
         if hidden.any():  # drop specks: only blobs of some size are really "not seen"
             hm0 = np.zeros((h, w), np.uint8)
             hm0[iy[hidden], ix[hidden]] = 1
@@ -578,39 +586,17 @@ class WarpEngine(Engine):
         if widening and st.eye_full is not None and st.sclera_rgb is not None:
             self._fill_wider_eyes(st, vt, widening, gain_w, fill, alpha)
         revealed = hidden.copy()  # what the photo does not show and the fill below provides
+        hidden_all = hidden | eye_hidden
         fill_src = np.full((src.shape[0], 2), np.nan, np.float32)  # where each fill's colour comes from
-        if hidden.any() and st.rim_face is not None:
-            # the mesh's outer rings (a cheek edge that turns into view, grazing or beyond the
-            # silhouette in the photo): continue the nearest visible skin of the same face outwards.
-            # The mirror there is the other cheek's edge, often hair or background, which drew a
-            # second face edge
-            rim_h = hidden & st.rim_face[f]
-            if rim_h.any():
-                # nearest seen pixel, within a box around the hidden rim pixels (a fraction of the grid)
-                ry_, rx_ = iy[rim_h], ix[rim_h]
-                pad = int(0.1 * F) + 2
-                by0, by1 = max(0, ry_.min() - pad), min(h, ry_.max() + pad + 1)
-                bx0, bx1 = max(0, rx_.min() - pad), min(w, rx_.max() + pad + 1)
-                seen = np.ones((by1 - by0, bx1 - bx0), np.uint8)
-                vis = ~hidden & (iy >= by0) & (iy < by1) & (ix >= bx0) & (ix < bx1)
-                seen[iy[vis] - by0, ix[vis] - bx0] = 0
-                _, lab = cv2.distanceTransformWithLabels(seen, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-                zy, zx = np.nonzero(seen == 0)
-                near = np.full(int(lab.max()) + 1, -1, np.int64)
-                near[lab[zy, zx]] = (zy + by0) * w + (zx + bx0)
-                tgt = near[lab[ry_ - by0, rx_ - bx0]]
-                idx_of = np.full(h * w, -1, np.int64)
-                idx_of[iy * w + ix] = np.arange(iy.size)
-                j = np.where(tgt >= 0, idx_of[np.maximum(tgt, 0)], -1)
-                good = j >= 0
-                if good.any():
-                    fill[ry_[good], rx_[good]] = sample(st.image, src[j[good], :2]) * ratio[j[good]]
-                    fill_src[np.nonzero(rim_h)[0][good]] = src[j[good], :2]
-                    alpha[ry_[good], rx_[good]] = 1.0
-                    hidden = hidden.copy()
-                    hidden[np.nonzero(rim_h)[0][good]] = False
+        # what the photo does not show is filled from the face's own visible side, never from the
+        # background or hair: (1) the mirrored surface point (the model's left-right symmetry,
+        # i.e. texture space) where the photo shows it as face, its shading divided out and the
+        # target's put in; (2) else the visible face next to it, reflected across the edge of what
+        # is seen (texture, not streaks); (3) else inpainted. The fill is then blended into the
+        # warp seamlessly (fill.seamless_offset) after the inpaint below.
         if hidden.any():
             hy, hx = iy[hidden], ix[hidden]
+            hid_idx = np.nonzero(hidden)[0]
             ok = np.zeros(hy.size, bool)
             if o.mirror_fill and st.mirror is not None:
                 mtri = st.mirror[tri[hidden]]
@@ -622,20 +608,41 @@ class WarpEngine(Engine):
                 ok &= st.front[np.maximum(mfi, 0)]
                 if closing and st.eye_open is not None:  # not the other eye's iris either
                     ok &= st.eye_open[my, mx] == 0
+                # only the face: the mirrored point of a cheek edge that turns into view is the
+                # other cheek's edge, which in a photo often shows hair or background (drawn
+                # there it reads as a second face edge)
+                valid = st.inner & face_src
                 if st.skin is not None:
-                    # only skin: the mirrored point of a cheek edge that turns into view is the other
-                    # cheek's edge, which in a photo often shows hair or background (drawn there it
-                    # reads as a second face edge)
-                    ok &= st.skin[my, mx] > 0.5
+                    valid &= st.skin > 0.35
+                if closing and st.eye_open is not None:
+                    valid &= st.eye_open == 0
+                ok &= valid[my, mx]
+                # a mirrored point just outside what the photo shows as face (the other cheek's
+                # edge is at its silhouette, or hair covers it): the nearest face point next to it
+                # on that side (within 8 % of the face), so the fill keeps the other cheek's texture
+                near_ok = ~ok & (mfi >= 0) & st.front[np.maximum(mfi, 0)]
+                if near_ok.any() and valid.any():
+                    dist_v, lab_v = cv2.distanceTransformWithLabels((~valid).astype(np.uint8), cv2.DIST_L2, 5,
+                                                                    labelType=cv2.DIST_LABEL_PIXEL)
+                    vy, vx = np.nonzero(valid)
+                    pos_v = np.zeros((int(lab_v.max()) + 1, 2), np.float64)
+                    pos_v[lab_v[vy, vx]] = np.stack([vx + 0.5, vy + 0.5], 1)
+                    near_ok &= dist_v[my, mx] < 0.08 * F
+                    msrc[near_ok, :2] = pos_v[lab_v[my[near_ok], mx[near_ok]]]
+                    ok |= near_ok
                 if ok.any():
                     col = sample(st.image, msrc[ok, :2])
                     s_m = np.einsum("nk,nkc->nc", b[hidden][ok], st.shade[mtri[ok]]).mean(1)
                     rm = np.clip(s_t[hidden][ok].mean(1) / np.maximum(s_m, 1e-3), lo_c, hi_c)[:, None] * tint
                     fill[hy[ok], hx[ok]] = col * rm
-                    fill_src[np.nonzero(hidden)[0][ok]] = msrc[ok, :2]
                     alpha[hy[ok], hx[ok]] = 1.0
+                    fill_src[hid_idx[ok]] = msrc[ok, :2]
             if (~ok).any():
-                alpha[hy[~ok], hx[~ok]] = 2.0  # marker: inpaint later
+                got = self._reflect_fill(st, src, ratio, hidden, face_src, iy, ix, hy[~ok], hx[~ok], fill, alpha)
+                fill_src[hid_idx[~ok][got >= 0]] = src[got[got >= 0], :2]
+                left = got < 0
+                if left.any():
+                    alpha[hy[~ok][left], hx[~ok][left]] = 2.0  # marker: inpaint later
         mouth_w = 0.0
         if o.synth_mouth and r_mouth >= 0:
             op_t = mouth_opening(vt[:, :2])
@@ -680,6 +687,19 @@ class WarpEngine(Engine):
             inp = cv2.inpaint(u8, m8, max(3.0, 0.02 * F), cv2.INPAINT_TELEA).astype(np.float32) / 255
             fill = np.where(need[..., None], inp, fill)
             alpha = np.where(need, 1.0, alpha)
+        if revealed.any() and alpha.any():
+            # the revealed fill meets the warp without a seam: its brightness and tint follow the
+            # visible face around it (Poisson-like membrane correction); mouth and lids untouched
+            reg = np.zeros((h, w), bool)
+            reg[iy[revealed], ix[revealed]] = True
+            if mouth_w > 0:
+                sel_m = region_of == r_mouth
+                reg[iy[sel_m], ix[sel_m]] = False
+            reg &= alpha >= 1.0
+            vis_face = np.zeros((h, w), bool)
+            seen_face = ~hidden_all & face_src[sy, sx]
+            vis_face[iy[seen_face], ix[seen_face]] = True
+            fill = seamless_offset(fill, warped_w, reg, vis_face)
         if alpha.any():
             # outside the fill regions the fill layer holds the plain warp, so softened edges blend
             # towards the right colours (not towards black)
@@ -704,6 +724,54 @@ class WarpEngine(Engine):
                                 "revealed": rev_map,
                                 "colour_source": colour_sources(rev_map, src_map, fld[..., :2]),
                                 "source_face": source_face_mask(st.face_index, st.skin, F)}
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _reflect_fill(st: WarpSource, src: np.ndarray, ratio: np.ndarray, hidden: np.ndarray,
+                      face_src: np.ndarray, iy: np.ndarray, ix: np.ndarray, ty: np.ndarray, tx: np.ndarray,
+                      fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Fill target pixels (ty, tx) whose source point is not seen from the visible face next
+        to them: the nearest covered target pixel that is seen and whose source point lies on the
+        face (``face_src``: not background or hair), reflected across it (the pixel as far inside
+        the seen face as the hidden one is outside it; the nearest one itself where that is not
+        seen face), relit by that pixel's own ratio. A reflection keeps the skin's texture where a
+        nearest-pixel copy drew streaks, and never reaches the background the mesh overlaps
+        beyond a cheek that was edge-on in the photo. Returns, per pixel, the covered-pixel index
+        its colour came from (-1: none within reach, left to the inpaint)."""
+        h, w = st.work_hw
+        F = st.face_px
+        out = np.full(ty.size, -1, np.int64)
+        if ty.size == 0:
+            return out
+        sx = np.clip(src[:, 0].astype(np.int64), 0, w - 1)
+        sy = np.clip(src[:, 1].astype(np.int64), 0, h - 1)
+        good = ~hidden & face_src[sy, sx]
+        pad = int(0.15 * F) + 2
+        by0, by1 = max(0, int(ty.min()) - pad), min(h, int(ty.max()) + pad + 1)
+        bx0, bx1 = max(0, int(tx.min()) - pad), min(w, int(tx.max()) + pad + 1)
+        inbox = good & (iy >= by0) & (iy < by1) & (ix >= bx0) & (ix < bx1)
+        if not inbox.any():
+            return out
+        idx_box = np.full((by1 - by0, bx1 - bx0), -1, np.int64)
+        idx_box[iy[inbox] - by0, ix[inbox] - bx0] = np.nonzero(inbox)[0]
+        seen = (idx_box < 0).astype(np.uint8)
+        _, lab = cv2.distanceTransformWithLabels(seen, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+        zy, zx = np.nonzero(seen == 0)
+        near = np.full((int(lab.max()) + 1, 2), -1, np.int64)
+        near[lab[zy, zx]] = np.stack([zy, zx], 1)
+        q = near[lab[ty - by0, tx - bx0]]
+        has = q[:, 0] >= 0
+        # reflected across the nearest seen face pixel, a little further in (past its edge)
+        ry = np.clip(2 * q[:, 0] - (ty - by0) + np.sign(q[:, 0] - (ty - by0)), 0, by1 - by0 - 1)
+        rx = np.clip(2 * q[:, 1] - (tx - bx0) + np.sign(q[:, 1] - (tx - bx0)), 0, bx1 - bx0 - 1)
+        j = np.where(has, idx_box[ry, rx], -1)
+        j = np.where((j < 0) & has, idx_box[np.maximum(q[:, 0], 0), np.maximum(q[:, 1], 0)], j)
+        ok = j >= 0
+        if ok.any():
+            fill[ty[ok], tx[ok]] = sample(st.image, src[j[ok], :2]) * ratio[j[ok]]
+            alpha[ty[ok], tx[ok]] = 1.0
+            out[ok] = j[ok]
         return out
 
     # ------------------------------------------------------------------------------------------
