@@ -53,6 +53,7 @@ from facerig.engines.warp.field import (
     sample,
 )
 from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask
+from facerig.engines.warp.glasses import detect_glasses
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import mouth_opening, mouth_width, synthesize_mouth
 from facerig.engines.warp.segment import skin_likelihood
@@ -95,6 +96,7 @@ class WarpOptions:
     expression_reach: float = 0.3   # how far expression motion carries on outside the mesh, x face size
     relight_skin: float = 0.6       # relight reach over skin-coloured pixels next to the face (forehead,
                                     # neck, ears), x face size (0: off)
+    glasses: bool = True            # detect glasses on the source; their frame then moves rigidly with the head
     reveal_stretch: tuple[float, float] = (1.3, 3.0)  # outer-ring triangles stretched beyond these (target/
                                     # source area) are "not seen" (filled from the face) where the photo shows
                                     # no face there (background, hair, ear) / anywhere
@@ -140,6 +142,7 @@ class WarpSource:
     eye_full: np.ndarray | None = None  # (H, W) uint8: the detected eye openings, not shrunk
     sclera_rgb: np.ndarray | None = None  # (2, 3) white of each eye
     timings: dict[str, float] = field(default_factory=dict)
+    glasses: Any = None  # glasses.Glasses of the source (None: no detections to look for them)
 
 
 class WarpEngine(Engine):
@@ -319,7 +322,10 @@ class WarpEngine(Engine):
             n = max(1, round(0.01 * face_px))
             core = cv2.erode((st.eye_full > 0).astype(np.uint8), np.ones((2 * n + 1, 2 * n + 1), np.uint8))
             st.eye_open = st.eye_full * core
-            st.lid_rgb = _lid_colours(image, st.eye_open)
+            det = _detected_px(source_params, (x0, y0), k)
+            st.glasses = detect_glasses(image, det) if (o.glasses and det is not None) else None
+            frame_px = st.glasses.frame > 0.3 if (st.glasses is not None and st.glasses.present) else None
+            st.lid_rgb = _lid_colours(image, st.eye_open, exclude=frame_px)
             st.sclera_rgb = _sclera_colours(image, st.eye_full)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
@@ -550,6 +556,7 @@ class WarpEngine(Engine):
         fld[..., 2:] = cin[..., None] * D[..., 2:3] + (1 - cin[..., None]) * fld[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
+        frame_t = self._rigid_glasses(st, target_params, vt, fld)
         tm["fields"] = time.perf_counter() - t0
 
         # ---- fill layers (work grid): mirror / inpaint for hidden points, synthesised mouth
@@ -700,6 +707,8 @@ class WarpEngine(Engine):
             seen_face = ~hidden_all & face_src[sy, sx]
             vis_face[iy[seen_face], ix[seen_face]] = True
             fill = seamless_offset(fill, warped_w, reg, vis_face)
+        if frame_t is not None and alpha.any():  # the glasses' frame stays on top of every fill
+            alpha = np.where(alpha <= 1.0, alpha * (1.0 - frame_t), alpha)
         if alpha.any():
             # outside the fill regions the fill layer holds the plain warp, so softened edges blend
             # towards the right colours (not towards black)
@@ -725,6 +734,59 @@ class WarpEngine(Engine):
                                 "colour_source": colour_sources(rev_map, src_map, fld[..., :2]),
                                 "source_face": source_face_mask(st.face_index, st.skin, F)}
         return out
+
+    # ------------------------------------------------------------------------------------------
+    def _rigid_glasses(self, st: WarpSource, target_params: Any, vt: np.ndarray, fld: np.ndarray) -> np.ndarray | None:
+        """Glasses move rigidly with the head: where an edit changes the expression, the frame's
+        target pixels take the displacement of the pose-only target (the target's pose, the
+        source's expression: a rigid motion of the head in 3D), so a brow raise, closing lids or a
+        smile do not bend the frame; a pose-only edit already moves it rigidly. ``fld`` is changed
+        in place; returns the frame's soft target mask (None without glasses or without an
+        expression change)."""
+        g = st.glasses
+        if g is None or not g.present:
+            return None
+        tp = target_params
+        same = tp.expression.shape == st.params.expression.shape and torch.equal(tp.expression, st.params.expression)
+        if same and tp.jaw_pose is not None and st.params.jaw_pose is not None:
+            same = torch.equal(tp.jaw_pose, st.params.jaw_pose)
+        if same:
+            return None
+        vpose, _ = self._geometry(st.model, tp.replace(expression=st.params.expression.to(tp.expression),
+                                                       jaw_pose=st.params.jaw_pose), st.roi, st.k)
+        if st.lid_delta is not None:
+            vpose[:, :2] += st.lid_delta
+        h, w = st.work_hw
+        # only the part of the grid the frame can reach (its box in the source, with a margin)
+        fy, fx = np.nonzero(g.frame > 1e-3)
+        if fy.size == 0:
+            return None
+        fi_p, bary_p = self._raster(vpose, st.model.faces.long(), (h, w))
+        iy_p, ix_p = np.nonzero(fi_p >= 0)
+        pad = int(0.1 * st.face_px) + 2
+        box = (iy_p >= fy.min() - pad) & (iy_p <= fy.max() + pad) & (ix_p >= fx.min() - pad) & (ix_p <= fx.max() + pad)
+        iy_p, ix_p = iy_p[box], ix_p[box]
+        src_p = np.einsum("nk,nkc->nc", bary_p[iy_p, ix_p], st.verts[st.faces[fi_p[iy_p, ix_p]], :2])
+        spx = np.clip(np.floor(src_p).astype(np.int64), 0, [w - 1, h - 1])
+        a = g.frame[spx[:, 1], spx[:, 0]]
+        sel = a > 1e-3
+        if not sel.any():
+            return None
+        m_t = np.zeros((h, w), np.float32)
+        m_t[iy_p[sel], ix_p[sel]] = a[sel]
+        m_t = np.clip(cv2.GaussianBlur(cv2.dilate(m_t, np.ones((3, 3), np.uint8)), (0, 0), 0.7), 0, 1)
+        d_rigid = np.zeros((h, w, 2), np.float32)
+        d_rigid[iy_p, ix_p] = src_p - np.stack([ix_p + 0.5, iy_p + 0.5], 1)
+        ys, xs = np.nonzero(m_t > 1e-3)
+        known = np.zeros((h, w), bool)
+        known[iy_p, ix_p] = True
+        ok = known[ys, xs]
+        ys, xs = ys[ok], xs[ok]
+        am = m_t[ys, xs, None]
+        fld[ys, xs, :2] = am * d_rigid[ys, xs] + (1 - am) * fld[ys, xs, :2]
+        m_out = np.zeros((h, w), np.float32)
+        m_out[ys, xs] = m_t[ys, xs]
+        return m_out
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
@@ -1020,7 +1082,8 @@ def _sclera_colours(image: np.ndarray, eye_full: np.ndarray) -> np.ndarray | Non
     return out
 
 
-def _lid_colours(image: np.ndarray, eye_open: np.ndarray | None) -> np.ndarray | None:
+def _lid_colours(image: np.ndarray, eye_open: np.ndarray | None, exclude: np.ndarray | None = None
+                 ) -> np.ndarray | None:
     """(2, 3) lid skin colour per eye (1 = right, 2 = left): the mean of the lighter halves (lashes,
     crease and shadows are the darker ones) of two bands as high as the opening, right above and
     right below it."""
@@ -1039,6 +1102,8 @@ def _lid_colours(image: np.ndarray, eye_open: np.ndarray | None) -> np.ndarray |
         below[hgt:] = m[: m.shape[0] - hgt]
         cols = []
         for band in ((above > 0) & (m == 0), (below > 0) & (m == 0)):
+            if exclude is not None:  # not a glasses frame next to the eye
+                band &= ~exclude
             if band.sum() >= 4:
                 px = image[band]
                 lum = px.mean(1)
