@@ -170,7 +170,7 @@ def evaluate_photo(name: str, img: np.ndarray, model: Any, eng: Any,
     outs, rows = [], []
     for kind, label, spec in edits:
         target = spec.apply(params, model)
-        layers = kind == "pose" and hasattr(eng, "last_layers")
+        layers = kind == "pose" and getattr(eng, "name", "") == "warp"
         out = eng.render_frame(state, target, return_layers=True) if layers else eng.render_frame(state, target)
         outs.append(out)
         row: dict[str, Any] = {"kind": kind, "edit": label}
