@@ -784,6 +784,25 @@ class WarpEngine(Engine):
         ys, xs = ys[ok], xs[ok]
         am = m_t[ys, xs, None]
         fld[ys, xs, :2] = am * d_rigid[ys, xs] + (1 - am) * fld[ys, xs, :2]
+        # skin that moves away from the frame (raised brows) uncovers what the frame hid: pixels
+        # off the target frame whose warp reaches onto the photo's frame would draw it a second
+        # time, stretched; they take the skin next to the frame instead
+        oy, ox = np.nonzero(m_t < 0.5)
+        sel_o = (oy >= fy.min() - pad) & (oy <= fy.max() + pad) & (ox >= fx.min() - pad) & (ox <= fx.max() + pad)
+        oy, ox = oy[sel_o], ox[sel_o]
+        so = np.stack([ox + 0.5, oy + 0.5], 1) + fld[oy, ox, :2]
+        spo = np.clip(np.floor(so).astype(np.int64), 0, [w - 1, h - 1])
+        on = g.frame[spo[:, 1], spo[:, 0]] > 0.3
+        if on.any():
+            _, lab_f = cv2.distanceTransformWithLabels((g.frame <= 0.3).astype(np.uint8) ^ 1, cv2.DIST_L2, 5,
+                                                       labelType=cv2.DIST_LABEL_PIXEL)
+            zy, zx = np.nonzero(g.frame <= 0.3)
+            pos = np.zeros((int(lab_f.max()) + 1, 2), np.float32)
+            pos[lab_f[zy, zx]] = np.stack([zx + 0.5, zy + 0.5], 1)
+            # (the nearest skin pixel: a reflection across the frame's edge doubled the brows above
+            # it and drew the eye into closing lids)
+            near = pos[lab_f[spo[on, 1], spo[on, 0]]]
+            fld[oy[on], ox[on], :2] = near - np.stack([ox[on] + 0.5, oy[on] + 0.5], 1)
         m_out = np.zeros((h, w), np.float32)
         m_out[ys, xs] = m_t[ys, xs]
         return m_out

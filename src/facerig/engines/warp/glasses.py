@@ -20,6 +20,8 @@ _NASION, _BRIDGE = 168, 6
 _R_LOW, _L_LOW = 145, 374
 _R_BROW = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
 _L_BROW = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
+_R_BROW_UP, _R_BROW_LO = (70, 63, 105, 66, 107), (46, 53, 52, 65, 55)
+_L_BROW_UP, _L_BROW_LO = (300, 293, 334, 296, 336), (276, 283, 282, 295, 285)
 _R_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 _L_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
 
@@ -123,17 +125,27 @@ def frame_mask(image: np.ndarray, pts: np.ndarray) -> np.ndarray:
     free = _poly(pts, _R_EYE, (h, w)) | _poly(pts, _L_EYE, (h, w))
     k = max(1, int(round(0.05 * iod)))
     free = cv2.dilate(free, np.ones((2 * k + 1, 2 * k + 1), np.uint8))
-    brows = _poly(pts, _R_BROW, (h, w)) | _poly(pts, _L_BROW, (h, w))
-    kb = max(1, int(round(0.03 * iod)))
-    brows = cv2.dilate(brows, np.ones((2 * kb + 1, 2 * kb + 1), np.uint8))
+    # the brows' upper half only: a frame's top bar often runs along the brows' lower edge
+    brows = np.zeros((h, w), np.uint8)
+    for up, lo in ((_R_BROW_UP, _R_BROW_LO), (_L_BROW_UP, _L_BROW_LO)):
+        top = pts[list(up)] - [0.0, 0.03 * iod]
+        mid = (pts[list(up)] + pts[list(lo)]) / 2
+        cv2.fillPoly(brows, [np.round(np.concatenate([top, mid[::-1]]) * 4).astype(np.int32)], 1,
+                     lineType=cv2.LINE_8, shift=2)
     m = m & (1 - free[ya:yb, xa:xb]) & (1 - brows[ya:yb, xa:xb])
     # only long structures (frame parts), not skin pores or single dark specks
     n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
     keep = np.zeros(n, bool)
     span = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
     keep[1:] = span[1:] > 0.4 * iod
-    m = keep[lab].astype(np.float32)
-    m = cv2.dilate(m, np.ones((3, 3), np.uint8))
+    m = keep[lab].astype(np.uint8)
+    # close the notches the brows' exclusion cut into a frame bar that runs along them
+    kc = max(1, int(round(0.06 * iod)))
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * kc + 1, kc + 1)))
+    m = m.astype(np.float32)
+    # the frame's soft (anti-aliased, blurred) edges too: left to the warp they draw a second rim
+    kd = max(1, int(round(0.025 * iod)))
+    m = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * kd + 1, 2 * kd + 1)))
     out[ya:yb, xa:xb] = cv2.GaussianBlur(m, (0, 0), 0.8)
     return np.clip(out, 0, 1)
 
