@@ -898,6 +898,29 @@ class WarpEngine(Engine):
             gap = float(np.linalg.norm(vt[159 if eye == 1 else 386, :2] - vt[145 if eye == 1 else 374, :2]))
             shade = 0.72 + 0.28 * np.clip(dist / max(1.0, 0.3 * gap), 0.0, 1.0)
             col = np.where(inside[:, None], sample(st.image, pos), st.sclera_rgb[eye - 1][None] * shade[:, None])
+            if model_src.shape[0] >= 478:
+                # the part of the iris the photo's lids covered is iris, not white (it painted a
+                # white wedge over the iris): the iris mirrored about its centre where the photo
+                # shows that, else the iris's own mean colour
+                ring = list(range(iris + 1, iris + 5))
+                c_s = model_src[iris]
+                r = float(np.linalg.norm(model_src[ring] - c_s, axis=1).mean())
+                in_iris = ~inside & (np.linalg.norm(pos - c_s, axis=1) < 0.95 * r)
+                if r > 1.0 and in_iris.any():
+                    mir = pos[in_iris].copy()
+                    mir[:, 1] = 2 * c_s[1] - mir[:, 1]
+                    mp = np.clip(np.floor(mir).astype(np.int64), 0, [w - 1, h - 1])
+                    seen = st.eye_full[mp[:, 1], mp[:, 0]] == eye
+                    ys_i, xs_i = np.mgrid[int(c_s[1] - r):int(c_s[1] + r) + 1, int(c_s[0] - r):int(c_s[0] + r) + 1]
+                    ys_i, xs_i = np.clip(ys_i.ravel(), 0, h - 1), np.clip(xs_i.ravel(), 0, w - 1)
+                    near_c = (np.hypot(xs_i + 0.5 - c_s[0], ys_i + 0.5 - c_s[1]) < 0.8 * r) & (st.eye_full[ys_i, xs_i] == eye)
+                    mean_i = st.image[ys_i[near_c], xs_i[near_c]].mean(0) if near_c.sum() >= 4 else None
+                    ic = col[in_iris]
+                    if seen.any():
+                        ic[seen] = sample(st.image, mir[seen])
+                    if mean_i is not None:
+                        ic[~seen] = mean_i
+                    col[in_iris] = ic
             col = col * gain_w[ys, xs]
             # soft inside the contour, so the lids' own edge (lashes) stays the warp's
             a = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 0.8)[ys, xs] * (m[ys, xs] > 0) * wgt
