@@ -403,3 +403,40 @@ def test_glasses_frame_stays_rigid_under_a_brow_raise(astronaut):
     bent = np.linalg.norm(moved[False][top], axis=1)
     assert np.median(bent) > 1.0            # without the rule the frame's top bar follows the brows
     assert np.median(rigid) < 0.3 * np.median(bent)
+
+
+@pytest.mark.shared_data
+def test_wider_eyes_do_not_paint_white_over_the_iris():
+    """The top of the iris that the photo's upper lid covered is iris after widening the eyes, not
+    the white of the eye (it painted a white wedge over the iris). Measured on this photo: the
+    left iris's top cap was 19 grey levels brighter than its middle, 7 now (the right one is dark
+    either way: -11 / -10)."""
+    photo = ("deepface", "img5.jpg")
+    from facerig.edit import _fit_one
+    from facerig.fit.api import project_landmarks_to_frame
+    from facerig.io.assets import shared_path
+    from facerig.io.image import load_image
+    from facerig.morphable import load_face_model
+
+    img = load_image(shared_path("data", "portraits", *photo))
+    s = max(img.shape[:2]) / 768
+    if s > 1:
+        img = cv2.resize(img, (round(img.shape[1] / s), round(img.shape[0] / s)), interpolation=cv2.INTER_AREA)
+    model = load_face_model("builtin")
+    params = _fit_one(img, model, "largest", photo[1])
+    eng = get_engine("warp")
+    state = eng.prepare(img, params, model)
+    target = EditSpec(expression={"eyeWide_L": 1.0, "eyeWide_R": 1.0}).apply(params, model)
+    out = eng.render_frame(state, target).astype(np.float32).mean(2)
+    ps, pt = project_landmarks_to_frame(model, params)[0], project_landmarks_to_frame(model, target)[0]
+    pts = np.asarray(params.meta["landmarks_px"])
+    for c, ring in ((468, (469, 470, 471, 472)), (473, (474, 475, 476, 477))):
+        r = float(np.linalg.norm(pts[list(ring)] - pts[c], axis=1).mean())
+        ctr = pts[c] + (pt[c] - ps[c])
+        ys, xs = np.mgrid[0:out.shape[0], 0:out.shape[1]]
+        d = np.hypot(xs + 0.5 - ctr[0], ys + 0.5 - ctr[1])
+        top = (d < 0.85 * r) & (ys + 0.5 < ctr[1] - 0.45 * r)   # the iris's top cap
+        mid = (d < 0.85 * r) & (np.abs(ys + 0.5 - ctr[1]) < 0.3 * r)
+        assert top.sum() > 5
+        # as dark as the iris's middle, not as bright as the white
+        assert out[top].mean() < out[mid].mean() + 12, (out[top].mean(), out[mid].mean())
