@@ -556,7 +556,7 @@ class WarpEngine(Engine):
         fld[..., 2:] = cin[..., None] * D[..., 2:3] + (1 - cin[..., None]) * fld[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
-        frame_t = self._rigid_glasses(st, target_params, vt, fld)
+        frame_t = self._rigid_glasses(st, target_params, D, covf, fld)
         tm["fields"] = time.perf_counter() - t0
 
         # ---- fill layers (work grid): mirror / inpaint for hidden points, synthesised mouth
@@ -736,13 +736,16 @@ class WarpEngine(Engine):
         return out
 
     # ------------------------------------------------------------------------------------------
-    def _rigid_glasses(self, st: WarpSource, target_params: Any, vt: np.ndarray, fld: np.ndarray) -> np.ndarray | None:
+    @staticmethod
+    def _rigid_glasses(st: WarpSource, target_params: Any, D: np.ndarray, covf: np.ndarray,
+                       fld: np.ndarray) -> np.ndarray | None:
         """Glasses move rigidly with the head: where an edit changes the expression, the frame's
-        target pixels take the displacement of the pose-only target (the target's pose, the
-        source's expression: a rigid motion of the head in 3D), so a brow raise, closing lids or a
-        smile do not bend the frame; a pose-only edit already moves it rigidly. ``fld`` is changed
-        in place; returns the frame's soft target mask (None without glasses or without an
-        expression change)."""
+        target pixels take the pose part of the motion only (``D[..., :2] - D[..., 3:5]``: the
+        displacement minus its expression part, i.e. the rigid motion of the head in 3D), so a brow
+        raise, closing lids or a smile do not bend the frame; a pose-only edit already moves it
+        rigidly. Skin that moves away from the frame takes the skin next to it (not the frame a
+        second time). ``fld`` is changed in place; returns the frame's soft target mask (None
+        without glasses or without an expression change)."""
         g = st.glasses
         if g is None or not g.present:
             return None
@@ -752,60 +755,44 @@ class WarpEngine(Engine):
             same = torch.equal(tp.jaw_pose, st.params.jaw_pose)
         if same:
             return None
-        vpose, _ = self._geometry(st.model, tp.replace(expression=st.params.expression.to(tp.expression),
-                                                       jaw_pose=st.params.jaw_pose), st.roi, st.k)
-        if st.lid_delta is not None:
-            vpose[:, :2] += st.lid_delta
         h, w = st.work_hw
-        # only the part of the grid the frame can reach (its box in the source, with a margin)
-        fy, fx = np.nonzero(g.frame > 1e-3)
-        if fy.size == 0:
-            return None
-        fi_p, bary_p = self._raster(vpose, st.model.faces.long(), (h, w))
-        iy_p, ix_p = np.nonzero(fi_p >= 0)
-        pad = int(0.1 * st.face_px) + 2
-        box = (iy_p >= fy.min() - pad) & (iy_p <= fy.max() + pad) & (ix_p >= fx.min() - pad) & (ix_p <= fx.max() + pad)
-        iy_p, ix_p = iy_p[box], ix_p[box]
-        src_p = np.einsum("nk,nkc->nc", bary_p[iy_p, ix_p], st.verts[st.faces[fi_p[iy_p, ix_p]], :2])
-        spx = np.clip(np.floor(src_p).astype(np.int64), 0, [w - 1, h - 1])
-        a = g.frame[spx[:, 1], spx[:, 0]]
-        sel = a > 1e-3
-        if not sel.any():
-            return None
-        m_t = np.zeros((h, w), np.float32)
-        m_t[iy_p[sel], ix_p[sel]] = a[sel]
-        m_t = np.clip(cv2.GaussianBlur(cv2.dilate(m_t, np.ones((3, 3), np.uint8)), (0, 0), 0.7), 0, 1)
-        d_rigid = np.zeros((h, w, 2), np.float32)
-        d_rigid[iy_p, ix_p] = src_p - np.stack([ix_p + 0.5, iy_p + 0.5], 1)
-        ys, xs = np.nonzero(m_t > 1e-3)
-        known = np.zeros((h, w), bool)
-        known[iy_p, ix_p] = True
-        ok = known[ys, xs]
-        ys, xs = ys[ok], xs[ok]
-        am = m_t[ys, xs, None]
-        fld[ys, xs, :2] = am * d_rigid[ys, xs] + (1 - am) * fld[ys, xs, :2]
-        # skin that moves away from the frame (raised brows) uncovers what the frame hid: pixels
-        # off the target frame whose warp reaches onto the photo's frame would draw it a second
-        # time, stretched; they take the skin next to the frame instead
-        oy, ox = np.nonzero(m_t < 0.5)
-        sel_o = (oy >= fy.min() - pad) & (oy <= fy.max() + pad) & (ox >= fx.min() - pad) & (ox <= fx.max() + pad)
-        oy, ox = oy[sel_o], ox[sel_o]
-        so = np.stack([ox + 0.5, oy + 0.5], 1) + fld[oy, ox, :2]
-        spo = np.clip(np.floor(so).astype(np.int64), 0, [w - 1, h - 1])
-        on = g.frame[spo[:, 1], spo[:, 0]] > 0.3
-        if on.any():
-            _, lab_f = cv2.distanceTransformWithLabels((g.frame <= 0.3).astype(np.uint8) ^ 1, cv2.DIST_L2, 5,
-                                                       labelType=cv2.DIST_LABEL_PIXEL)
-            zy, zx = np.nonzero(g.frame <= 0.3)
+        if g.box is None:  # per source: the frame's reach and, off the frame, the nearest skin pixel
+            fy, fx = np.nonzero(g.frame > 1e-3)
+            if fy.size == 0:
+                return None
+            pad = int(0.1 * st.face_px) + 2
+            g.box = (max(0, int(fy.min()) - pad), min(h, int(fy.max()) + pad + 1),
+                     max(0, int(fx.min()) - pad), min(w, int(fx.max()) + pad + 1))
+            off = (g.frame <= 0.3).astype(np.uint8)
+            _, lab_f = cv2.distanceTransformWithLabels(1 - off, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+            zy, zx = np.nonzero(off)
             pos = np.zeros((int(lab_f.max()) + 1, 2), np.float32)
             pos[lab_f[zy, zx]] = np.stack([zx + 0.5, zy + 0.5], 1)
-            # (the nearest skin pixel: a reflection across the frame's edge doubled the brows above
-            # it and drew the eye into closing lids)
-            near = pos[lab_f[spo[on, 1], spo[on, 0]]]
-            fld[oy[on], ox[on], :2] = near - np.stack([ox[on] + 0.5, oy[on] + 0.5], 1)
-        m_out = np.zeros((h, w), np.float32)
-        m_out[ys, xs] = m_t[ys, xs]
-        return m_out
+            g.nearest_skin = pos[lab_f]
+        y0, y1, x0, x1 = g.box
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        p = np.stack([xs + 0.5, ys + 0.5], 2).astype(np.float32)
+        cov = covf[y0:y1, x0:x1] > 0
+        d_rigid = D[y0:y1, x0:x1, :2] - D[y0:y1, x0:x1, 3:5]
+        sp = np.clip(np.floor(p + d_rigid).astype(np.int64), 0, [w - 1, h - 1])
+        m_t = np.where(cov, g.frame[sp[..., 1], sp[..., 0]], 0.0).astype(np.float32)
+        if not (m_t > 1e-3).any():
+            return None
+        m_t = (np.clip(cv2.GaussianBlur(cv2.dilate(m_t, np.ones((3, 3), np.uint8)), (0, 0), 0.7), 0, 1) * cov).astype(np.float32)
+        sub = fld[y0:y1, x0:x1, :2]
+        a = m_t[..., None]
+        sub[:] = a * d_rigid + (1 - a) * sub
+        # skin that moves away from the frame (raised brows) uncovers what the frame hid: pixels
+        # off the target frame whose warp reaches onto the photo's frame would draw it a second
+        # time, stretched; they take the nearest skin pixel next to the frame instead (a reflection
+        # across the frame's edge doubled the brows above it and drew the eye into closing lids)
+        so = np.clip(np.floor(p + sub).astype(np.int64), 0, [w - 1, h - 1])
+        on = (m_t < 0.5) & (g.frame[so[..., 1], so[..., 0]] > 0.3)
+        if on.any():
+            sub[on] = g.nearest_skin[so[on][:, 1], so[on][:, 0]] - p[on]
+        out = np.zeros((h, w), np.float32)
+        out[y0:y1, x0:x1] = m_t
+        return out
 
     # ------------------------------------------------------------------------------------------
     @staticmethod

@@ -35,6 +35,8 @@ class Glasses:
     present: bool
     frame: np.ndarray      # (H, W) float32 soft mask of the frame pixels (zeros when absent)
     anchor_ids: tuple[int, ...]  # vertices that carry the frame (rigid fit)
+    box: tuple[int, int, int, int] | None = None  # (set by the engine) y0, y1, x0, x1 the frame can reach
+    nearest_skin: np.ndarray | None = None  # (set by the engine) (H, W, 2) nearest pixel off the frame
 
 
 def _row_peak(gy: np.ndarray, x0: float, x1: float, y0: float, y1: float) -> tuple[float, float]:
