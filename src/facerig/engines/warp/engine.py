@@ -143,6 +143,7 @@ class WarpSource:
     sclera_rgb: np.ndarray | None = None  # (2, 3) white of each eye
     timings: dict[str, float] = field(default_factory=dict)
     glasses: Any = None  # glasses.Glasses of the source (None: no detections to look for them)
+    fill_cache: dict[Any, Any] = field(default_factory=dict)  # per-source maps of the hidden-pixel fill
 
 
 class WarpEngine(Engine):
@@ -385,7 +386,9 @@ class WarpEngine(Engine):
         # (the same for hair and ears the outline overlaps: stretched across the cheek that turns
         # into view they read as a smear); and the outer rings stretched several times are a
         # foreshortened strip of the photo drawn as a blocky smear: filled from the face instead
-        face_src = source_face_mask(st.face_index, st.skin, F)
+        if "face" not in st.fill_cache:
+            st.fill_cache["face"] = source_face_mask(st.face_index, st.skin, F)
+        face_src = st.fill_cache["face"]
         if st.rim_face is not None:
             opened = st.rim_face[f] & (stretch > o.reveal_stretch[0])
             if opened.any():
@@ -618,24 +621,31 @@ class WarpEngine(Engine):
                 # only the face: the mirrored point of a cheek edge that turns into view is the
                 # other cheek's edge, which in a photo often shows hair or background (drawn
                 # there it reads as a second face edge)
-                valid = st.inner & face_src
-                if st.skin is not None:
-                    valid &= st.skin > 0.35
-                if closing and st.eye_open is not None:
-                    valid &= st.eye_open == 0
+                key = ("mirror", bool(closing and st.eye_open is not None))
+                if key not in st.fill_cache:  # where a mirrored colour may come from, and the nearest such pixel
+                    valid = st.inner & face_src
+                    if st.skin is not None:
+                        valid &= st.skin > 0.35
+                    if key[1]:
+                        valid &= st.eye_open == 0
+                    near_v = None
+                    if valid.any():
+                        dist_v, lab_v = cv2.distanceTransformWithLabels((~valid).astype(np.uint8), cv2.DIST_L2, 5,
+                                                                        labelType=cv2.DIST_LABEL_PIXEL)
+                        vy, vx = np.nonzero(valid)
+                        pos_v = np.zeros((int(lab_v.max()) + 1, 2), np.float64)
+                        pos_v[lab_v[vy, vx]] = np.stack([vx + 0.5, vy + 0.5], 1)
+                        near_v = (dist_v, pos_v[lab_v])
+                    st.fill_cache[key] = (valid, near_v)
+                valid, near_v = st.fill_cache[key]
                 ok &= valid[my, mx]
                 # a mirrored point just outside what the photo shows as face (the other cheek's
                 # edge is at its silhouette, or hair covers it): the nearest face point next to it
                 # on that side (within 8 % of the face), so the fill keeps the other cheek's texture
                 near_ok = ~ok & (mfi >= 0) & st.front[np.maximum(mfi, 0)]
-                if near_ok.any() and valid.any():
-                    dist_v, lab_v = cv2.distanceTransformWithLabels((~valid).astype(np.uint8), cv2.DIST_L2, 5,
-                                                                    labelType=cv2.DIST_LABEL_PIXEL)
-                    vy, vx = np.nonzero(valid)
-                    pos_v = np.zeros((int(lab_v.max()) + 1, 2), np.float64)
-                    pos_v[lab_v[vy, vx]] = np.stack([vx + 0.5, vy + 0.5], 1)
-                    near_ok &= dist_v[my, mx] < 0.08 * F
-                    msrc[near_ok, :2] = pos_v[lab_v[my[near_ok], mx[near_ok]]]
+                if near_ok.any() and near_v is not None:
+                    near_ok &= near_v[0][my, mx] < 0.08 * F
+                    msrc[near_ok, :2] = near_v[1][my[near_ok], mx[near_ok]]
                     ok |= near_ok
                 if ok.any():
                     col = sample(st.image, msrc[ok, :2])
@@ -732,7 +742,7 @@ class WarpEngine(Engine):
                                 # work-grid position their colour came from, and the source face
                                 "revealed": rev_map,
                                 "colour_source": colour_sources(rev_map, src_map, fld[..., :2]),
-                                "source_face": source_face_mask(st.face_index, st.skin, F)}
+                                "source_face": face_src}
         return out
 
     # ------------------------------------------------------------------------------------------
