@@ -58,7 +58,7 @@ def glasses_score(image: np.ndarray, pts: np.ndarray) -> float:
     gradient across the nose bridge and under each eye (a frame's rims are edges spanning the whole
     width there), relative to the face's own gradient texture on the cheeks. ``image``: float RGB
     in [0, 1]; ``pts``: (>= 468, 2) landmarks in the image's pixels. A bare face scores about
-    about 0.5-2.4 on shared portraits, frames 2.3-3.6, thick drawn frames about 5."""
+    at most 2.4 on shared portraits without glasses, 2.3-3.6 with, thick drawn frames about 5."""
     g = image.mean(2).astype(np.float32) if image.ndim == 3 else image.astype(np.float32)
     iod = float(np.linalg.norm(pts[_R_OUT] - pts[_L_OUT]))
     if iod < 8:
