@@ -170,9 +170,17 @@ def evaluate_photo(name: str, img: np.ndarray, model: Any, eng: Any,
     outs, rows = [], []
     for kind, label, spec in edits:
         target = spec.apply(params, model)
-        out = eng.render_frame(state, target)
+        layers = kind == "pose" and getattr(eng, "name", "") == "warp"
+        out = eng.render_frame(state, target, return_layers=True) if layers else eng.render_frame(state, target)
         outs.append(out)
         row: dict[str, Any] = {"kind": kind, "edit": label}
+        if layers and "revealed" in eng.last_layers:
+            from facerig.engines.warp.fill import tearing_fraction
+
+            # tearing: share of the revealed pixels (hidden in the photo, filled) whose colour
+            # came from outside the source face (background, hair)
+            row["tearing"] = tearing_fraction(eng.last_layers)
+            row["revealed_px"] = int(eng.last_layers["revealed"].sum())
         mask = ~head_mask(model, [params, target], img.shape[:2])
         # identical background -> inf dB: capped at 100 dB so means stay finite
         row["bg_psnr"] = min(100.0, float(psnr(out, img, mask=torch.from_numpy(mask.astype(np.float32))[None, None])[
@@ -237,7 +245,10 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                           "lm_error": mean([e.get("lm_motion_error") for e in sel]),
                           "lm_gain": mean([e.get("lm_motion_gain") for e in sel]),
                           "id_distance": mean([e.get("id_distance") for e in sel]),
-                          "bg_psnr": mean([e.get("bg_psnr") for e in sel])}
+                          "bg_psnr": mean([e.get("bg_psnr") for e in sel]),
+                          "tearing": mean([e.get("tearing") for e in sel]),
+                          "tearing_max": max([e["tearing"] for e in sel if e.get("tearing") is not None],
+                                             default=math.nan)}
     s["light"] = {lt: {"light_rmse": mean([e.get("light_rmse") for _, e in rows if e["edit"] == lt]),
                        "light_rmse_unedited": mean([e.get("light_rmse_unedited") for _, e in rows if e["edit"] == lt]),
                        "id_distance": mean([e.get("id_distance") for _, e in rows if e["edit"] == lt]),
@@ -273,13 +284,17 @@ def write_docs(path: Path, summary: dict[str, Any], meta: dict[str, Any]) -> Non
          "by > 1 % IOD: gain = how much of the requested motion the detected landmarks made (1 = all, "
          "0 = none; sum(got . want) / sum(|want|^2)) and the mean |got - want| in % of the inter-ocular "
          "distance (MediaPipe's own noise between two images included); it needs no re-fit.", "",
+         "`tearing`: of the pixels the turn reveals (hidden in the photo, filled by the engine), the "
+         "share whose colour came from outside the source face (background or hair; the fitted mesh's "
+         "pixels that are skin or well inside it count as face), mean / max over the photos.", "",
          "| edit | mean re-fitted change (deg) | mean abs. error vs requested angle (deg) | median abs. error (deg) | "
-         "within 2 deg | landmark motion gain / error (% IOD) | ID dist. | bg PSNR (dB) |",
-         "|---|---|---|---|---|---|---|---|"]
+         "within 2 deg | landmark motion gain / error (% IOD) | ID dist. | bg PSNR (dB) | tearing mean / max |",
+         "|---|---|---|---|---|---|---|---|---|"]
     for k, v in s["pose"].items():
         L.append(f"| {k} | {f(v['measured'], 1)} | {f(v['error_deg'], 1)} | {f(v['median_error_deg'], 1)} | "
                  f"{f(100 * v['within_2deg'], 0)} % | {f(v['lm_gain'])} / {f(v['lm_error'], 1)} | "
-                 f"{f(v['id_distance'])} | {f(v['bg_psnr'], 1)} |")
+                 f"{f(v['id_distance'])} | {f(v['bg_psnr'], 1)} | "
+                 f"{f(v.get('tearing', math.nan), 3)} / {f(v.get('tearing_max', math.nan), 3)} |")
     L += ["", "## Expression presets (AED by re-fitting, ARKit coefficients 0..1)", "",
           "`AED preset`: mean |requested - re-fitted| over the coefficients the preset sets; `unedited`: the "
           "same AED for the unedited source (what an engine that does nothing would score); `AED all`: over "

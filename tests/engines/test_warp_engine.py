@@ -280,3 +280,163 @@ def _patch(im: np.ndarray, cxy: np.ndarray, r: int) -> np.ndarray:
     """Grey (2r+1)^2 patch of ``im`` centred on ``cxy`` (sub-pixel)."""
     m = np.float32([[1, 0, r - cxy[0]], [0, 1, r - cxy[1]]])
     return cv2.warpAffine(im.astype(np.float32).mean(2), m, (2 * r + 1, 2 * r + 1), flags=cv2.INTER_LINEAR)
+
+
+# ---- issue 10: turns fill from the face, glasses stay rigid ------------------------------------
+
+
+@pytest.mark.parametrize("yaw", [-20, 20])
+def test_turn_fills_revealed_cheek_from_the_face(fitted, yaw):
+    """What a turn reveals is filled from the face, not the background or hair: the tearing measure
+    (share of the revealed pixels whose colour comes from outside the source face) stays low."""
+    from facerig.engines.warp.fill import tearing_fraction
+
+    model, params, eng, state = fitted
+    eng.render_frame(state, EditSpec(yaw=yaw, pose_anchor=eng.pose_anchor).apply(params, model), return_layers=True)
+    lay = eng.last_layers
+    assert lay["revealed"].shape == state.work_hw and lay["colour_source"].shape == (*state.work_hw, 2)
+    assert tearing_fraction(lay) < 0.05
+
+
+def test_tearing_fraction_counts_sources_outside_the_face():
+    """The measure itself: revealed pixels whose colour source is off the face count, others not."""
+    from facerig.engines.warp.fill import colour_sources, tearing_fraction
+
+    face = np.zeros((20, 20), bool)
+    face[5:15, 5:15] = True
+    rev = np.zeros((20, 20), bool)
+    rev[8:10, 8:12] = True  # 8 pixels
+    src = np.full((20, 20, 2), np.nan, np.float32)
+    src[8, 8:12] = (10.5, 10.5)   # on the face
+    src[9, 8:12] = (1.5, 1.5)     # background
+    pos = colour_sources(rev, src, np.zeros((20, 20, 2), np.float32))
+    assert tearing_fraction({"revealed": rev, "source_face": face, "colour_source": pos}) == pytest.approx(0.5)
+    assert tearing_fraction({"revealed": np.zeros_like(rev), "source_face": face, "colour_source": pos}) == 0.0
+
+
+@pytest.mark.shared_data
+def test_three_quarter_turn_is_not_torn():
+    """A 3/4 portrait turned by -20 degrees: the cheek that turns into view took background and
+    hair colours (tearing 0.30 before issue 10); it is filled with the face's own colours now."""
+    from facerig.edit import _fit_one
+    from facerig.engines.warp.fill import tearing_fraction
+    from facerig.io.assets import shared_path
+    from facerig.io.image import load_image
+    from facerig.morphable import load_face_model
+
+    img = load_image(shared_path("data", "portraits", "deepface", "img5.jpg"))
+    s = max(img.shape[:2]) / 768
+    if s > 1:
+        img = cv2.resize(img, (round(img.shape[1] / s), round(img.shape[0] / s)), interpolation=cv2.INTER_AREA)
+    model = load_face_model("builtin")
+    params = _fit_one(img, model, "largest", "img5")
+    eng = get_engine("warp")
+    state = eng.prepare(img, params, model)
+    eng.render_frame(state, EditSpec(yaw=-20, pose_anchor=eng.pose_anchor).apply(params, model), return_layers=True)
+    lay = eng.last_layers
+    assert lay["revealed"].sum() > 100
+    assert tearing_fraction(lay) < 0.05
+    # the revealed pixels' colours are nearer the face's skin than the background's
+    fill = lay["fill"][lay["revealed"]]
+    bg = state.image[state.person < 0.2]
+    d_skin = np.linalg.norm(fill.mean(0) - state.skin_rgb)
+    d_bg = np.linalg.norm(fill.mean(0) - bg.mean(0))
+    assert d_skin < d_bg
+
+
+def _draw_glasses(img: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """A photo with a thick dark frame drawn: a lens around each eye and a bar across the bridge."""
+    out = img.copy()
+    iod = float(np.linalg.norm(pts[33] - pts[263]))
+    t = max(2, int(round(0.05 * iod)))
+    ends = []
+    for a, b in ((33, 133), (362, 263)):
+        c = (pts[a] + pts[b]) / 2 + [0, 0.03 * iod]
+        half = np.array([0.2 * iod, 0.15 * iod])
+        p0, p1 = np.round(c - half).astype(int), np.round(c + half).astype(int)
+        cv2.rectangle(out, (int(p0[0]), int(p0[1])), (int(p1[0]), int(p1[1])), (25, 20, 20), t, cv2.LINE_AA)
+        ends.append(c)
+    mid = (ends[0] + ends[1]) / 2
+    x0, x1 = sorted((ends[0][0], ends[1][0]))
+    y = int(round(mid[1] - 0.05 * iod))
+    cv2.line(out, (int(round(x0 + 0.2 * iod)), y), (int(round(x1 - 0.2 * iod)), y), (25, 20, 20), t, cv2.LINE_AA)
+    return out
+
+
+def test_glasses_detected_on_drawn_frames_not_on_bare_face(fitted, astronaut):
+    from facerig.engines.warp.glasses import detect_glasses
+
+    _, params, _, _ = fitted
+    pts = np.asarray(params.meta["landmarks_px"], np.float64)
+    bare = detect_glasses(astronaut.astype(np.float32) / 255, pts)
+    worn = detect_glasses(_draw_glasses(astronaut, pts).astype(np.float32) / 255, pts)
+    assert not bare.present and not bare.frame.any()
+    assert worn.present and worn.score > bare.score
+    # the frame mask lies on the drawn frame (dark), not on the eyes
+    on = worn.frame > 0.5
+    assert on.sum() > 200
+    assert astronaut[on].mean() > _draw_glasses(astronaut, pts)[on].mean() + 40
+
+
+def test_glasses_frame_stays_rigid_under_a_brow_raise(astronaut):
+    """With glasses on, raising the brows moves the brows but not the frame (it bent with the brows)."""
+    from facerig.edit import _fit_one
+    from facerig.morphable import load_face_model
+
+    model = load_face_model("builtin")
+    p0 = _fit_one(astronaut, model, "largest", "astronaut")
+    img = _draw_glasses(astronaut, np.asarray(p0.meta["landmarks_px"], np.float64))
+    params = _fit_one(img, model, "largest", "astronaut with glasses")
+    target = EditSpec(expression={"browInnerUp": 1.0, "browOuterUp_L": 1.0, "browOuterUp_R": 1.0}).apply(params, model)
+    moved = {}
+    for on in (True, False):
+        eng = get_engine("warp", glasses=on)
+        state = eng.prepare(img, params, model)
+        assert state.glasses is None or state.glasses.present == on
+        eng.render_frame(state, target, return_layers=True)
+        moved[on] = eng.last_layers["field"][..., :2]
+    eng = get_engine("warp")
+    state = eng.prepare(img, params, model)
+    frame = state.glasses.frame > 0.5
+    top = frame & (np.arange(frame.shape[0])[:, None] < np.percentile(np.nonzero(frame)[0], 35))
+    rigid = np.linalg.norm(moved[True][top], axis=1)
+    bent = np.linalg.norm(moved[False][top], axis=1)
+    assert np.median(bent) > 1.0            # without the rule the frame's top bar follows the brows
+    assert np.median(rigid) < 0.3 * np.median(bent)
+
+
+@pytest.mark.shared_data
+def test_wider_eyes_do_not_paint_white_over_the_iris():
+    """The top of the iris that the photo's upper lid covered is iris after widening the eyes, not
+    the white of the eye (it painted a white wedge over the iris). Measured on this photo: the
+    left iris's top cap was 19 grey levels brighter than its middle, 7 now (the right one is dark
+    either way: -11 / -10)."""
+    photo = ("deepface", "img5.jpg")
+    from facerig.edit import _fit_one
+    from facerig.fit.api import project_landmarks_to_frame
+    from facerig.io.assets import shared_path
+    from facerig.io.image import load_image
+    from facerig.morphable import load_face_model
+
+    img = load_image(shared_path("data", "portraits", *photo))
+    s = max(img.shape[:2]) / 768
+    if s > 1:
+        img = cv2.resize(img, (round(img.shape[1] / s), round(img.shape[0] / s)), interpolation=cv2.INTER_AREA)
+    model = load_face_model("builtin")
+    params = _fit_one(img, model, "largest", photo[1])
+    eng = get_engine("warp")
+    state = eng.prepare(img, params, model)
+    target = EditSpec(expression={"eyeWide_L": 1.0, "eyeWide_R": 1.0}).apply(params, model)
+    out = eng.render_frame(state, target).astype(np.float32).mean(2)
+    ps, pt = project_landmarks_to_frame(model, params)[0], project_landmarks_to_frame(model, target)[0]
+    pts = np.asarray(params.meta["landmarks_px"])
+    for c, ring in ((468, (469, 470, 471, 472)), (473, (474, 475, 476, 477))):
+        r = float(np.linalg.norm(pts[list(ring)] - pts[c], axis=1).mean())
+        ctr = pts[c] + (pt[c] - ps[c])
+        ys, xs = np.mgrid[0:out.shape[0], 0:out.shape[1]]
+        d = np.hypot(xs + 0.5 - ctr[0], ys + 0.5 - ctr[1])
+        top = (d < 0.85 * r) & (ys + 0.5 < ctr[1] - 0.45 * r)   # the iris's top cap
+        mid = (d < 0.85 * r) & (np.abs(ys + 0.5 - ctr[1]) < 0.3 * r)
+        assert top.sum() > 5
+        # as dark as the iris's middle, not as bright as the white
+        assert out[top].mean() < out[mid].mean() + 12, (out[top].mean(), out[mid].mean())

@@ -54,6 +54,8 @@ from facerig.engines.warp.field import (
     resize,
     sample,
 )
+from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask
+from facerig.engines.warp.glasses import detect_glasses
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import (
     MouthSource,
@@ -110,6 +112,10 @@ class WarpOptions:
     expression_reach: float = 0.3   # how far expression motion carries on outside the mesh, x face size
     relight_skin: float = 0.6       # relight reach over skin-coloured pixels next to the face (forehead,
                                     # neck, ears), x face size (0: off)
+    glasses: bool = True            # detect glasses on the source; their frame then moves rigidly with the head
+    reveal_stretch: tuple[float, float] = (1.3, 3.0)  # outer-ring triangles stretched beyond these (target/
+                                    # source area) are "not seen" (filled from the face) where the photo shows
+                                    # no face there (background, hair, ear) / anywhere
 
 
 @dataclass
@@ -153,6 +159,8 @@ class WarpSource:
     sclera_rgb: np.ndarray | None = None  # (2, 3) white of each eye
     mouth: MouthSource | None = None  # the source's mouth: detected inner lips, real interior, colours, blur
     timings: dict[str, float] = field(default_factory=dict)
+    glasses: Any = None  # glasses.Glasses of the source (None: no detections to look for them)
+    fill_cache: dict[Any, Any] = field(default_factory=dict)  # per-source maps of the hidden-pixel fill
 
 
 class WarpEngine(Engine):
@@ -333,7 +341,10 @@ class WarpEngine(Engine):
             n = max(1, round(0.01 * face_px))
             core = cv2.erode((st.eye_full > 0).astype(np.uint8), np.ones((2 * n + 1, 2 * n + 1), np.uint8))
             st.eye_open = st.eye_full * core
-            st.lid_rgb = _lid_colours(image, st.eye_open)
+            det = _detected_px(source_params, (x0, y0), k)
+            st.glasses = detect_glasses(image, det) if (o.glasses and det is not None) else None
+            frame_px = st.glasses.frame > 0.3 if (st.glasses is not None and st.glasses.present) else None
+            st.lid_rgb = _lid_colours(image, st.eye_open, exclude=frame_px)
             st.sclera_rgb = _sclera_colours(image, st.eye_full)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
@@ -397,10 +408,17 @@ class WarpEngine(Engine):
         # a fitted mesh overlaps the background beyond a cheek that is nearly edge-on in the photo
         # (its outline vertices sit behind the visible silhouette): turned into view (its outer
         # triangles grow), those parts showed the background inside the face: not seen either
-        if st.rim_face is not None and st.skin is not None:
-            opened = st.rim_face[f] & (stretch > 1.5)
+        # (the same for hair and ears the outline overlaps: stretched across the cheek that turns
+        # into view they read as a smear); and the outer rings stretched several times are a
+        # foreshortened strip of the photo drawn as a blocky smear: filled from the face instead
+        if "face" not in st.fill_cache:
+            st.fill_cache["face"] = source_face_mask(st.face_index, st.skin, F)
+        face_src = st.fill_cache["face"]
+        if st.rim_face is not None:
+            opened = st.rim_face[f] & (stretch > o.reveal_stretch[0])
             if opened.any():
-                hidden |= opened & (st.skin[sy, sx] < 0.25)
+                hidden |= opened & ~face_src[sy, sx]
+            hidden |= st.rim_face[f] & (stretch > o.reveal_stretch[1])
         if hidden.any():  # drop specks: only blobs of some size are really "not seen"
             hm0 = np.zeros((h, w), np.uint8)
             hm0[iy[hidden], ix[hidden]] = 1
@@ -573,6 +591,7 @@ class WarpEngine(Engine):
         fld[..., 2:] = cin[..., None] * D[..., 2:3] + (1 - cin[..., None]) * fld[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
+        frame_t = self._rigid_glasses(st, target_params, D, covf, fld)
         tm["fields"] = time.perf_counter() - t0
 
         # ---- fill layers (work grid): mirror / inpaint for hidden points, synthesised mouth
@@ -608,37 +627,18 @@ class WarpEngine(Engine):
         widening = [(eye, float(min((r - 1.08) / 0.17, 1.0))) for eye, r in gaps.items() if r > 1.08]
         if widening and st.eye_full is not None and st.sclera_rgb is not None:
             self._fill_wider_eyes(st, vt, widening, gain_w, fill, alpha)
-        if hidden.any() and st.rim_face is not None:
-            # the mesh's outer rings (a cheek edge that turns into view, grazing or beyond the
-            # silhouette in the photo): continue the nearest visible skin of the same face outwards.
-            # The mirror there is the other cheek's edge, often hair or background, which drew a
-            # second face edge
-            rim_h = hidden & st.rim_face[f]
-            if rim_h.any():
-                # nearest seen pixel, within a box around the hidden rim pixels (a fraction of the grid)
-                ry_, rx_ = iy[rim_h], ix[rim_h]
-                pad = int(0.1 * F) + 2
-                by0, by1 = max(0, ry_.min() - pad), min(h, ry_.max() + pad + 1)
-                bx0, bx1 = max(0, rx_.min() - pad), min(w, rx_.max() + pad + 1)
-                seen = np.ones((by1 - by0, bx1 - bx0), np.uint8)
-                vis = ~hidden & (iy >= by0) & (iy < by1) & (ix >= bx0) & (ix < bx1)
-                seen[iy[vis] - by0, ix[vis] - bx0] = 0
-                _, lab = cv2.distanceTransformWithLabels(seen, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-                zy, zx = np.nonzero(seen == 0)
-                near = np.full(int(lab.max()) + 1, -1, np.int64)
-                near[lab[zy, zx]] = (zy + by0) * w + (zx + bx0)
-                tgt = near[lab[ry_ - by0, rx_ - bx0]]
-                idx_of = np.full(h * w, -1, np.int64)
-                idx_of[iy * w + ix] = np.arange(iy.size)
-                j = np.where(tgt >= 0, idx_of[np.maximum(tgt, 0)], -1)
-                good = j >= 0
-                if good.any():
-                    fill[ry_[good], rx_[good]] = sample(st.image, src[j[good], :2]) * ratio[j[good]]
-                    alpha[ry_[good], rx_[good]] = 1.0
-                    hidden = hidden.copy()
-                    hidden[np.nonzero(rim_h)[0][good]] = False
+        revealed = hidden.copy()  # what the photo does not show and the fill below provides
+        hidden_all = hidden | eye_hidden
+        fill_src = np.full((src.shape[0], 2), np.nan, np.float32)  # where each fill's colour comes from
+        # what the photo does not show is filled from the face's own visible side, never from the
+        # background or hair: (1) the mirrored surface point (the model's left-right symmetry,
+        # i.e. texture space) where the photo shows it as face, its shading divided out and the
+        # target's put in; (2) else the visible face next to it, reflected across the edge of what
+        # is seen (texture, not streaks); (3) else inpainted. The fill is then blended into the
+        # warp seamlessly (fill.seamless_offset) after the inpaint below.
         if hidden.any():
             hy, hx = iy[hidden], ix[hidden]
+            hid_idx = np.nonzero(hidden)[0]
             ok = np.zeros(hy.size, bool)
             if o.mirror_fill and st.mirror is not None:
                 mtri = st.mirror[tri[hidden]]
@@ -650,19 +650,48 @@ class WarpEngine(Engine):
                 ok &= st.front[np.maximum(mfi, 0)]
                 if closing and st.eye_open is not None:  # not the other eye's iris either
                     ok &= st.eye_open[my, mx] == 0
-                if st.skin is not None:
-                    # only skin: the mirrored point of a cheek edge that turns into view is the other
-                    # cheek's edge, which in a photo often shows hair or background (drawn there it
-                    # reads as a second face edge)
-                    ok &= st.skin[my, mx] > 0.5
+                # only the face: the mirrored point of a cheek edge that turns into view is the
+                # other cheek's edge, which in a photo often shows hair or background (drawn
+                # there it reads as a second face edge)
+                key = ("mirror", bool(closing and st.eye_open is not None))
+                if key not in st.fill_cache:  # where a mirrored colour may come from, and the nearest such pixel
+                    valid = st.inner & face_src
+                    if st.skin is not None:
+                        valid &= st.skin > 0.35
+                    if key[1]:
+                        valid &= st.eye_open == 0
+                    near_v = None
+                    if valid.any():
+                        dist_v, lab_v = cv2.distanceTransformWithLabels((~valid).astype(np.uint8), cv2.DIST_L2, 5,
+                                                                        labelType=cv2.DIST_LABEL_PIXEL)
+                        vy, vx = np.nonzero(valid)
+                        pos_v = np.zeros((int(lab_v.max()) + 1, 2), np.float64)
+                        pos_v[lab_v[vy, vx]] = np.stack([vx + 0.5, vy + 0.5], 1)
+                        near_v = (dist_v, pos_v[lab_v])
+                    st.fill_cache[key] = (valid, near_v)
+                valid, near_v = st.fill_cache[key]
+                ok &= valid[my, mx]
+                # a mirrored point just outside what the photo shows as face (the other cheek's
+                # edge is at its silhouette, or hair covers it): the nearest face point next to it
+                # on that side (within 8 % of the face), so the fill keeps the other cheek's texture
+                near_ok = ~ok & (mfi >= 0) & st.front[np.maximum(mfi, 0)]
+                if near_ok.any() and near_v is not None:
+                    near_ok &= near_v[0][my, mx] < 0.08 * F
+                    msrc[near_ok, :2] = near_v[1][my[near_ok], mx[near_ok]]
+                    ok |= near_ok
                 if ok.any():
                     col = sample(st.image, msrc[ok, :2])
                     s_m = np.einsum("nk,nkc->nc", b[hidden][ok], st.shade[mtri[ok]]).mean(1)
                     rm = np.clip(s_t[hidden][ok].mean(1) / np.maximum(s_m, 1e-3), lo_c, hi_c)[:, None] * tint
                     fill[hy[ok], hx[ok]] = col * rm
                     alpha[hy[ok], hx[ok]] = 1.0
+                    fill_src[hid_idx[ok]] = msrc[ok, :2]
             if (~ok).any():
-                alpha[hy[~ok], hx[~ok]] = 2.0  # marker: inpaint later
+                got = self._reflect_fill(st, src, ratio, hidden, face_src, iy, ix, hy[~ok], hx[~ok], fill, alpha)
+                fill_src[hid_idx[~ok][got >= 0]] = src[got[got >= 0], :2]
+                left = got < 0
+                if left.any():
+                    alpha[hy[~ok][left], hx[~ok][left]] = 2.0  # marker: inpaint later
         mouth_w = 0.0
         mouth_kind = ""
         if o.synth_mouth and r_mouth >= 0:
@@ -720,6 +749,21 @@ class WarpEngine(Engine):
             inp = cv2.inpaint(u8, m8, max(3.0, 0.02 * F), cv2.INPAINT_TELEA).astype(np.float32) / 255
             fill = np.where(need[..., None], inp, fill)
             alpha = np.where(need, 1.0, alpha)
+        if revealed.any() and alpha.any():
+            # the revealed fill meets the warp without a seam: its brightness and tint follow the
+            # visible face around it (Poisson-like membrane correction); mouth and lids untouched
+            reg = np.zeros((h, w), bool)
+            reg[iy[revealed], ix[revealed]] = True
+            if mouth_w > 0:
+                sel_m = region_of == r_mouth
+                reg[iy[sel_m], ix[sel_m]] = False
+            reg &= alpha >= 1.0
+            vis_face = np.zeros((h, w), bool)
+            seen_face = ~hidden_all & face_src[sy, sx]
+            vis_face[iy[seen_face], ix[seen_face]] = True
+            fill = seamless_offset(fill, warped_w, reg, vis_face)
+        if frame_t is not None and alpha.any():  # the glasses' frame stays on top of every fill
+            alpha = np.where(alpha <= 1.0, alpha * (1.0 - frame_t), alpha)
         if alpha.any():
             # outside the fill regions the fill layer holds the plain warp, so softened edges blend
             # towards the right colours (not towards black)
@@ -733,9 +777,125 @@ class WarpEngine(Engine):
         tm["compose"] = time.perf_counter() - t0
         self.last_timings = tm
         if return_layers:
+            rev_map = np.zeros((h, w), bool)
+            rev_map[iy[revealed], ix[revealed]] = True
+            src_map = np.full((h, w, 2), np.nan, np.float32)
+            src_map[iy[revealed], ix[revealed]] = fill_src[revealed]
             self.last_layers = {"field": fld, "fill": fill, "alpha": alpha, "mouth_weight": mouth_w,
                                 "mouth_kind": mouth_kind,
-                                "hidden_fraction": float(hidden.mean()) if hidden.size else 0.0}
+                                "hidden_fraction": float(hidden.mean()) if hidden.size else 0.0,
+                                # the tearing measure (fill.tearing_fraction): revealed pixels, the
+                                # work-grid position their colour came from, and the source face
+                                "revealed": rev_map,
+                                "colour_source": colour_sources(rev_map, src_map, fld[..., :2]),
+                                "source_face": face_src}
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _rigid_glasses(st: WarpSource, target_params: Any, D: np.ndarray, covf: np.ndarray,
+                       fld: np.ndarray) -> np.ndarray | None:
+        """Glasses move rigidly with the head: where an edit changes the expression, the frame's
+        target pixels take the pose part of the motion only (``D[..., :2] - D[..., 3:5]``: the
+        displacement minus its expression part, i.e. the rigid motion of the head in 3D), so a brow
+        raise, closing lids or a smile do not bend the frame; a pose-only edit already moves it
+        rigidly. Skin that moves away from the frame takes the skin next to it (not the frame a
+        second time). ``fld`` is changed in place; returns the frame's soft target mask (None
+        without glasses or without an expression change)."""
+        g = st.glasses
+        if g is None or not g.present:
+            return None
+        tp = target_params
+        same = tp.expression.shape == st.params.expression.shape and torch.equal(tp.expression, st.params.expression)
+        if same and tp.jaw_pose is not None and st.params.jaw_pose is not None:
+            same = torch.equal(tp.jaw_pose, st.params.jaw_pose)
+        if same:
+            return None
+        h, w = st.work_hw
+        if g.box is None:  # per source: the frame's reach and, off the frame, the nearest skin pixel
+            fy, fx = np.nonzero(g.frame > 1e-3)
+            if fy.size == 0:
+                return None
+            pad = int(0.1 * st.face_px) + 2
+            g.box = (max(0, int(fy.min()) - pad), min(h, int(fy.max()) + pad + 1),
+                     max(0, int(fx.min()) - pad), min(w, int(fx.max()) + pad + 1))
+            off = (g.frame <= 0.3).astype(np.uint8)
+            _, lab_f = cv2.distanceTransformWithLabels(1 - off, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+            zy, zx = np.nonzero(off)
+            pos = np.zeros((int(lab_f.max()) + 1, 2), np.float32)
+            pos[lab_f[zy, zx]] = np.stack([zx + 0.5, zy + 0.5], 1)
+            g.nearest_skin = pos[lab_f]
+        y0, y1, x0, x1 = g.box
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        p = np.stack([xs + 0.5, ys + 0.5], 2).astype(np.float32)
+        cov = covf[y0:y1, x0:x1] > 0
+        d_rigid = D[y0:y1, x0:x1, :2] - D[y0:y1, x0:x1, 3:5]
+        sp = np.clip(np.floor(p + d_rigid).astype(np.int64), 0, [w - 1, h - 1])
+        m_t = np.where(cov, g.frame[sp[..., 1], sp[..., 0]], 0.0).astype(np.float32)
+        if not (m_t > 1e-3).any():
+            return None
+        m_t = (np.clip(cv2.GaussianBlur(cv2.dilate(m_t, np.ones((3, 3), np.uint8)), (0, 0), 0.7), 0, 1) * cov).astype(np.float32)
+        sub = fld[y0:y1, x0:x1, :2]
+        a = m_t[..., None]
+        sub[:] = a * d_rigid + (1 - a) * sub
+        # skin that moves away from the frame (raised brows) uncovers what the frame hid: pixels
+        # off the target frame whose warp reaches onto the photo's frame would draw it a second
+        # time, stretched; they take the nearest skin pixel next to the frame instead (a reflection
+        # across the frame's edge doubled the brows above it and drew the eye into closing lids)
+        so = np.clip(np.floor(p + sub).astype(np.int64), 0, [w - 1, h - 1])
+        on = (m_t < 0.5) & (g.frame[so[..., 1], so[..., 0]] > 0.3)
+        if on.any():
+            sub[on] = g.nearest_skin[so[on][:, 1], so[on][:, 0]] - p[on]
+        out = np.zeros((h, w), np.float32)
+        out[y0:y1, x0:x1] = m_t
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _reflect_fill(st: WarpSource, src: np.ndarray, ratio: np.ndarray, hidden: np.ndarray,
+                      face_src: np.ndarray, iy: np.ndarray, ix: np.ndarray, ty: np.ndarray, tx: np.ndarray,
+                      fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Fill target pixels (ty, tx) whose source point is not seen from the visible face next
+        to them: the nearest covered target pixel that is seen and whose source point lies on the
+        face (``face_src``: not background or hair), reflected across it (the pixel as far inside
+        the seen face as the hidden one is outside it; the nearest one itself where that is not
+        seen face), relit by that pixel's own ratio. A reflection keeps the skin's texture where a
+        nearest-pixel copy drew streaks, and never reaches the background the mesh overlaps
+        beyond a cheek that was edge-on in the photo. Returns, per pixel, the covered-pixel index
+        its colour came from (-1: none within reach, left to the inpaint)."""
+        h, w = st.work_hw
+        F = st.face_px
+        out = np.full(ty.size, -1, np.int64)
+        if ty.size == 0:
+            return out
+        sx = np.clip(src[:, 0].astype(np.int64), 0, w - 1)
+        sy = np.clip(src[:, 1].astype(np.int64), 0, h - 1)
+        good = ~hidden & face_src[sy, sx]
+        pad = int(0.15 * F) + 2
+        by0, by1 = max(0, int(ty.min()) - pad), min(h, int(ty.max()) + pad + 1)
+        bx0, bx1 = max(0, int(tx.min()) - pad), min(w, int(tx.max()) + pad + 1)
+        inbox = good & (iy >= by0) & (iy < by1) & (ix >= bx0) & (ix < bx1)
+        if not inbox.any():
+            return out
+        idx_box = np.full((by1 - by0, bx1 - bx0), -1, np.int64)
+        idx_box[iy[inbox] - by0, ix[inbox] - bx0] = np.nonzero(inbox)[0]
+        seen = (idx_box < 0).astype(np.uint8)
+        _, lab = cv2.distanceTransformWithLabels(seen, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+        zy, zx = np.nonzero(seen == 0)
+        near = np.full((int(lab.max()) + 1, 2), -1, np.int64)
+        near[lab[zy, zx]] = np.stack([zy, zx], 1)
+        q = near[lab[ty - by0, tx - bx0]]
+        has = q[:, 0] >= 0
+        # reflected across the nearest seen face pixel, a little further in (past its edge)
+        ry = np.clip(2 * q[:, 0] - (ty - by0) + np.sign(q[:, 0] - (ty - by0)), 0, by1 - by0 - 1)
+        rx = np.clip(2 * q[:, 1] - (tx - bx0) + np.sign(q[:, 1] - (tx - bx0)), 0, bx1 - bx0 - 1)
+        j = np.where(has, idx_box[ry, rx], -1)
+        j = np.where((j < 0) & has, idx_box[np.maximum(q[:, 0], 0), np.maximum(q[:, 1], 0)], j)
+        ok = j >= 0
+        if ok.any():
+            fill[ty[ok], tx[ok]] = sample(st.image, src[j[ok], :2]) * ratio[j[ok]]
+            alpha[ty[ok], tx[ok]] = 1.0
+            out[ok] = j[ok]
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -781,6 +941,29 @@ class WarpEngine(Engine):
             gap = float(np.linalg.norm(vt[159 if eye == 1 else 386, :2] - vt[145 if eye == 1 else 374, :2]))
             shade = 0.72 + 0.28 * np.clip(dist / max(1.0, 0.3 * gap), 0.0, 1.0)
             col = np.where(inside[:, None], sample(st.image, pos), st.sclera_rgb[eye - 1][None] * shade[:, None])
+            if model_src.shape[0] >= 478:
+                # the part of the iris the photo's lids covered is iris, not white (it painted a
+                # white wedge over the iris): the iris mirrored about its centre where the photo
+                # shows that, else the iris's own mean colour
+                ring = list(range(iris + 1, iris + 5))
+                c_s = model_src[iris]
+                r = float(np.linalg.norm(model_src[ring] - c_s, axis=1).mean())
+                in_iris = ~inside & (np.linalg.norm(pos - c_s, axis=1) < 0.95 * r)
+                if r > 1.0 and in_iris.any():
+                    mir = pos[in_iris].copy()
+                    mir[:, 1] = 2 * c_s[1] - mir[:, 1]
+                    mp = np.clip(np.floor(mir).astype(np.int64), 0, [w - 1, h - 1])
+                    seen = st.eye_full[mp[:, 1], mp[:, 0]] == eye
+                    ys_i, xs_i = np.mgrid[int(c_s[1] - r):int(c_s[1] + r) + 1, int(c_s[0] - r):int(c_s[0] + r) + 1]
+                    ys_i, xs_i = np.clip(ys_i.ravel(), 0, h - 1), np.clip(xs_i.ravel(), 0, w - 1)
+                    near_c = (np.hypot(xs_i + 0.5 - c_s[0], ys_i + 0.5 - c_s[1]) < 0.8 * r) & (st.eye_full[ys_i, xs_i] == eye)
+                    mean_i = st.image[ys_i[near_c], xs_i[near_c]].mean(0) if near_c.sum() >= 4 else None
+                    ic = col[in_iris]
+                    if seen.any():
+                        ic[seen] = sample(st.image, mir[seen])
+                    if mean_i is not None:
+                        ic[~seen] = mean_i
+                    col[in_iris] = ic
             col = col * gain_w[ys, xs]
             # soft inside the contour, so the lids' own edge (lashes) stays the warp's
             a = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 0.8)[ys, xs] * (m[ys, xs] > 0) * wgt
@@ -997,7 +1180,8 @@ def _sclera_colours(image: np.ndarray, eye_full: np.ndarray) -> np.ndarray | Non
     return out
 
 
-def _lid_colours(image: np.ndarray, eye_open: np.ndarray | None) -> np.ndarray | None:
+def _lid_colours(image: np.ndarray, eye_open: np.ndarray | None, exclude: np.ndarray | None = None
+                 ) -> np.ndarray | None:
     """(2, 3) lid skin colour per eye (1 = right, 2 = left): the mean of the lighter halves (lashes,
     crease and shadows are the darker ones) of two bands as high as the opening, right above and
     right below it."""
@@ -1016,6 +1200,8 @@ def _lid_colours(image: np.ndarray, eye_open: np.ndarray | None) -> np.ndarray |
         below[hgt:] = m[: m.shape[0] - hgt]
         cols = []
         for band in ((above > 0) & (m == 0), (below > 0) & (m == 0)):
+            if exclude is not None:  # not a glasses frame next to the eye
+                band &= ~exclude
             if band.sum() >= 4:
                 px = image[band]
                 lum = px.mean(1)
