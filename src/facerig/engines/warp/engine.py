@@ -64,6 +64,9 @@ class WarpOptions:
 
     roi_scale: float = 2.4          # side of the work region / face size
     work_size: int = 768            # max side of the work grid (fields); the final warp is full-res
+    face_res: int = 256             # max face size on the work grid, px: a larger face is worked on at this
+                                    # size (cost bounded whatever the photo's resolution), the final
+                                    # resampling stays full-res over the face's region (0: no bound)
     falloff_person: float = 0.65    # falloff radius inside the person mask (hair, neck), x face size
     falloff_background: float = 0.12  # falloff radius on the background, x face size
     relight_falloff: float = 0.5    # fade of the relight ratio outside the mesh, x face size
@@ -136,6 +139,11 @@ class WarpSource:
     eye_full: np.ndarray | None = None  # (H, W) uint8: the detected eye openings, not shrunk
     sclera_rgb: np.ndarray | None = None  # (2, 3) white of each eye
     timings: dict[str, float] = field(default_factory=dict)
+    # reduced work grid: the photo around the work region, RGBA, supersampled ``up_scale`` x (see
+    # _supersample), and the frame pixel of its first pixel
+    frame_up: np.ndarray | None = None
+    up_scale: int = 1
+    up_origin: tuple[int, int] = (0, 0)
 
 
 class WarpEngine(Engine):
@@ -163,6 +171,13 @@ class WarpEngine(Engine):
             raise InvalidInput("outline_model", "plane or fraction", self.opts.outline_model)
         if self.opts.interpolation not in ("cubic", "linear"):
             raise InvalidInput("interpolation", "cubic or linear", self.opts.interpolation)
+        fr = self.opts.face_res
+        if isinstance(fr, bool) or not isinstance(fr, (int, np.integer)) or not (fr == 0 or 64 <= fr <= 4096):
+            raise InvalidInput("face_res", "the face's size on the work grid: an integer from 64 to 4096 px "
+                               "(0: no bound)", fr, hint="the default 256 bounds the cost whatever the photo size")
+        ws = self.opts.work_size
+        if isinstance(ws, bool) or not isinstance(ws, (int, np.integer)) or not 64 <= ws <= 8192:
+            raise InvalidInput("work_size", "the work grid's largest side: an integer from 64 to 8192 px", ws)
         self.last_timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------
@@ -218,6 +233,15 @@ class WarpEngine(Engine):
             bary[iy, ix] = np.stack([1 - w1 - w2, w1, w2], 1)
         return fi, bary
 
+    def _work_scale(self, roi_w: int, roi_h: int, face: float) -> float:
+        """Frame pixels per work-grid pixel: at most ``work_size`` px per side and the face at most
+        ``face_res`` px (never above native resolution), so the per-frame cost does not grow with the
+        photo's resolution beyond the face's."""
+        k = max(1.0, max(roi_w, roi_h) / float(self.opts.work_size))
+        if self.opts.face_res > 0:
+            k = max(k, face / float(self.opts.face_res))
+        return k
+
     @staticmethod
     def _tri_area(xy: np.ndarray, faces: np.ndarray) -> np.ndarray:
         a, b, c = xy[faces[:, 0]], xy[faces[:, 1]], xy[faces[:, 2]]
@@ -251,7 +275,7 @@ class WarpEngine(Engine):
         x1, y1 = int(np.ceil(min(W, centre[0] + half))), int(np.ceil(min(H, centre[1] + half)))
         if x1 - x0 < 8 or y1 - y0 < 8:
             raise InvalidInput("source_params", "a face inside the image", f"face region {x0},{y0}-{x1},{y1}")
-        k = max(1.0, max(x1 - x0, y1 - y0) / float(o.work_size))
+        k = self._work_scale(x1 - x0, y1 - y0, face)
         hw = (max(8, int(round((y1 - y0) / k))), max(8, int(round((x1 - x0) / k))))
         kx, ky = (x1 - x0) / hw[1], (y1 - y0) / hw[0]
         k = float((kx + ky) / 2)
@@ -309,6 +333,8 @@ class WarpEngine(Engine):
             head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces), skin=skin_like,
             head_src=vhead, lid_delta=lid_delta,
         )
+        if hw != (y1 - y0, x1 - x0):  # reduced work grid: the source of the full-res resampling
+            st.frame_up, st.up_scale, st.up_origin = self._supersample(frame, st.roi)
         st.eye_full = _eye_openings(source_params, (x0, y0), k, hw)
         if st.eye_full is not None:
             # shrunk by 1 % of the face: what lies deep inside the opening (iris, white), not its rim
@@ -319,6 +345,27 @@ class WarpEngine(Engine):
             st.sclera_rgb = _sclera_colours(image, st.eye_full)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
+
+    def _supersample(self, frame: np.ndarray, roi: tuple[int, int, int, int]
+                     ) -> tuple[np.ndarray, int, tuple[int, int]]:
+        """The photo around the work region (+10 % of its side, clipped to the frame) in RGBA,
+        supersampled s x with Lanczos (pixel s*i = pixel i exactly), once per source: a bilinear
+        lookup in it per output pixel is as sharp as a bicubic one in the photo (Laplacian variance
+        of a warped 1024 px portrait 443 vs 439, PSNR to a Lanczos warp 53.8 vs 49.7 dB) at a third
+        of the cost (cv2's 8-bit bicubic remap was 60 % of a frame). s = 3 up to 2.5 Mpx (36 MB for a
+        1024 px region), 2 up to 6 Mpx, else 1 (plain bicubic lookups)."""
+        x0, y0, x1, y1 = roi
+        H, W = frame.shape[:2]
+        m = int(np.ceil(0.1 * max(x1 - x0, y1 - y0)))
+        px0, py0, px1, py1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
+        crop = cv2.cvtColor(np.ascontiguousarray(frame[py0:py1, px0:px1]), cv2.COLOR_RGB2RGBA)
+        area = (px1 - px0) * (py1 - py0)
+        s = 1 if self.opts.interpolation != "cubic" else 3 if area <= 2_500_000 else 2 if area <= 6_000_000 else 1
+        if s > 1:
+            aff = np.array([[1.0 / s, 0.0, 0.0], [0.0, 1.0 / s, 0.0]])
+            crop = cv2.warpAffine(crop, aff, ((px1 - px0) * s, (py1 - py0) * s),
+                                  flags=cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        return crop, s, (px0, py0)
 
     def _person(self, work: np.ndarray, verts: np.ndarray, face_px: float) -> np.ndarray:
         from facerig.engines.warp.segment import person_mask
@@ -809,26 +856,81 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     def _compose(self, st: WarpSource, fld: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """The output frame: the full-resolution photo resampled along the work-grid displacement,
+        relit and blended with the fill layer, inside the part of the work region the edit reaches
+        (outside it the photo's own pixels, bit-identical).
+
+        At native resolution the relight gain is applied per output pixel (:func:`apply_gain`,
+        :func:`_warm_shadows`). On a reduced work grid those run on the work grid's own warp, and
+        what they do to it is carried to full resolution as one factor and one offset per pixel
+        (``out = warp * M + A``: the gain with its roll-off and warmth, the fill's premultiplied
+        colour), bilinearly upsampled with the displacement: the photo's detail stays that of
+        the full-resolution warp, and the cost is a resampling and one multiply-add."""
         x0, y0, x1, y1 = st.roi
         H, W = y1 - y0, x1 - x0
         frame = st.frame
-        if (H, W) != fld.shape[:2]:
-            fld = resize(fld, (H, W))
-            fld[..., :2] *= st.k
-            fill = resize(fill, (H, W))
-            alpha = resize(alpha, (H, W))
+        h, w = fld.shape[:2]
         interp = cv2.INTER_CUBIC if self.opts.interpolation == "cubic" else cv2.INTER_LINEAR
-        mx, my = _maps(fld[..., :2], x0, y0)
-        warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        if (H, W) == (h, w):
+            mx, my = _maps(fld[..., :2], x0, y0)
+            warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+            gain = np.exp(fld[..., 2:])
+            res = apply_gain(warped, gain, 255.0)
+            if self.opts.shadow_warmth > 0:
+                res = _warm_shadows(res, gain, self.opts.shadow_warmth)
+            if alpha.any():
+                a = alpha[..., None]
+                res = res * (1 - a) + fill * 255.0 * a
+            out = frame.copy()
+            out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
+            return out
+        # ---- reduced work grid: factor M and offset A per work pixel
+        if st.frame_up is None:  # (a state not made by prepare)
+            st.frame_up, st.up_scale, st.up_origin = self._supersample(frame, st.roi)
         gain = np.exp(fld[..., 2:])
-        res = apply_gain(warped, gain, 255.0)
+        base: np.ndarray = cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REPLICATE) * np.float32(255.0)
+        res = apply_gain(base, gain, 255.0)
         if self.opts.shadow_warmth > 0:
             res = _warm_shadows(res, gain, self.opts.shadow_warmth)
+        # (dark pixels: the plain gain, a ratio of small numbers is noise)
+        M: np.ndarray = np.where(base > 4.0, res / np.maximum(base, 4.0), gain).astype(np.float32)
+        A: np.ndarray = np.zeros((h, w, 3), np.float32)
         if alpha.any():
-            a = alpha[..., None]
-            res = res * (1 - a) + fill * 255.0 * a
+            a = alpha[..., None].astype(np.float32)
+            M = M * (1 - a)
+            A = (fill * (255.0 * a)).astype(np.float32)
+        # two 4-channel layers: (M, dx) and (A, dy), applied to the photo with a 4th channel (ignored);
+        # the displacement in supersampled source pixels
+        su = st.up_scale
+        kd = np.float32(st.k * su)
+        lay_m = np.concatenate([M, fld[..., :1] * kd], 2)
+        lay_a = np.concatenate([A, fld[..., 1:2] * kd], 2)
+        # the part the edit reaches (displacement, gain or fill not exactly neutral), + 2 px of support
+        act = (np.abs(fld[..., :2]).max(2) > 0) | (np.abs(M - 1).max(2) > 0) | (A.max(2) > 0)
         out = frame.copy()
-        out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
+        if not act.any():
+            return out
+        ys, xs = np.nonzero(act.any(1))[0], np.nonzero(act.any(0))[0]
+        kx, ky = W / w, H / h
+        X0 = max(0, int(np.floor((xs[0] - 2) * kx)))
+        X1 = min(W, int(np.ceil((xs[-1] + 3) * kx)))
+        Y0 = max(0, int(np.floor((ys[0] - 2) * ky)))
+        Y1 = min(H, int(np.ceil((ys[-1] + 3) * ky)))
+        hs, ws = Y1 - Y0, X1 - X0
+        # bilinear upsampling of the layers onto the output pixels X0..X1, Y0..Y1 (cv2.resize's
+        # pixel-centre convention: work coordinate (X + 0.5) / kx - 0.5)
+        aff = np.array([[1 / kx, 0, (X0 + 0.5) / kx - 0.5], [0, 1 / ky, (Y0 + 0.5) / ky - 0.5]], np.float64)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        up_m, up_a = (cv2.warpAffine(lay, aff, (ws, hs), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+                      for lay in (lay_m, lay_a))
+        ox, oy = st.up_origin
+        ux = (np.arange(x0 + X0 - ox, x0 + X1 - ox, dtype=np.float32) * su)[None, :] + up_m[..., 3]
+        uy = (np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None] + up_a[..., 3]
+        wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp,
+                           borderMode=cv2.BORDER_REPLICATE)
+        res8 = cv2.add(cv2.multiply(wp, up_m, dtype=cv2.CV_32F), up_a, dtype=cv2.CV_8U)
+        out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(res8, cv2.COLOR_RGBA2RGB)
         return out
 
 
