@@ -906,29 +906,31 @@ class WarpEngine(Engine):
         kd = np.float32(st.k * su)
         lay_m = np.concatenate([M, fld[..., :1] * kd], 2)
         lay_a = np.concatenate([A, fld[..., 1:2] * kd], 2)
-        # the part the edit reaches (displacement, gain or fill not exactly neutral), + 2 px of support
-        act = (np.abs(fld[..., :2]).max(2) > 0) | (np.abs(M - 1).max(2) > 0) | (A.max(2) > 0)
+        # the part the edit reaches (displacement, gain or fill not exactly neutral: M is 1 and A 0
+        # exactly where the gain is 1 and alpha 0), + 2 px of support
         out = frame.copy()
-        if not act.any():
+        bx, by, bw, bh = cv2.boundingRect(((np.abs(fld).max(2) > 0) | (alpha > 0)).astype(np.uint8))
+        if bw == 0:
             return out
-        ys, xs = np.nonzero(act.any(1))[0], np.nonzero(act.any(0))[0]
         kx, ky = W / w, H / h
-        X0 = max(0, int(np.floor((xs[0] - 2) * kx)))
-        X1 = min(W, int(np.ceil((xs[-1] + 3) * kx)))
-        Y0 = max(0, int(np.floor((ys[0] - 2) * ky)))
-        Y1 = min(H, int(np.ceil((ys[-1] + 3) * ky)))
+        X0, X1 = max(0, int(np.floor((bx - 2) * kx))), min(W, int(np.ceil((bx + bw + 2) * kx)))
+        Y0, Y1 = max(0, int(np.floor((by - 2) * ky))), min(H, int(np.ceil((by + bh + 2) * ky)))
         hs, ws = Y1 - Y0, X1 - X0
         # bilinear upsampling of the layers onto the output pixels X0..X1, Y0..Y1 (cv2.resize's
-        # pixel-centre convention: work coordinate (X + 0.5) / kx - 0.5)
-        aff = np.array([[1 / kx, 0, (X0 + 0.5) / kx - 0.5], [0, 1 / ky, (Y0 + 0.5) / ky - 0.5]], np.float64)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        up_m, up_a = (cv2.warpAffine(lay, aff, (ws, hs), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-                      for lay in (lay_m, lay_a))
+        # pixel-centre convention: work coordinate (X + 0.5) / kx - 0.5; a plain resize when that
+        # covers most of the region)
+        if hs * ws > 0.6 * H * W:
+            up_m, up_a = (cv2.resize(lay, (W, H), interpolation=cv2.INTER_LINEAR)[Y0:Y1, X0:X1]
+                          for lay in (lay_m, lay_a))
+        else:
+            aff = np.array([[1 / kx, 0, (X0 + 0.5) / kx - 0.5], [0, 1 / ky, (Y0 + 0.5) / ky - 0.5]], np.float64)
+            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+            up_m, up_a = (cv2.warpAffine(lay, aff, (ws, hs), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+                          for lay in (lay_m, lay_a))
         ox, oy = st.up_origin
         ux = (np.arange(x0 + X0 - ox, x0 + X1 - ox, dtype=np.float32) * su)[None, :] + up_m[..., 3]
         uy = (np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None] + up_a[..., 3]
-        wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp,
-                           borderMode=cv2.BORDER_REPLICATE)
+        wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp, borderMode=cv2.BORDER_REPLICATE)
         res8 = cv2.add(cv2.multiply(wp, up_m, dtype=cv2.CV_32F), up_a, dtype=cv2.CV_8U)
         out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(res8, cv2.COLOR_RGBA2RGB)
         return out
