@@ -900,39 +900,32 @@ class WarpEngine(Engine):
             a = alpha[..., None].astype(np.float32)
             M = M * (1 - a)
             A = (fill * (255.0 * a)).astype(np.float32)
-        # two 4-channel layers: (M, dx) and (A, dy), applied to the photo with a 4th channel (ignored);
-        # the displacement in supersampled source pixels
+        # the layers: (M, dx) and dy (displacement in supersampled source pixels) and A; the photo
+        # has a 4th channel (ignored)
         su = st.up_scale
         kd = np.float32(st.k * su)
         lay_m = np.concatenate([M, fld[..., :1] * kd], 2)
-        lay_a = np.concatenate([A, fld[..., 1:2] * kd], 2)
-        # the part the edit reaches (displacement, gain or fill not exactly neutral: M is 1 and A 0
-        # exactly where the gain is 1 and alpha 0), + 2 px of support
+        lay_y = np.ascontiguousarray(fld[..., 1]) * kd
         out = frame.copy()
-        bx, by, bw, bh = cv2.boundingRect(((np.abs(fld).max(2) > 0) | (alpha > 0)).astype(np.uint8))
-        if bw == 0:
+        # the part the edit reaches (displacement, gain or fill not exactly neutral: M is 1 and A 0
+        # exactly where the gain is 1 and alpha 0)
+        box = _full_res_box(((np.abs(fld).max(2) > 0) | (alpha > 0)).astype(np.uint8), (H, W))
+        if box is None:
             return out
-        kx, ky = W / w, H / h
-        X0, X1 = max(0, int(np.floor((bx - 2) * kx))), min(W, int(np.ceil((bx + bw + 2) * kx)))
-        Y0, Y1 = max(0, int(np.floor((by - 2) * ky))), min(H, int(np.ceil((by + bh + 2) * ky)))
-        hs, ws = Y1 - Y0, X1 - X0
-        # bilinear upsampling of the layers onto the output pixels X0..X1, Y0..Y1 (cv2.resize's
-        # pixel-centre convention: work coordinate (X + 0.5) / kx - 0.5; a plain resize when that
-        # covers most of the region)
-        if hs * ws > 0.6 * H * W:
-            up_m, up_a = (cv2.resize(lay, (W, H), interpolation=cv2.INTER_LINEAR)[Y0:Y1, X0:X1]
-                          for lay in (lay_m, lay_a))
-        else:
-            aff = np.array([[1 / kx, 0, (X0 + 0.5) / kx - 0.5], [0, 1 / ky, (Y0 + 0.5) / ky - 0.5]], np.float64)
-            flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-            up_m, up_a = (cv2.warpAffine(lay, aff, (ws, hs), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-                          for lay in (lay_m, lay_a))
+        X0, Y0, X1, Y1 = box
+        up_m, up_y = (_upsample(lay, box, (H, W)) for lay in (lay_m, lay_y))
         ox, oy = st.up_origin
         ux = (np.arange(x0 + X0 - ox, x0 + X1 - ox, dtype=np.float32) * su)[None, :] + up_m[..., 3]
-        uy = (np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None] + up_a[..., 3]
+        uy = (np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None] + up_y
         wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp, borderMode=cv2.BORDER_REPLICATE)
-        res8 = cv2.add(cv2.multiply(wp, up_m, dtype=cv2.CV_32F), up_a, dtype=cv2.CV_8U)
-        out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(res8, cv2.COLOR_RGBA2RGB)
+        res = cv2.multiply(wp, up_m, dtype=cv2.CV_32F)
+        fbox = _full_res_box((alpha > 0).astype(np.uint8), (H, W))
+        if fbox is not None:  # the fill, where there is one
+            fx0, fy0, fx1, fy1 = fbox
+            up_a = _upsample(np.concatenate([A, np.zeros((h, w, 1), np.float32)], 2), fbox, (H, W))
+            res[fy0 - Y0:fy1 - Y0, fx0 - X0:fx1 - X0] += up_a
+        # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
+        out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(cv2.convertScaleAbs(res), cv2.COLOR_RGBA2RGB)
         return out
 
 
@@ -1106,6 +1099,28 @@ def _boundary_faces(faces: np.ndarray, rings: int = 2) -> np.ndarray:
         vv[faces[on].ravel()] = True
         on = vv[faces].any(1)
     return on
+
+
+def _full_res_box(mask: np.ndarray, HW: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The frame-resolution box (X0, Y0, X1, Y1, relative to the work region of size ``HW``) of the
+    non-zero work-grid pixels of ``mask`` + 2 work pixels of interpolation support; None if empty."""
+    bx, by, bw, bh = cv2.boundingRect(mask)
+    if bw == 0:
+        return None
+    H, W = HW
+    kx, ky = W / mask.shape[1], H / mask.shape[0]
+    return (max(0, int(np.floor((bx - 2) * kx))), max(0, int(np.floor((by - 2) * ky))),
+            min(W, int(np.ceil((bx + bw + 2) * kx))), min(H, int(np.ceil((by + bh + 2) * ky))))
+
+
+def _upsample(layer: np.ndarray, box: tuple[int, int, int, int], HW: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a work-grid layer onto the frame pixels of ``box`` within a work region
+    of size ``HW``, with cv2.resize's pixel-centre convention (work coordinate (X + 0.5) / kx - 0.5)."""
+    X0, Y0, X1, Y1 = box
+    kx, ky = HW[1] / layer.shape[1], HW[0] / layer.shape[0]
+    aff = np.array([[1 / kx, 0, (X0 + 0.5) / kx - 0.5], [0, 1 / ky, (Y0 + 0.5) / ky - 0.5]], np.float64)
+    return cv2.warpAffine(layer, aff, (X1 - X0, Y1 - Y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def _maps(disp: np.ndarray, x0: float, y0: float) -> tuple[np.ndarray, np.ndarray]:
