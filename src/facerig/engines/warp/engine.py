@@ -3,9 +3,11 @@
 Algorithm (details and measured figures in docs/warp-engine.md):
 
 1. **Work region**: an axis-aligned square around the face (``roi_scale`` x the face size,
-   clipped to the frame) in the ORIGINAL frame; fields are computed on a work grid of at most
-   ``work_size`` pixels per side (native resolution when smaller), the final resampling runs on the
-   full-resolution frame, and pixels outside the region are never touched.
+   clipped to the frame) in the ORIGINAL frame; fields are computed on a work grid on which the face
+   is at most ``face_res`` pixels and the region at most ``work_size`` per side (native resolution
+   when smaller: the cost does not grow with the photo beyond the face), the final resampling runs
+   on the full-resolution frame (over the part the edit reaches), and pixels outside the region are
+   never touched.
 2. **Dense correspondence** (backward warp): the target mesh is rasterised; every covered target
    pixel takes the source position given by its target barycentrics applied to the SOURCE mesh's
    projected vertices (exact surface correspondence).
