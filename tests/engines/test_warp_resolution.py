@@ -149,3 +149,19 @@ def test_identity_edit_on_large_photo(portraits, model):
     eng = get_engine("warp")
     out = eng.render_frame(eng.prepare(img, params, model), params)
     assert _psnr(out, img) > 35
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_supersampling_factors_agree(portraits, model, scale):
+    """Regions too large for the 3x copy (2x above 2.5 Mpx, bicubic lookups above 6 Mpx) give the
+    same picture."""
+    img, params = portraits[1024]
+    eng = get_engine("warp")
+    st = eng.prepare(img, params, model)
+    target = EditSpec(preset="open_mouth", yaw=8).apply(params, model)
+    ref = eng.render_frame(st, target)
+    st.frame_up, st.up_scale, st.up_origin = eng._supersample(img, st.roi, scale)
+    assert st.up_scale == scale
+    out = eng.render_frame(st, target)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert _psnr(out, ref) > 38

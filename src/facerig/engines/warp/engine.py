@@ -348,7 +348,7 @@ class WarpEngine(Engine):
         st.timings["prepare"] = time.perf_counter() - t0
         return st
 
-    def _supersample(self, frame: np.ndarray, roi: tuple[int, int, int, int]
+    def _supersample(self, frame: np.ndarray, roi: tuple[int, int, int, int], scale: int | None = None
                      ) -> tuple[np.ndarray, int, tuple[int, int]]:
         """The photo around the work region (+10 % of its side, clipped to the frame) in RGBA,
         supersampled s x with Lanczos (pixel s*i = pixel i exactly), once per source: a bilinear
@@ -363,6 +363,8 @@ class WarpEngine(Engine):
         crop = cv2.cvtColor(np.ascontiguousarray(frame[py0:py1, px0:px1]), cv2.COLOR_RGB2RGBA)
         area = (px1 - px0) * (py1 - py0)
         s = 1 if self.opts.interpolation != "cubic" else 3 if area <= 2_500_000 else 2 if area <= 6_000_000 else 1
+        if scale is not None:  # (tests)
+            s = int(scale)
         if s > 1:
             aff = np.array([[1.0 / s, 0.0, 0.0], [0.0, 1.0 / s, 0.0]])
             crop = cv2.warpAffine(crop, aff, ((px1 - px0) * s, (py1 - py0) * s),
