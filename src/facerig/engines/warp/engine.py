@@ -897,23 +897,25 @@ class WarpEngine(Engine):
         res = apply_gain(base, gain, 255.0)
         if self.opts.shadow_warmth > 0:
             res = _warm_shadows(res, gain, self.opts.shadow_warmth)
-        # (dark pixels: the plain gain, a ratio of small numbers is noise)
-        M: np.ndarray = np.where(base > 4.0, res / np.maximum(base, 4.0), gain).astype(np.float32)
-        A: np.ndarray = np.zeros((h, w, 3), np.float32)
-        if alpha.any():
-            a = alpha[..., None].astype(np.float32)
-            M = M * (1 - a)
-            A = (fill * (255.0 * a)).astype(np.float32)
-        # the layers: (M, dx) and dy (displacement in supersampled source pixels) and A; the photo
-        # has a 4th channel (ignored)
+        # the layers: (M, dx) and dy (displacement in supersampled source pixels); the photo has a
+        # 4th channel (ignored). M: the gain as applied (dark pixels: the plain gain, a ratio of
+        # small numbers is noise), times 1 - alpha
         su = st.up_scale
         kd = np.float32(st.k * su)
-        lay_m = np.concatenate([M, fld[..., :1] * kd], 2)
+        lay_m = np.empty((h, w, 4), np.float32)
+        np.divide(res, np.maximum(base, np.float32(4.0)), out=lay_m[..., :3])
+        np.copyto(lay_m[..., :3], gain, where=base <= 4.0)
+        filled = bool(alpha.any())
+        if filled:
+            lay_m[..., :3] *= 1 - alpha[..., None]
+        np.multiply(fld[..., 0], kd, out=lay_m[..., 3])
         lay_y = np.ascontiguousarray(fld[..., 1]) * kd
         out = frame.copy()
         # the part the edit reaches (displacement, gain or fill not exactly neutral: M is 1 and A 0
         # exactly where the gain is 1 and alpha 0)
-        box = _full_res_box(((np.abs(fld).max(2) > 0) | (alpha > 0)).astype(np.uint8), (H, W))
+        # (per-channel comparisons: numpy's reductions over a 3-long last axis are slow)
+        reach = (fld[..., 0] != 0) | (fld[..., 1] != 0) | (fld[..., 2] != 0) | (alpha > 0)
+        box = _full_res_box(reach.astype(np.uint8), (H, W))
         if box is None:
             return out
         X0, Y0, X1, Y1 = box
@@ -923,10 +925,12 @@ class WarpEngine(Engine):
         uy = (np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None] + up_y
         wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp, borderMode=cv2.BORDER_REPLICATE)
         res = cv2.multiply(wp, up_m, dtype=cv2.CV_32F)
-        fbox = _full_res_box((alpha > 0).astype(np.uint8), (H, W))
-        if fbox is not None:  # the fill, where there is one
+        fbox = _full_res_box((alpha > 0).astype(np.uint8), (H, W)) if filled else None
+        if fbox is not None:  # the fill (premultiplied, A), where there is one
             fx0, fy0, fx1, fy1 = fbox
-            up_a = _upsample(np.concatenate([A, np.zeros((h, w, 1), np.float32)], 2), fbox, (H, W))
+            lay_a = np.zeros((h, w, 4), np.float32)
+            lay_a[..., :3] = fill * (255.0 * alpha[..., None])
+            up_a = _upsample(lay_a, fbox, (H, W))
             res[fy0 - Y0:fy1 - Y0, fx0 - X0:fx1 - X0] += up_a
         # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
         out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(cv2.convertScaleAbs(res), cv2.COLOR_RGBA2RGB)
