@@ -53,3 +53,15 @@ def astronaut() -> np.ndarray:
 @pytest.fixture(scope="session")
 def grace_hopper() -> np.ndarray:
     return package_photo("grace_hopper")
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode():
+    """Tests that switch autograd off for speed (``torch.set_grad_enabled(False)``) must not leak it
+    into later tests (training tests then fail with "does not require grad")."""
+    yield
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_grad_enabled(True)

@@ -19,7 +19,11 @@ from facerig.engines.warp.relight import (
 from facerig.rig import EditSpec
 from facerig.rig.light import LIGHT_PRESET_NAMES
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,11 @@
 Algorithm (details and measured figures in docs/warp-engine.md):
 
 1. **Work region**: an axis-aligned square around the face (``roi_scale`` x the face size,
-   clipped to the frame) in the ORIGINAL frame; fields are computed on a work grid of at most
-   ``work_size`` pixels per side (native resolution when smaller), the final resampling runs on the
-   full-resolution frame, and pixels outside the region are never touched.
+   clipped to the frame) in the ORIGINAL frame; fields are computed on a work grid on which the face
+   is at most ``face_res`` pixels and the region at most ``work_size`` per side (native resolution
+   when smaller: the cost does not grow with the photo beyond the face), the final resampling runs
+   on the full-resolution frame (over the part the edit reaches), and pixels outside the region are
+   never touched.
 2. **Dense correspondence** (backward warp): the target mesh is rasterised; every covered target
    pixel takes the source position given by its target barycentrics applied to the SOURCE mesh's
    projected vertices (exact surface correspondence).
@@ -79,6 +81,9 @@ class WarpOptions:
 
     roi_scale: float = 2.4          # side of the work region / face size
     work_size: int = 768            # max side of the work grid (fields); the final warp is full-res
+    face_res: int = 256             # max face size on the work grid, px: a larger face is worked on at this
+                                    # size (cost bounded whatever the photo's resolution), the final
+                                    # resampling stays full-res over the face's region (0: no bound)
     falloff_person: float = 0.65    # falloff radius inside the person mask (hair, neck), x face size
     falloff_background: float = 0.12  # falloff radius on the background, x face size
     relight_falloff: float = 0.5    # fade of the relight ratio outside the mesh, x face size
@@ -161,6 +166,11 @@ class WarpSource:
     timings: dict[str, float] = field(default_factory=dict)
     glasses: Any = None  # glasses.Glasses of the source (None: no detections to look for them)
     fill_cache: dict[Any, Any] = field(default_factory=dict)  # per-source maps of the hidden-pixel fill
+    # reduced work grid: the photo around the work region, RGBA, supersampled ``up_scale`` x (see
+    # _supersample), and the frame pixel of its first pixel
+    frame_up: np.ndarray | None = None
+    up_scale: int = 1
+    up_origin: tuple[int, int] = (0, 0)
 
 
 class WarpEngine(Engine):
@@ -194,6 +204,13 @@ class WarpEngine(Engine):
             raise InvalidInput("outline_model", "plane or fraction", self.opts.outline_model)
         if self.opts.interpolation not in ("cubic", "linear"):
             raise InvalidInput("interpolation", "cubic or linear", self.opts.interpolation)
+        fr = self.opts.face_res
+        if isinstance(fr, bool) or not isinstance(fr, (int, np.integer)) or not (fr == 0 or 64 <= fr <= 4096):
+            raise InvalidInput("face_res", "the face's size on the work grid: an integer from 64 to 4096 px "
+                               "(0: no bound)", fr, hint="the default 256 bounds the cost whatever the photo size")
+        ws = self.opts.work_size
+        if isinstance(ws, bool) or not isinstance(ws, (int, np.integer)) or not 64 <= ws <= 8192:
+            raise InvalidInput("work_size", "the work grid's largest side: an integer from 64 to 8192 px", ws)
         self.last_timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------------
@@ -249,6 +266,15 @@ class WarpEngine(Engine):
             bary[iy, ix] = np.stack([1 - w1 - w2, w1, w2], 1)
         return fi, bary
 
+    def _work_scale(self, roi_w: int, roi_h: int, face: float) -> float:
+        """Frame pixels per work-grid pixel: at most ``work_size`` px per side and the face at most
+        ``face_res`` px (never above native resolution), so the per-frame cost does not grow with the
+        photo's resolution beyond the face's."""
+        k = max(1.0, max(roi_w, roi_h) / float(self.opts.work_size))
+        if self.opts.face_res > 0:
+            k = max(k, face / float(self.opts.face_res))
+        return k
+
     @staticmethod
     def _tri_area(xy: np.ndarray, faces: np.ndarray) -> np.ndarray:
         a, b, c = xy[faces[:, 0]], xy[faces[:, 1]], xy[faces[:, 2]]
@@ -282,7 +308,7 @@ class WarpEngine(Engine):
         x1, y1 = int(np.ceil(min(W, centre[0] + half))), int(np.ceil(min(H, centre[1] + half)))
         if x1 - x0 < 8 or y1 - y0 < 8:
             raise InvalidInput("source_params", "a face inside the image", f"face region {x0},{y0}-{x1},{y1}")
-        k = max(1.0, max(x1 - x0, y1 - y0) / float(o.work_size))
+        k = self._work_scale(x1 - x0, y1 - y0, face)
         hw = (max(8, int(round((y1 - y0) / k))), max(8, int(round((x1 - x0) / k))))
         kx, ky = (x1 - x0) / hw[1], (y1 - y0) / hw[0]
         k = float((kx + ky) / 2)
@@ -335,6 +361,8 @@ class WarpEngine(Engine):
             head_map=affine_head_to_screen(vhead, verts), rim_face=_boundary_faces(faces), skin=skin_like,
             head_src=vhead, lid_delta=lid_delta, mouth=mouth_src,
         )
+        if hw != (y1 - y0, x1 - x0):  # reduced work grid: the source of the full-res resampling
+            st.frame_up, st.up_scale, st.up_origin = self._supersample(frame, st.roi)
         st.eye_full = _eye_openings(source_params, (x0, y0), k, hw)
         if st.eye_full is not None:
             # shrunk by 1 % of the face: what lies deep inside the opening (iris, white), not its rim
@@ -348,6 +376,29 @@ class WarpEngine(Engine):
             st.sclera_rgb = _sclera_colours(image, st.eye_full)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
+
+    def _supersample(self, frame: np.ndarray, roi: tuple[int, int, int, int], scale: int | None = None
+                     ) -> tuple[np.ndarray, int, tuple[int, int]]:
+        """The photo around the work region (+10 % of its side, clipped to the frame) in RGBA,
+        supersampled s x with Lanczos (pixel s*i = pixel i exactly), once per source: a bilinear
+        lookup in it per output pixel is as sharp as a bicubic one in the photo (Laplacian variance
+        of a warped 1024 px portrait 443 vs 439, PSNR to a Lanczos warp 53.8 vs 49.7 dB) at a third
+        of the cost (cv2's 8-bit bicubic remap was 60 % of a frame). s = 3 up to 2.5 Mpx (36 MB for a
+        1024 px region), 2 up to 6 Mpx, else 1 (plain bicubic lookups)."""
+        x0, y0, x1, y1 = roi
+        H, W = frame.shape[:2]
+        m = int(np.ceil(0.1 * max(x1 - x0, y1 - y0)))
+        px0, py0, px1, py1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
+        crop = cv2.cvtColor(np.ascontiguousarray(frame[py0:py1, px0:px1]), cv2.COLOR_RGB2RGBA)
+        area = (px1 - px0) * (py1 - py0)
+        s = 1 if self.opts.interpolation != "cubic" else 3 if area <= 2_500_000 else 2 if area <= 6_000_000 else 1
+        if scale is not None:  # (tests)
+            s = int(scale)
+        if s > 1:
+            aff = np.array([[1.0 / s, 0.0, 0.0], [0.0, 1.0 / s, 0.0]])
+            crop = cv2.warpAffine(crop, aff, ((px1 - px0) * s, (py1 - py0) * s),
+                                  flags=cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        return crop, s, (px0, py0)
 
     def _person(self, work: np.ndarray, verts: np.ndarray, face_px: float) -> np.ndarray:
         from facerig.engines.warp.segment import person_mask
@@ -1051,26 +1102,80 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     def _compose(self, st: WarpSource, fld: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """The output frame: the full-resolution photo resampled along the work-grid displacement,
+        relit and blended with the fill layer, inside the part of the work region the edit reaches
+        (outside it the photo's own pixels, bit-identical).
+
+        At native resolution the relight gain is applied per output pixel (:func:`apply_gain`,
+        :func:`_warm_shadows`). On a reduced work grid those run on the work grid's own warp, and
+        what they do to it is carried to full resolution as one factor and one offset per pixel
+        (``out = warp * M + A``: the gain with its roll-off and warmth, the fill's premultiplied
+        colour), bilinearly upsampled with the displacement: the photo's detail stays that of
+        the full-resolution warp, and the cost is a resampling and one multiply-add."""
         x0, y0, x1, y1 = st.roi
         H, W = y1 - y0, x1 - x0
         frame = st.frame
-        if (H, W) != fld.shape[:2]:
-            fld = resize(fld, (H, W))
-            fld[..., :2] *= st.k
-            fill = resize(fill, (H, W))
-            alpha = resize(alpha, (H, W))
+        h, w = fld.shape[:2]
         interp = cv2.INTER_CUBIC if self.opts.interpolation == "cubic" else cv2.INTER_LINEAR
-        mx, my = _maps(fld[..., :2], x0, y0)
-        warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        if (H, W) == (h, w):
+            mx, my = _maps(fld[..., :2], x0, y0)
+            warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+            gain = np.exp(fld[..., 2:])
+            res = apply_gain_lab(warped, gain, 255.0, self.opts.relight_chroma)
+            if self.opts.shadow_warmth > 0:
+                res = _warm_shadows(res, gain, self.opts.shadow_warmth)
+            if alpha.any():
+                a = alpha[..., None]
+                res = res * (1 - a) + fill * 255.0 * a
+            out = frame.copy()
+            out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
+            return out
+        # ---- reduced work grid: factor M and offset A per work pixel
+        if st.frame_up is None:  # (a state not made by prepare)
+            st.frame_up, st.up_scale, st.up_origin = self._supersample(frame, st.roi)
         gain = np.exp(fld[..., 2:])
-        res = apply_gain_lab(warped, gain, 255.0, self.opts.relight_chroma)
+        base: np.ndarray = cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REPLICATE) * np.float32(255.0)
+        res = apply_gain_lab(base, gain, 255.0, self.opts.relight_chroma)
         if self.opts.shadow_warmth > 0:
             res = _warm_shadows(res, gain, self.opts.shadow_warmth)
-        if alpha.any():
-            a = alpha[..., None]
-            res = res * (1 - a) + fill * 255.0 * a
+        # the layers: (M, dx) and dy (displacement in supersampled source pixels); the photo has a
+        # 4th channel (ignored). M: the gain as applied (dark pixels: the plain gain, a ratio of
+        # small numbers is noise), times 1 - alpha
+        su = st.up_scale
+        kd = np.float32(st.k * su)
+        lay_m = np.empty((h, w, 4), np.float32)
+        np.divide(res, np.maximum(base, np.float32(4.0)), out=lay_m[..., :3])
+        np.copyto(lay_m[..., :3], gain, where=base <= 4.0)
+        filled = bool(alpha.any())
+        if filled:
+            lay_m[..., :3] *= 1 - alpha[..., None]
+        np.multiply(fld[..., 0], kd, out=lay_m[..., 3])
+        lay_y = np.ascontiguousarray(fld[..., 1]) * kd
         out = frame.copy()
-        out[y0:y1, x0:x1] = np.clip(np.rint(res), 0, 255).astype(np.uint8)
+        # the part the edit reaches (displacement, gain or fill not exactly neutral: M is 1 and A 0
+        # exactly where the gain is 1 and alpha 0)
+        # (per-channel comparisons: numpy's reductions over a 3-long last axis are slow)
+        reach = (fld[..., 0] != 0) | (fld[..., 1] != 0) | (fld[..., 2] != 0) | (alpha > 0)
+        box = _full_res_box(reach.astype(np.uint8), (H, W))
+        if box is None:
+            return out
+        X0, Y0, X1, Y1 = box
+        up_m, up_y = (_upsample(lay, box, (H, W)) for lay in (lay_m, lay_y))
+        ox, oy = st.up_origin
+        ux = (np.arange(x0 + X0 - ox, x0 + X1 - ox, dtype=np.float32) * su)[None, :] + up_m[..., 3]
+        uy = (np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None] + up_y
+        wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp, borderMode=cv2.BORDER_REPLICATE)
+        res = cv2.multiply(wp, up_m, dtype=cv2.CV_32F)
+        fbox = _full_res_box((alpha > 0).astype(np.uint8), (H, W)) if filled else None
+        if fbox is not None:  # the fill (premultiplied, A), where there is one
+            fx0, fy0, fx1, fy1 = fbox
+            lay_a = np.zeros((h, w, 4), np.float32)
+            lay_a[..., :3] = fill * (255.0 * alpha[..., None])
+            up_a = _upsample(lay_a, fbox, (H, W))
+            res[fy0 - Y0:fy1 - Y0, fx0 - X0:fx1 - X0] += up_a
+        # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
+        out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(cv2.convertScaleAbs(res), cv2.COLOR_RGBA2RGB)
         return out
 
 
@@ -1247,6 +1352,28 @@ def _boundary_faces(faces: np.ndarray, rings: int = 2) -> np.ndarray:
         vv[faces[on].ravel()] = True
         on = vv[faces].any(1)
     return on
+
+
+def _full_res_box(mask: np.ndarray, HW: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The frame-resolution box (X0, Y0, X1, Y1, relative to the work region of size ``HW``) of the
+    non-zero work-grid pixels of ``mask`` + 2 work pixels of interpolation support; None if empty."""
+    bx, by, bw, bh = cv2.boundingRect(mask)
+    if bw == 0:
+        return None
+    H, W = HW
+    kx, ky = W / mask.shape[1], H / mask.shape[0]
+    return (max(0, int(np.floor((bx - 2) * kx))), max(0, int(np.floor((by - 2) * ky))),
+            min(W, int(np.ceil((bx + bw + 2) * kx))), min(H, int(np.ceil((by + bh + 2) * ky))))
+
+
+def _upsample(layer: np.ndarray, box: tuple[int, int, int, int], HW: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a work-grid layer onto the frame pixels of ``box`` within a work region
+    of size ``HW``, with cv2.resize's pixel-centre convention (work coordinate (X + 0.5) / kx - 0.5)."""
+    X0, Y0, X1, Y1 = box
+    kx, ky = HW[1] / layer.shape[1], HW[0] / layer.shape[0]
+    aff = np.array([[1 / kx, 0, (X0 + 0.5) / kx - 0.5], [0, 1 / ky, (Y0 + 0.5) / ky - 0.5]], np.float64)
+    return cv2.warpAffine(layer, aff, (X1 - X0, Y1 - Y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def _maps(disp: np.ndarray, x0: float, y0: float) -> tuple[np.ndarray, np.ndarray]:
