@@ -249,36 +249,35 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def _naming_extra(engine: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, with an ImportError of an optional dependency turned into MissingDependency
+    naming the extra to install."""
+    from facerig.errors import MissingDependency
+
+    try:
+        return make()
+    except ImportError as e:
+        typed = MissingDependency.from_import_error(e, f"the {engine} engine")
+        if typed is not None:
+            raise typed from None
+        raise
+
+
 def engine_class(engine: Any) -> type:
     """The Engine class of a name or an instance, before anything is fitted: an unknown name is an
     InvalidInput, a missing optional dependency names the extra to install."""
     from facerig.engines import _resolve
-    from facerig.errors import MissingDependency
 
     if hasattr(engine, "render_frame"):
         return type(engine)
-    try:
-        return _resolve(engine)
-    except ImportError as e:
-        typed = MissingDependency.from_import_error(e, f"the {engine} engine")
-        if typed is not None:
-            raise typed from None
-        raise
+    return cast(type, _naming_extra(engine, lambda: _resolve(engine)))
 
 
 def _make_engine(engine: Any, options: dict[str, Any] | None) -> Any:
-    from facerig.errors import MissingDependency
-
     if hasattr(engine, "render_frame"):
         return engine
     cls = engine_class(engine)
-    try:
-        return cls(**(options or {}))
-    except ImportError as e:
-        typed = MissingDependency.from_import_error(e, f"the {engine} engine")
-        if typed is not None:
-            raise typed from None
-        raise
+    return _naming_extra(engine, lambda: cls(**(options or {})))
 
 
 #: what an edit with no change is told to add
@@ -706,9 +705,8 @@ def reenact(
     """
     import torch
 
-    from facerig.engines import get_engine
     from facerig.fit.api import FitConfig, fit_video
-    from facerig.io.video import write_video
+    from facerig.io.video import check_driving_video, check_max_frames, write_video
     from facerig.rig.sequence import align_sequence, check_motion, check_ref_frame, smooth_sequence
 
     t0 = time.perf_counter()
@@ -722,9 +720,7 @@ def reenact(
     if ref_frame is not None and motion == "absolute":
         raise InvalidInput("ref_frame", "no reference frame with motion='absolute' (it is for 'relative')",
                            ref_frame, hint="drop --ref-frame or use --motion relative")
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
-                                   or max_frames < 1):
-        raise InvalidInput("max_frames", "a number of driving frames >= 1 (or None for all)", max_frames)
+    check_max_frames(max_frames, "max_frames")
     drv = Path(driving_video)
     if not drv.exists():
         raise InvalidInput("DRIVING_VIDEO", "an existing video file", str(drv))
@@ -733,7 +729,7 @@ def reenact(
         raise InvalidInput("-o/--output", "a video path ending in .mp4/.mkv/.mov", str(output))
     if smooth < 0:
         raise InvalidInput("smooth", "a smoothing sigma >= 0 (frames)", smooth)
-    info = _check_driving_video(drv, max_frames)
+    info = check_driving_video(drv, max_frames=max_frames)
     src = _load_source_image(source_image, "SOURCE_IMAGE")
     from facerig.morphable import as_face_model
 
@@ -745,9 +741,9 @@ def reenact(
     fr = fit_video(str(drv), fm, cfg, max_frames=max_frames)
     timings["fit_driving"] = time.perf_counter() - t1
     check_ref_frame(ref_frame, fr.params.batch_size)
-    eng = engine if hasattr(engine, "render_frame") else get_engine(engine, **(engine_options or {}))
-    seq = align_sequence(sp, fr.params, fm, motion=motion, ref_frame=ref_frame,
-                         anchor=cast(str, anchor or getattr(eng, "pose_anchor", "face")))
+    eng = _make_engine(engine, engine_options)
+    anchor_at = cast(str, anchor or getattr(eng, "pose_anchor", "face"))
+    seq = align_sequence(sp, fr.params, fm, motion=motion, ref_frame=ref_frame, anchor=anchor_at)
     log.info("reenact: motion %s, reference frame %s, mouth rule %s", motion,
              seq.meta["aligned"]["ref_frame"], seq.meta["aligned"]["mouth_follow"])
     if smooth > 0 and seq.batch_size > 1:
@@ -757,13 +753,11 @@ def reenact(
     if pose_range is not None:  # frames beyond what the engine renders faithfully: clamped, said once
         from facerig.rig.pose import clamp_to_range
 
-        seq, n_clamped = clamp_to_range(seq, sp, pose_range, fm,
-                                        cast(str, anchor or getattr(eng, "pose_anchor", "face")))
+        seq, n_clamped = clamp_to_range(seq, sp, pose_range, fm, anchor_at)
         if n_clamped:
             log.warning("reenact: %d of %d frames turn the head beyond the %s engine's faithful range "
-                        "(yaw +-%g, pitch +-%g, roll +-%g degrees of the source's pose): clamped to it",
-                        n_clamped, seq.batch_size, getattr(eng, "name", "engine"), pose_range.limit("yaw"),
-                        pose_range.limit("pitch"), pose_range.limit("roll"))
+                        "(%s): clamped to it", n_clamped, seq.batch_size, getattr(eng, "name", "engine"),
+                        pose_range.describe())
     n = seq.batch_size
     bar = None
     cb: Callable[[int, int], None] | None = None
@@ -806,14 +800,6 @@ def reenact(
     timings["total"] = time.perf_counter() - t0
     return ReenactResult(out_path, n, fps, pv_path, bool(info.has_audio), timings, motion,
                          seq.meta["aligned"]["ref_frame"], n_clamped)
-
-
-def _check_driving_video(path: Path, max_frames: Any = None) -> Any:
-    """The driving video's VideoInfo; a still image (a JPEG is a one-frame "video" to ffmpeg) and a
-    ``max_frames`` below 1 are refused, before anything is fitted."""
-    from facerig.io.video import check_driving_video
-
-    return check_driving_video(path, max_frames=max_frames)
 
 
 def _grid_frame(source: np.ndarray, driving: np.ndarray, result: np.ndarray, height: int = 360) -> np.ndarray:

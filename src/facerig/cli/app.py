@@ -174,8 +174,9 @@ def reenact(
     check_ref_frame(ref_frame, name="--ref-frame")
     if ref_frame is not None and motion == "absolute":
         raise InvalidInput("--ref-frame", "no reference frame with --motion absolute (it is for relative)", ref_frame)
-    if max_frames is not None and max_frames < 1:
-        raise InvalidInput("--max-frames", "a number of driving frames >= 1 (omit it for all frames)", max_frames)
+    from facerig.io.video import check_max_frames
+
+    check_max_frames(max_frames)
     run_reenact(source_image, driving_video, output, motion=motion, ref_frame=ref_frame,
                 smooth=smooth, engine=engine, face=face,
                 model=model_or_name(model, model_path), max_frames=max_frames, preview=preview, progress=progress, anchor=anchor)
