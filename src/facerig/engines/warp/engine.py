@@ -790,9 +790,10 @@ class WarpEngine(Engine):
         # ---- inpaint what neither the source nor its mirror saw (work grid)
         need = alpha >= 1.5
         warped_w: np.ndarray = fill  # replaced below wherever it is read (alpha.any())
+        warp_raw = None  # the work grid's own warp of the photo (also what _compose relights)
         if alpha.any():
-            warped_w = apply_gain(cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
-                                            borderMode=cv2.BORDER_REPLICATE), gain_w)
+            warp_raw = _warp_work(st, fld)
+            warped_w = apply_gain(warp_raw, gain_w)
         if need.any():
             base = np.where(alpha[..., None] > 0, fill, warped_w)
             m8 = cv2.dilate(need.astype(np.uint8), np.ones((3, 3), np.uint8))
@@ -824,7 +825,7 @@ class WarpEngine(Engine):
             alpha = np.clip(alpha, 0, 1)
         tm["inpaint"] = time.perf_counter() - t0
 
-        out = self._compose(st, fld, fill, alpha)
+        out = self._compose(st, fld, fill, alpha, gain_w, warp_raw)
         tm["compose"] = time.perf_counter() - t0
         self.last_timings = tm
         if return_layers:
@@ -1101,7 +1102,8 @@ class WarpEngine(Engine):
         return driving_interior(image, xy_d[:, :2], _detected_px(params, (0, 0), 1.0), xy_t, box, st.mouth)
 
     # ------------------------------------------------------------------------------------------
-    def _compose(self, st: WarpSource, fld: np.ndarray, fill: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def _compose(self, st: WarpSource, fld: np.ndarray, fill: np.ndarray, alpha: np.ndarray,
+                 gain: np.ndarray | None = None, warp_w: np.ndarray | None = None) -> np.ndarray:
         """The output frame: the full-resolution photo resampled along the work-grid displacement,
         relit and blended with the fill layer, inside the part of the work region the edit reaches
         (outside it the photo's own pixels, bit-identical).
@@ -1111,7 +1113,8 @@ class WarpEngine(Engine):
         what they do to it is carried to full resolution as one factor and one offset per pixel
         (``out = warp * M + A``: the gain with its roll-off and warmth, the fill's premultiplied
         colour), bilinearly upsampled with the displacement: the photo's detail stays that of
-        the full-resolution warp, and the cost is a resampling and one multiply-add."""
+        the full-resolution warp, and the cost is a resampling and one multiply-add. ``gain``
+        (``exp(fld[..., 2:])``) and ``warp_w`` (:func:`_warp_work`): already computed by the caller."""
         x0, y0, x1, y1 = st.roi
         H, W = y1 - y0, x1 - x0
         frame = st.frame
@@ -1120,7 +1123,8 @@ class WarpEngine(Engine):
         if (H, W) == (h, w):
             mx, my = _maps(fld[..., :2], x0, y0)
             warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-            gain = np.exp(fld[..., 2:])
+            if gain is None:
+                gain = np.exp(fld[..., 2:])
             res = apply_gain_lab(warped, gain, 255.0, self.opts.relight_chroma)
             if self.opts.shadow_warmth > 0:
                 res = _warm_shadows(res, gain, self.opts.shadow_warmth)
@@ -1133,9 +1137,9 @@ class WarpEngine(Engine):
         # ---- reduced work grid: factor M and offset A per work pixel
         if st.frame_up is None:  # (a state not made by prepare)
             st.frame_up, st.up_scale, st.up_origin = self._supersample(frame, st.roi)
-        gain = np.exp(fld[..., 2:])
-        base: np.ndarray = cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REPLICATE) * np.float32(255.0)
+        if gain is None:
+            gain = np.exp(fld[..., 2:])
+        base: np.ndarray = (warp_w if warp_w is not None else _warp_work(st, fld)) * np.float32(255.0)
         res = apply_gain_lab(base, gain, 255.0, self.opts.relight_chroma)
         if self.opts.shadow_warmth > 0:
             res = _warm_shadows(res, gain, self.opts.shadow_warmth)
@@ -1177,6 +1181,11 @@ class WarpEngine(Engine):
         # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
         out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(cv2.convertScaleAbs(res), cv2.COLOR_RGBA2RGB)
         return out
+
+
+def _warp_work(st: WarpSource, fld: np.ndarray) -> np.ndarray:
+    """The work-grid photo resampled along the work-grid displacement (bilinear)."""
+    return cv2.remap(st.image, *_maps(fld[..., :2], 0, 0), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _warm_shadows(res: np.ndarray, gain: np.ndarray, warmth: float) -> np.ndarray:
