@@ -245,25 +245,31 @@ def test_closed_eyes_meet_on_the_photos_lids(fitted, astronaut):
     assert _eye_openings(params.replace(meta={}), (x0, y0), state.k, state.work_hw) is None
 
 
+def _shared_portrait(folder: str, name: str):
+    """A shared portrait at most 768 px, its fit, the builtin model, a warp engine and its state."""
+    from facerig.edit import _fit_one
+    from facerig.io.assets import shared_path
+    from facerig.io.image import load_image
+    from facerig.morphable import load_face_model
+
+    img = load_image(shared_path("data", "portraits", folder, name))
+    s = max(img.shape[:2]) / 768
+    if s > 1:
+        img = cv2.resize(img, (round(img.shape[1] / s), round(img.shape[0] / s)), interpolation=cv2.INTER_AREA)
+    model = load_face_model("builtin")
+    params = _fit_one(img, model, "largest", name)
+    eng = get_engine("warp")
+    return img, params, model, eng, eng.prepare(img, params, model)
+
+
 @pytest.mark.shared_data
 def test_wider_eyes_keep_the_iris_round():
     """Opening the eyes wider moves the photo's eye rigidly with the iris and shows the white of the
     eye where the lids now open, instead of stretching the iris with the lids (measured: the iris
     patch correlates 0.82 with the source's, 0.70-0.76 when stretched)."""
-    from facerig.edit import _fit_one
     from facerig.fit.api import project_landmarks_to_frame
-    from facerig.io.assets import shared_path
-    from facerig.io.image import load_image
-    from facerig.morphable import load_face_model
 
-    img = load_image(shared_path("data", "portraits", "mica", "connelly.jpg"))
-    s = max(img.shape[:2]) / 768
-    if s > 1:
-        img = cv2.resize(img, (round(img.shape[1] / s), round(img.shape[0] / s)), interpolation=cv2.INTER_AREA)
-    model = load_face_model("builtin")
-    params = _fit_one(img, model, "largest", "connelly")
-    eng = get_engine("warp")
-    state = eng.prepare(img, params, model)
+    img, params, model, eng, state = _shared_portrait("mica", "connelly.jpg")
     target = EditSpec(expression={"eyeWide_L": 1.0, "eyeWide_R": 1.0}).apply(params, model)
     out = eng.render_frame(state, target)
     pts = np.asarray(params.meta["landmarks_px"])
@@ -318,20 +324,9 @@ def test_tearing_fraction_counts_sources_outside_the_face():
 def test_three_quarter_turn_is_not_torn():
     """A 3/4 portrait turned by -20 degrees: the cheek that turns into view took background and
     hair colours (tearing 0.30 before issue 10); it is filled with the face's own colours now."""
-    from facerig.edit import _fit_one
     from facerig.engines.warp.fill import tearing_fraction
-    from facerig.io.assets import shared_path
-    from facerig.io.image import load_image
-    from facerig.morphable import load_face_model
 
-    img = load_image(shared_path("data", "portraits", "deepface", "img5.jpg"))
-    s = max(img.shape[:2]) / 768
-    if s > 1:
-        img = cv2.resize(img, (round(img.shape[1] / s), round(img.shape[0] / s)), interpolation=cv2.INTER_AREA)
-    model = load_face_model("builtin")
-    params = _fit_one(img, model, "largest", "img5")
-    eng = get_engine("warp")
-    state = eng.prepare(img, params, model)
+    img, params, model, eng, state = _shared_portrait("deepface", "img5.jpg")
     eng.render_frame(state, EditSpec(yaw=-20, pose_anchor=eng.pose_anchor).apply(params, model), return_layers=True)
     lay = eng.last_layers
     assert lay["revealed"].sum() > 100
@@ -412,20 +407,9 @@ def test_wider_eyes_do_not_paint_white_over_the_iris():
     left iris's top cap was 19 grey levels brighter than its middle, 7 now (the right one is dark
     either way: -11 / -10)."""
     photo = ("deepface", "img5.jpg")
-    from facerig.edit import _fit_one
     from facerig.fit.api import project_landmarks_to_frame
-    from facerig.io.assets import shared_path
-    from facerig.io.image import load_image
-    from facerig.morphable import load_face_model
 
-    img = load_image(shared_path("data", "portraits", *photo))
-    s = max(img.shape[:2]) / 768
-    if s > 1:
-        img = cv2.resize(img, (round(img.shape[1] / s), round(img.shape[0] / s)), interpolation=cv2.INTER_AREA)
-    model = load_face_model("builtin")
-    params = _fit_one(img, model, "largest", photo[1])
-    eng = get_engine("warp")
-    state = eng.prepare(img, params, model)
+    img, params, model, eng, state = _shared_portrait(*photo)
     target = EditSpec(expression={"eyeWide_L": 1.0, "eyeWide_R": 1.0}).apply(params, model)
     out = eng.render_frame(state, target).astype(np.float32).mean(2)
     ps, pt = project_landmarks_to_frame(model, params)[0], project_landmarks_to_frame(model, target)[0]
