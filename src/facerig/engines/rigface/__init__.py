@@ -1,0 +1,1 @@
+"""The RigFace engine (Wei et al.): two SD 1.5 UNets, identity self-attention fusion (docs/rigface.md)."""

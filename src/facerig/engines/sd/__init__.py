@@ -1,0 +1,1 @@
+"""Shared Stable-Diffusion substrate of the SD-based engines (docs/rigface.md)."""
