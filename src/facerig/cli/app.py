@@ -351,18 +351,25 @@ def prepare(
 
 @app.command()
 def train(
-    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig")],
+    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig | rigface")],
     data: Annotated[Path, typer.Option("--data", help="shard folder written by `facerig prepare`")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="run folder (checkpoints/, final/pipeline)")],
-    config: Annotated[str, typer.Option("--config", help="recipe: tiny_cpu | paper_stage1 | a YAML path")] = "tiny_cpu",
+    output: Annotated[Path, typer.Option("-o", "--output", help="run folder (checkpoints/, final/)")],
+    config: Annotated[str, typer.Option("--config", help="recipe: tiny_cpu | paper_stage1 (diffusionrig) | paper (rigface) | a YAML path")] = "tiny_cpu",
     max_steps: Annotated[int | None, typer.Option(help="override the recipe's max_steps (smoke runs)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run's latest checkpoint")] = False,
+    base: Annotated[str | None, typer.Option("--base", help="rigface: SD 1.5 diffusers folder (default $FACERIG_SD15)")] = None,
 ) -> None:
-    """Train an engine's model on prepared shards (stage 1 for diffusionrig)."""
+    """Train an engine's model on prepared shards (stage 1 for diffusionrig; frame pairs for rigface)."""
     from facerig.errors import InvalidInput
 
+    if engine == "rigface":
+        from facerig.engines.rigface.training import train_rigface
+
+        out = train_rigface(config, data, output, base=base, max_steps=max_steps, resume=resume)
+        print(f"trained -> {out}")
+        return
     if engine != "diffusionrig":
-        raise InvalidInput("engine", "diffusionrig", engine)
+        raise InvalidInput("engine", "diffusionrig or rigface", engine)
     from facerig.engines.diffusionrig.engine import train_diffusionrig
 
     out = train_diffusionrig(config, data, output, max_steps=max_steps, resume=resume)

@@ -22,6 +22,15 @@ from facerig.engines.rigface.model import (
 from facerig.engines.sd.reference import install_reference_readers
 from facerig.errors import AssetMissing, CheckpointMismatch, InvalidInput
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread avoids oversubscription slow-downs on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 

@@ -21,6 +21,15 @@ from facerig.engines.sd.reference import (
 from facerig.errors import InvalidInput
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread avoids oversubscription slow-downs on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _unet(seed: int = 0) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(**TINY_UNET_CONFIG).eval()
