@@ -251,3 +251,16 @@ def test_from_sd_unet_starts_from_the_sd_prediction():
         got = m.predict_noise(d["noisy"], 400, d["bg"], d["render"], d["expr"], own, d["text"])
         want = sd(d["noisy"], 400, encoder_hidden_states=d["text"]).sample
     assert (got - want).abs().max() < 1e-5
+
+
+def test_sd15_size_key_counts_and_shapes_on_the_meta_device():
+    from facerig.engines.rigface.model import SD15_UNET_CONFIG
+
+    with torch.device("meta"):
+        m = RigFaceUNets.from_config(SD15_UNET_CONFIG)
+    assert len(m.unet_id.state_dict()) == 686
+    den = {**m.unet_denoise.state_dict(), **{f"au_aug_mlp.{k}": v for k, v in m.au_aug_mlp.state_dict().items()}}
+    assert len(den) == 688
+    assert tuple(den["conv_in.weight"].shape) == (320, 12, 3, 3)
+    assert tuple(den["au_aug_mlp.weight"].shape) == (1280, 64) and tuple(den["au_aug_mlp.bias"].shape) == (1280,)
+    assert m.num_states == 16

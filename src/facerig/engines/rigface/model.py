@@ -382,9 +382,13 @@ class RigFaceUNets(nn.Module):
     @classmethod
     def from_pretrained(
         cls, pretrained: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-        **_: Any,
+        **kwargs: Any,
     ) -> RigFaceUNets:
-        """A ``save_pretrained`` folder (or a released pair of ``unet_id/`` + ``unet_denoise/``)."""
+        """A ``save_pretrained`` folder (or a released pair of ``unet_id/`` + ``unet_denoise/``).
+        ``torch_dtype`` (as ``DiffusionPipeline.from_pretrained`` passes it) overrides ``dtype``;
+        other diffusers loading options are ignored."""
+        if kwargs.get("torch_dtype") is not None:
+            dtype = kwargs["torch_dtype"]
         d = Path(pretrained)
         info: dict[str, Any] = {}
         if (d / RIGFACE_JSON).is_file():
@@ -560,7 +564,7 @@ def load_rigface_weights(
     (``pre_trained/unet_id/checkpoint-N`` + ``pre_trained/unet_denoise/checkpoint-N``, the highest N)."""
     root = Path(path)
     looked: list[str] = []
-    for d in (root, root / "unets", root / "final"):
+    for d in (root, root / "unets", root / "final", root / "final" / "pipeline" / "unets", root / "pipeline" / "unets"):
         looked.append(str(d / RIGFACE_JSON))
         if (d / RIGFACE_JSON).is_file():
             return RigFaceUNets.from_pretrained(d, device=device, dtype=dtype)

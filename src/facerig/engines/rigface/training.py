@@ -296,7 +296,13 @@ def _load_base(base: str | os.PathLike | None, need_unet: bool) -> _LoadedBase:
         if need_unet:
             from diffusers import UNet2DConditionModel
 
-            unet = UNet2DConditionModel.from_pretrained(Path(b.source) / "unet")
+            udir = Path(b.source) / "unet"
+            if not udir.is_dir():
+                from facerig.errors import AssetMissing
+
+                raise AssetMissing("the SD 1.5 UNet (unet/ of a diffusers folder) for model.init 'sd'", str(udir),
+                                   "give --base a diffusers folder with unet/, or set model.init to RigFace weights")
+            unet = UNet2DConditionModel.from_pretrained(udir)
         return _LoadedBase(b.vae, b.text_encoder, b.tokenizer, unet)
     p = Path(base or os.environ.get("FACERIG_SD15", ""))
     if not str(base or os.environ.get("FACERIG_SD15", "")) or not (p / "vae").is_dir():
