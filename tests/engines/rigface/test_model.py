@@ -264,3 +264,12 @@ def test_sd15_size_key_counts_and_shapes_on_the_meta_device():
     assert tuple(den["conv_in.weight"].shape) == (320, 12, 3, 3)
     assert tuple(den["au_aug_mlp.weight"].shape) == (1280, 64) and tuple(den["au_aug_mlp.bias"].shape) == (1280,)
     assert m.num_states == 16
+
+
+def test_bf16_prediction_is_close_to_fp32(tiny):
+    d = _inputs(9)
+    want = _predict(tiny, d)
+    low = clone_unets(tiny).to(torch.bfloat16)
+    got = _predict(low, d)
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
+    assert (got.float() - want).abs().mean() < 0.05 * want.abs().mean()

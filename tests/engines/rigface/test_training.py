@@ -261,3 +261,17 @@ def test_cli_train_rigface_on_prepared_photos(prepared_album, tmp_path):
     res = CliRunner().invoke(app, ["train", "rigface", "--data", str(prepared_album), "-o", str(tmp_path / "r2"),
                                    "--config", "tiny_cpu", "--base", str(tmp_path / "nowhere"), "--max-steps", "1"])
     assert res.exit_code != 0
+
+
+def test_gradient_checkpointing_through_the_trainer_matches_plain_training(tmp_path):
+    ds = LatentPairs(2, seed=8)
+    runs = []
+    for ckpt in (False, True):
+        m = _module(4)
+        Trainer(m, ds, _cfg(max_steps=2, gradient_checkpointing=ckpt), tmp_path / str(ckpt)).run()
+        runs.append(m.state_dict())
+        if ckpt:
+            assert m.unets.unet_id.is_gradient_checkpointing and m.unets.unet_denoise.is_gradient_checkpointing
+    a, b = runs
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    assert not torch.equal(a["unets.unet_denoise.conv_in.weight"], _module(4).state_dict()["unets.unet_denoise.conv_in.weight"])
