@@ -437,8 +437,12 @@ class ReleasedConditioner:
         return ReleasedSource(img, crop, aligned, image_to_unit(aligned), person, cpts, dct, codes, centre, exp64)
 
     def source_state(self, image: Any) -> ReleasedSource:
-        """Detect the face, cut the aligned crop, DECA-encode its DECA crop, Deep3D-encode it."""
-        return self._prepare(image, "image")
+        """Detect the face, cut the aligned crop, DECA-encode its DECA crop, Deep3D-encode it; the
+        person region includes the source's own FLAME render (as the fitted face in
+        :class:`FacerigConditioner`), so every edit's region contains the source's."""
+        st = self._prepare(image, "image")
+        _, face, _ = self.render(st, st.codes)
+        return dataclasses.replace(st, person=st.person | _dilate(face, max(1, self.size // 128)))
 
     # ---- FLAME ---------------------------------------------------------------------------------
     def _vertices(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
