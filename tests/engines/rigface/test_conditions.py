@@ -265,3 +265,21 @@ def test_released_missing_assets_are_named(released_files: Path, tmp_path: Path)
         ReleasedConditioner(**kw, size=S, texture=tmp_path / "FLAME_texture.npz")
     with pytest.raises(AssetMissing, match="deca_model.tar"):
         ReleasedConditioner(flame=kw["flame"], deep3d=kw["deep3d"], size=S)
+
+
+def test_target_region_moves_the_head_and_keeps_the_body() -> None:
+    from facerig.engines.rigface.conditions import estimate_target_region
+
+    region = np.zeros((128, 128), bool)
+    region[20:60, 40:80] = True    # head
+    region[70:128, 20:108] = True  # body
+    src = np.array([[45.0, 25.0], [75.0, 25.0], [60.0, 40.0], [50.0, 55.0], [70.0, 55.0]])
+    tgt = src + np.array([15.0, 0.0])  # the head moves 15 px to the right
+    out = estimate_target_region(region, src, tgt)
+    assert out[20:60, 55:95].all() and not out[20:60, 40:54].any()  # the head moved
+    np.testing.assert_array_equal(out[70:], region[70:])            # the body stayed
+    face = np.zeros_like(region)
+    face[0:5, 0:5] = True
+    assert estimate_target_region(region, src, tgt, face)[2, 2]
+    with pytest.raises(InvalidInput, match="target_points"):
+        estimate_target_region(region, src, tgt[:3])
