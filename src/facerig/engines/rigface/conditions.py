@@ -364,6 +364,7 @@ class ReleasedSource:
     codes: dict[str, torch.Tensor]  # DECA codes: shape, tex, exp, pose, cam, light
     ffhq_centre: torch.Tensor      # (1, 3) eye-mouth centre of the source FLAME mesh (align_ffhq)
     expression: torch.Tensor       # (1, 64) Deep3D expression of the source
+    render_points: np.ndarray | None = None  # (68, 2) the source FLAME's landmarks in crop pixels
 
 
 def _path_or_none(p: Any) -> Path | None:
@@ -466,8 +467,8 @@ class ReleasedConditioner:
         person region includes the source's own FLAME render (as the fitted face in
         :class:`FacerigConditioner`), so every edit's region contains the source's."""
         st = self._prepare(image, "image")
-        _, face, _ = self.render(st, st.codes)
-        return dataclasses.replace(st, person=st.person | _dilate(face, max(1, self.size // 128)))
+        _, face, lm = self.render(st, st.codes)
+        return dataclasses.replace(st, person=st.person | _dilate(face, max(1, self.size // 128)), render_points=lm)
 
     # ---- FLAME ---------------------------------------------------------------------------------
     def _vertices(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -564,7 +565,9 @@ class ReleasedConditioner:
         render, face, lm = self.render(state, codes)
         region = state.person | _dilate(face, max(1, self.size // 128))
         if pose_edit:
-            _, _, lm_src = self.render(state, state.codes)
+            lm_src = state.render_points
+            if lm_src is None:
+                _, _, lm_src = self.render(state, state.codes)
             region |= estimate_target_region(state.person, lm_src, lm, face)
         bg = paint_background(state.aligned, region)
         return RigFaceConditions(
