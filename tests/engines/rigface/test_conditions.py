@@ -309,3 +309,16 @@ def test_facerig_conditioner_with_flame_uses_deca_landmarks_and_jaw(released_fil
     face = c.render[0, 0] > -1
     ys, xs = np.nonzero(face.numpy())
     assert abs(xs.mean() - S / 2) < S / 8 and abs(ys.mean() - S / 2) < S / 5
+
+
+def test_model_albedo_option_drops_the_photo_texture(fitted) -> None:  # noqa: ANN001
+    from facerig.train.data import render_aligned
+
+    m, params, cond, state = fitted
+    smooth = FacerigConditioner(m, S, albedo="model")
+    c = smooth.conditions(state, params)
+    ref = render_aligned(m, params.replace(albedo=None, texture=None, texture_mask=None), S, c.crop)
+    torch.testing.assert_close(c.render, ref.render.clamp(0, 1) * 2 - 1)
+    assert not torch.allclose(c.render, cond.conditions(state, params).render)
+    with pytest.raises(InvalidInput, match="albedo"):
+        FacerigConditioner(m, S, albedo="photo")

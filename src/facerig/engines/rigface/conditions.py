@@ -246,13 +246,21 @@ class FacerigConditioner:
     :func:`estimate_target_region`), the expression vector and the paste-back mask.
     """
 
-    def __init__(self, model: Any, size: int = 512) -> None:
+    ALBEDOS = ("fit", "model")
+
+    def __init__(self, model: Any, size: int = 512, *, albedo: str = "fit") -> None:
         if model is None or not hasattr(model, "landmark_index"):
             raise InvalidInput("model", "a facerig face model (facerig.morphable.load_face_model)", type(model).__name__)
         if int(size) < 8 or int(size) % 8:
             raise InvalidInput("size", "a crop side that is a multiple of 8 (512 for SD 1.5)", size)
+        if albedo not in self.ALBEDOS:
+            raise InvalidInput("albedo", f"one of {self.ALBEDOS}", albedo)
         self.model = model
         self.size = int(size)
+        #: "fit": the render uses the params' own albedo/texture (for builtin the photo's texture);
+        #: "model": the face model's default albedo (smooth, as the release's model-texture renders;
+        #: no appearance of the target frame reaches the render when training on frame pairs)
+        self.albedo = albedo
 
     def expression_dim(self, params: FaceParams | None = None) -> int:
         """D of the expression vector: the model's expression size (+ 3 jaw values for FLAME)."""
@@ -294,6 +302,8 @@ class FacerigConditioner:
     def _render(self, params: FaceParams, crop: CropTransform) -> Any:
         from facerig.train.data import render_aligned
 
+        if self.albedo == "model":
+            params = params.replace(albedo=None, texture=None, texture_mask=None)
         with torch.no_grad():
             return render_aligned(self.model, params, self.size, crop)
 
