@@ -322,3 +322,36 @@ def test_model_albedo_option_drops_the_photo_texture(fitted) -> None:  # noqa: A
     assert not torch.allclose(c.render, cond.conditions(state, params).render)
     with pytest.raises(InvalidInput, match="albedo"):
         FacerigConditioner(m, S, albedo="photo")
+
+
+def test_released_no_face_is_typed(released) -> None:  # noqa: ANN001
+    from facerig.errors import NoFaceFound
+
+    rc, st = released
+    with pytest.raises(NoFaceFound, match="reference_image"):
+        rc.conditions(st, reference_image=np.full((128, 128, 3), 200, np.uint8))
+
+
+@pytest.mark.shared_data
+def test_facerig_conditions_on_a_three_quarter_portrait() -> None:
+    from facerig.fit.api import fit_image
+    from facerig.io.assets import shared_path
+    from facerig.io.image import load_image
+    from facerig.morphable import load_face_model
+    from facerig.rig.pose import set_pose
+
+    p = shared_path("data", "portraits", "pexels-unsplash", "i5R8hbZFDdc.jpg")
+    if p is None:
+        pytest.skip("portrait absent")
+    img = load_image(p)
+    m = load_face_model("builtin")
+    params = fit_image(img, m).params
+    cond = FacerigConditioner(m, S)
+    st = cond.source_state(img, params)
+    c = cond.conditions(st, set_pose(params, m, yaw=-20))
+    _check_background(c)
+    face = c.render[0, 0] > -1
+    assert bool((c.mask[0, 0][face] > 0.5).all())
+    assert 0.3 < float(c.mask.mean()) < 0.95
+    ys, xs = np.nonzero(face.numpy())
+    assert abs(xs.mean() - S / 2) < S / 6 and abs(ys.mean() - S / 2) < S / 5
