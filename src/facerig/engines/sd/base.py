@@ -89,8 +89,11 @@ def load_sd_base(path: str | os.PathLike[str] | None = None, *, device: str | to
     else:
         raise InvalidInput("--base", "a diffusers folder or a .safetensors/.ckpt Stable Diffusion 1.5 checkpoint",
                            str(p))
-    base.vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    base.text_encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    for m in (base.vae, base.text_encoder):
+        m.to(device)
+        if next(m.parameters()).dtype != dtype:
+            m.to(dtype=dtype)
+        m.eval().requires_grad_(False)
     log.info("SD base loaded from %s (%s, %s)", p, device, dtype)
     return base
 
