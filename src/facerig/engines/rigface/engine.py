@@ -126,7 +126,8 @@ class RigFaceEngine(Engine):
                                "offload, compile, progress", sorted(options))
         self.steps = _as_int("steps", steps, 1, 1000)
         self.seed = _as_int("seed", seed, 0, 2**63 - 1)
-        self.progress = bool(progress)
+        self.progress = _as_bool("progress", progress)
+        compile = _as_bool("compile", compile)
         from facerig.engines.sd.runtime import resolve_device, resolve_dtype
 
         dev = resolve_device(device)
@@ -266,3 +267,15 @@ def _as_int(name: str, v: Any, lo: int, hi: int) -> int:
     if isinstance(v, bool) or i != float(v) or not lo <= i <= hi:
         raise InvalidInput(name, f"an integer in {lo}..{hi}", v)
     return i
+
+
+def _as_bool(name: str, v: Any) -> bool:
+    """A flag from Python or from ``--engine-option KEY=VALUE`` text."""
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in ("1", "true", "yes", "on"):
+            return True
+        if t in ("0", "false", "no", "off", ""):
+            return False
+        raise InvalidInput(name, "true or false", v)
+    return bool(v)
