@@ -184,10 +184,11 @@ def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
 
 def estimate_target_region(source_region: np.ndarray, source_points: np.ndarray,
                            target_points: np.ndarray, target_face: np.ndarray | None = None) -> np.ndarray:
-    """The target's person region for a pose edit, bool (S, S): the source's region moved by the
+    """The target's person region for a pose edit, bool (S, S): the head part of the source's region
+    (the rows down to ``0.15`` face heights below the chin: face, hair, hat) moved by the
     least-squares similarity that takes the source face's projected landmarks to the target's (the
-    in-plane part of the head motion: the head and hair follow it, the body hardly moves, so the
-    warped body only widens the union), united with the target's rendered face ``target_face``."""
+    in-plane part of the head motion, which head and hair follow), the body (below) kept where it
+    is, united with the target's rendered face ``target_face``."""
     import cv2
 
     from facerig.detect.crops import _cv_matrix, umeyama_similarity
@@ -197,9 +198,14 @@ def estimate_target_region(source_region: np.ndarray, source_points: np.ndarray,
     sp, tp = np.asarray(source_points, np.float64)[:, :2], np.asarray(target_points, np.float64)[:, :2]
     if sp.shape != tp.shape or len(sp) < 3:
         raise InvalidInput("target_points", f"{len(sp)} points like source_points", tp.shape)
+    face_h = float(sp[:, 1].max() - sp[:, 1].min())
+    cut = int(np.clip(np.ceil(sp[:, 1].max() + 0.15 * face_h), 0, s[0]))
+    head = src.copy()
+    head[cut:] = False
     m = _cv_matrix(umeyama_similarity(sp, tp))
-    moved = cv2.warpAffine(src.astype(np.uint8), m, (s[1], s[0]), flags=cv2.INTER_NEAREST,
+    moved = cv2.warpAffine(head.astype(np.uint8), m, (s[1], s[0]), flags=cv2.INTER_NEAREST,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    moved[cut:] |= src[cut:]
     if target_face is not None:
         moved |= np.asarray(target_face, bool)
     return moved
@@ -437,8 +443,12 @@ class ReleasedConditioner:
         return ReleasedSource(img, crop, aligned, image_to_unit(aligned), person, cpts, dct, codes, centre, exp64)
 
     def source_state(self, image: Any) -> ReleasedSource:
-        """Detect the face, cut the aligned crop, DECA-encode its DECA crop, Deep3D-encode it."""
-        return self._prepare(image, "image")
+        """Detect the face, cut the aligned crop, DECA-encode its DECA crop, Deep3D-encode it; the
+        person region includes the source's own FLAME render (as the fitted face in
+        :class:`FacerigConditioner`), so every edit's region contains the source's."""
+        st = self._prepare(image, "image")
+        _, face, _ = self.render(st, st.codes)
+        return dataclasses.replace(st, person=st.person | _dilate(face, max(1, self.size // 128)))
 
     # ---- FLAME ---------------------------------------------------------------------------------
     def _vertices(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
