@@ -130,3 +130,35 @@ def test_expression_size_mismatch_is_named(tmp_path, fitted, astronaut):
     e = get_engine("rigface", weights=str(weights), base=str(base), steps=1)
     with pytest.raises(IncompatibleModel, match="5 expression"):
         e.prepare(astronaut, params, fm)
+
+
+@pytest.fixture(scope="module")
+def released_setup(tmp_path_factory):
+    """deep3d-kind tiny weights + synthetic FLAME / DECA / Deep3D files in the released layouts."""
+    from flame_fixture import write_synthetic_flame
+    from rigface_cond_fixture import deca_code, write_deca_with_code, write_deep3d
+
+    from facerig.io.assets import shared_path
+
+    if shared_path("assets", "flame-aux") is None:
+        pytest.skip("shared flame-aux folder absent (DECA's 68-landmark embedding is needed)")
+    d = tmp_path_factory.mktemp("released")
+    write_synthetic_flame(d / "generic_model.pkl")
+    write_deca_with_code(d / "deca_model.tar", deca_code())
+    write_deep3d(d / "d3dfr_res50_nofc.pth", "rigface")
+    base, weights = write_tiny_rigface(d, expression_kind="deep3d")
+    return {"weights": str(weights), "base": str(base), "flame": str(d / "generic_model.pkl"),
+            "deca": str(d / "deca_model.tar"), "deep3d": str(d / "d3dfr_res50_nofc.pth"), "steps": 1}
+
+
+@pytest.mark.shared_data
+def test_released_weights_take_the_expression_from_the_reference_photo(released_setup, astronaut, grace_hopper):
+    from facerig.edit import edit_many
+
+    res = edit_many(astronaut, [{"take": ("expression",)}], "rigface", reference=grace_hopper, buffers=False,
+                    engine_options=released_setup)
+    assert res[0].image.shape == astronaut.shape and not np.array_equal(res[0].image, astronaut)
+    with pytest.raises(InvalidInput, match="--reference"):
+        edit_many(astronaut, [{"preset": "smile"}], "rigface", buffers=False, engine_options=released_setup)
+    turned = edit_many(astronaut, [{"yaw": 10}], "rigface", buffers=False, engine_options=released_setup)
+    assert turned[0].image.shape == astronaut.shape

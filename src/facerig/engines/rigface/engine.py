@@ -116,14 +116,14 @@ class RigFaceEngine(Engine):
 
     def __init__(self, weights: Any = None, device: str = "cpu", *, base: Any = None, steps: int = 50,
                  seed: int = 0, dtype: Any = None, flame: Any = None, deca: Any = None, deep3d: Any = None,
-                 tokenizer: Any = None, offload: str | None = None, compile: bool = False, progress: bool = False,
-                 pipeline: Any = None, conditioner: Any = None, **options: Any) -> None:
+                 texture: Any = None, tokenizer: Any = None, offload: str | None = None, compile: bool = False,
+                 progress: bool = False, pipeline: Any = None, conditioner: Any = None, **options: Any) -> None:
         if pipeline is not None and weights is None:
             weights = "<in-memory pipeline>"
         super().__init__(weights, device, **options)
         if options:
-            raise InvalidInput("engine options", "base, steps, seed, dtype, device, flame, deca, deep3d, tokenizer, "
-                               "offload, compile, progress", sorted(options))
+            raise InvalidInput("engine options", "base, steps, seed, dtype, device, flame, deca, deep3d, texture, "
+                               "tokenizer, offload, compile, progress", sorted(options))
         self.steps = _as_int("steps", steps, 1, 1000)
         self.seed = _as_int("seed", seed, 0, 2**63 - 1)
         self.progress = _as_bool("progress", progress)
@@ -143,6 +143,7 @@ class RigFaceEngine(Engine):
                                          compile=compile)
         self.expression_kind = str(self.pipe.unets.expression_kind)
         self.released_assets = {"flame": flame, "deca": deca, "deep3d": deep3d}
+        self.texture = _env_or(texture, "FACERIG_FLAME_TEXTURE")
         self._conditioner = conditioner
         if conditioner is None and self.expression_kind == "deep3d":
             self._conditioner = self._released_conditioner()
@@ -183,7 +184,7 @@ class RigFaceEngine(Engine):
         from .conditions import ReleasedConditioner
 
         return ReleasedConditioner(flame=paths["flame"], deca=paths["deca"], deep3d=paths["deep3d"],
-                                   size=self.pipe.image_size, device=self.pipe.unets.device)
+                                   size=self.pipe.image_size, device=self.pipe.unets.device, texture=self.texture)
 
     # ---- engine protocol ---------------------------------------------------------------------
     def _facerig_conditioner(self, model: Any) -> Any:
