@@ -283,3 +283,29 @@ def test_target_region_moves_the_head_and_keeps_the_body() -> None:
     assert estimate_target_region(region, src, tgt, face)[2, 2]
     with pytest.raises(InvalidInput, match="target_points"):
         estimate_target_region(region, src, tgt[:3])
+
+
+def test_facerig_conditioner_with_flame_uses_deca_landmarks_and_jaw(released_files: Path,
+                                                                    astronaut: np.ndarray) -> None:
+    from facerig.detect import FaceDetector
+    from facerig.detect.crops import deca_crop
+    from facerig.morphable.flame import FLAMEFaceModel
+    from facerig.types import FaceParams
+
+    flame = FLAMEFaceModel.load(released_files / "generic_model.pkl")
+    lm = FaceDetector().detect_one(astronaut)
+    light = torch.zeros(1, 9, 3)
+    light[0, 0] = 1.0
+    params = FaceParams(model="flame", identity=torch.zeros(1, 100), expression=torch.zeros(1, 50),
+                        expression_names=tuple(f"e{i}" for i in range(50)), rotation=torch.zeros(1, 3),
+                        camera=torch.tensor([[9.0, 0.0, 0.0]]), light=light,
+                        jaw_pose=torch.tensor([[0.2, 0.0, 0.0]]), crop=[deca_crop(lm)])
+    cond = FacerigConditioner(flame, S)
+    st = cond.source_state(astronaut, params)
+    c = cond.conditions(st, params)
+    assert c.expression.shape == (1, 53) == (1, cond.expression_dim(params))
+    torch.testing.assert_close(c.expression[:, 50:], params.jaw_pose)
+    # the crop is centred on the rendered face (the box of DECA's 68 landmarks), not on (0, 0)
+    face = c.render[0, 0] > -1
+    ys, xs = np.nonzero(face.numpy())
+    assert abs(xs.mean() - S / 2) < S / 8 and abs(ys.mean() - S / 2) < S / 5

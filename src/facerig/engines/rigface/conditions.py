@@ -264,13 +264,32 @@ class FacerigConditioner:
 
         return np.asarray(project_landmarks_to_frame(self.model, params)[0], np.float64)
 
-    def _frame478(self, lm: np.ndarray) -> np.ndarray:
+    def _crop_points(self, params: FaceParams, lm: np.ndarray) -> np.ndarray:
+        """Points for :func:`rigface_crop`: all 478 MediaPipe points when the model explains them
+        (builtin, ict), else DECA's 68 landmarks of models that have them (FLAME: its MediaPipe
+        embedding covers only part of the mesh's points, not the forehead / contour the box needs)."""
         idx = self.model.landmark_index.cpu().numpy()
-        if len(idx) == 68:
-            return lm
-        pts = np.zeros((478, 2))
-        pts[idx] = lm
-        return pts
+        if len(idx) >= 468 and {10, 152} <= set(idx.tolist()):
+            pts = np.zeros((478, 2))
+            pts[idx] = lm
+            if len(idx) < 478:  # 468-point models: no irises; the box only reads 0..467
+                pts[468:] = pts[:468].mean(0)
+            return pts
+        if hasattr(self.model, "landmarks68"):
+            from facerig.render import camera as cam
+
+            with torch.no_grad():
+                v = self.model(params.identity, params.expression, params.jaw_pose)
+                world = cam.pose_vertices(v, params.rotation)
+                ndc = cam.project(self.model.landmarks68(world), params.camera, params.camera_kind,
+                                  params.focal)[0, :, :2]
+            assert params.crop is not None  # checked by the callers
+            c = params.crop[0]
+            return np.asarray(c.invert(cam.ndc_to_pixels(ndc.double().cpu(), c.size).numpy()))
+        raise IncompatibleModel(
+            f"face model {getattr(self.model, 'name', type(self.model).__name__)!r}: the RigFace crop needs its "
+            "MediaPipe 478 landmarks or DECA's 68 landmarks"
+        )
 
     def _render(self, params: FaceParams, crop: CropTransform) -> Any:
         from facerig.train.data import render_aligned
@@ -292,7 +311,7 @@ class FacerigConditioner:
         if tuple(params.crop[0].frame_size) != (h, w):
             raise InvalidInput("image", "the image the params were fitted on", f"{w}x{h}")
         lm = self._points(params)
-        crop = rigface_crop(self._frame478(lm), self.size, frame_size=(h, w))
+        crop = rigface_crop(self._crop_points(params, lm), self.size, frame_size=(h, w))
         aligned = warp_to_crop(img, crop, border="constant", interpolation="cubic")
         pts = crop.apply(lm)
         buf = self._render(params, crop)

@@ -22,6 +22,7 @@ truncates to 127). facerig does not ship that network. :func:`person_mask` gets 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,22 @@ def _keep_person_components(mask: np.ndarray, anchor: np.ndarray | None, min_fra
     return keep[lab - 1] & (lab > 0)
 
 
+_DETECTOR: Any = None
+_DETECTOR_LOCK = threading.Lock()
+
+
+def _detect_points(img: np.ndarray) -> np.ndarray:
+    """The largest face's landmarks (N, 2) with one shared facerig FaceDetector (made on first use,
+    used under a lock); raises NoFaceFound."""
+    global _DETECTOR
+    with _DETECTOR_LOCK:
+        if _DETECTOR is None:
+            from facerig.detect import FaceDetector
+
+            _DETECTOR = FaceDetector()
+        return np.asarray(_DETECTOR.detect_one(img).points, np.float64)[:, :2]
+
+
 def person_mask(image: Any, *, face: Any = None, detect: bool = True, threshold: float = 0.5,
                 grow: float | None = None, soft: np.ndarray | None = None) -> np.ndarray:
     """bool (H, W): the person (face, hair, hat, neck, clothes) of an RGB uint8 image.
@@ -155,9 +172,7 @@ def person_mask(image: Any, *, face: Any = None, detect: bool = True, threshold:
         pts = _points_of(face, (h, w))
     elif detect:
         try:
-            from facerig.detect import FaceDetector
-
-            pts = np.asarray(FaceDetector().detect_one(img).points, np.float64)[:, :2]
+            pts = _detect_points(img)
         except NoFaceFound:
             log.info("person_mask: no face detected; using the segmentation alone")
     hull = face_hull_mask(pts, (h, w)) if pts is not None else None
