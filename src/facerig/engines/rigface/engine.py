@@ -66,10 +66,11 @@ class RigFaceState:
     reference_cache: dict[int, Any] = field(default_factory=dict)
 
 
-def feathered_inside(mask: np.ndarray, feather_px: float) -> np.ndarray:
+def feathered_inside(mask: np.ndarray, feather_px: float, border_px: float | None = None) -> np.ndarray:
     """Float weights in [0, 1]: ``mask`` eroded by ``feather_px``, blurred, and zero wherever
     ``mask`` is (so a paste-back with them leaves everything outside ``mask`` untouched), also faded
-    towards the crop border."""
+    towards the crop border over ``border_px`` (default ``4 * feather_px``: the crop usually cuts
+    through the clothes, and a short fade there leaves a visible straight seam)."""
     import cv2
 
     m = np.asarray(mask) > 0.5
@@ -79,7 +80,9 @@ def feathered_inside(mask: np.ndarray, feather_px: float) -> np.ndarray:
     er = cv2.erode(m.astype(np.uint8), k).astype(np.float32)
     w = cv2.GaussianBlur(er, (0, 0), sigmaX=max(0.5, r / 2.0), borderType=cv2.BORDER_REPLICATE)
     c = np.arange(s, dtype=np.float32) + 0.5
-    ramp = np.clip(np.minimum(c, s - c) / float(r), 0.0, 1.0)
+    b = float(border_px) if border_px is not None else 4.0 * r
+    ramp = np.clip(np.minimum(c, s - c) / max(b, 1.0), 0.0, 1.0)
+    ramp = ramp * ramp * (3 - 2 * ramp)
     w = w * np.minimum(ramp[:, None], ramp[None, :])
     # the paste-back warps these weights bilinearly: keep a one-pixel zero margin inside the mask
     inner = cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
