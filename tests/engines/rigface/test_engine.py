@@ -162,3 +162,16 @@ def test_released_weights_take_the_expression_from_the_reference_photo(released_
         edit_many(astronaut, [{"preset": "smile"}], "rigface", buffers=False, engine_options=released_setup)
     turned = edit_many(astronaut, [{"yaw": 10}], "rigface", buffers=False, engine_options=released_setup)
     assert turned[0].image.shape == astronaut.shape
+
+
+def test_a_saved_pipeline_folder_needs_no_base(tiny, tmp_path, monkeypatch):
+    from facerig.engines import get_engine
+
+    base, weights = tiny
+    e = get_engine("rigface", weights=str(weights), base=str(base), steps=1, progress="0")
+    e.pipe.save_pretrained(tmp_path / "pipe")
+    monkeypatch.delenv("FACERIG_SD15", raising=False)
+    e2 = get_engine("rigface", weights=str(tmp_path / "pipe"), steps=1)
+    assert e2.pipe.image_size == 64 and e2.expression_kind == "facerig" and not e.progress
+    with pytest.raises(InvalidInput, match="progress"):
+        get_engine("rigface", weights=str(weights), base=str(base), progress="maybe")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -120,7 +121,7 @@ class RigFaceEngine(Engine):
     def __init__(self, weights: Any = None, device: str = "cpu", *, base: Any = None, steps: int = 50,
                  seed: int = 0, dtype: Any = None, flame: Any = None, deca: Any = None, deep3d: Any = None,
                  texture: Any = None, tokenizer: Any = None, offload: str | None = None, compile: bool = False,
-                 progress: bool = False, pipeline: Any = None, conditioner: Any = None, **options: Any) -> None:
+                 progress: Any = None, pipeline: Any = None, conditioner: Any = None, **options: Any) -> None:
         if pipeline is not None and weights is None:
             weights = "<in-memory pipeline>"
         super().__init__(weights, device, **options)
@@ -129,7 +130,8 @@ class RigFaceEngine(Engine):
                                "tokenizer, offload, compile, progress", sorted(options))
         self.steps = _as_int("steps", steps, 1, 1000)
         self.seed = _as_int("seed", seed, 0, 2**63 - 1)
-        self.progress = _as_bool("progress", progress)
+        # a progress bar by default only where someone watches (a terminal): SD-size steps take seconds
+        self.progress = _as_bool("progress", progress) if progress is not None else sys.stderr.isatty()
         compile = _as_bool("compile", compile)
         from facerig.engines.sd.runtime import resolve_device, resolve_dtype
 
