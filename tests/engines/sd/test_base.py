@@ -120,3 +120,24 @@ def test_errors_are_one_line(tiny_base, tmp_path, monkeypatch):
     (tmp_path / "garbage.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(InvalidInput, match="readable"):
         load_sd_base(tmp_path / "garbage.safetensors")
+
+
+def test_bundled_sd15_configs_build_the_sd15_architectures():
+    """The bundled configs a single-file base is built from give SD 1.5's parameter counts (VAE
+    83,653,863; CLIP ViT-L/14 text encoder 123,060,480; UNet 859,520,964), built on the meta device."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from facerig.engines.sd.base import bundled_config
+
+    def clean(d):
+        return {k: v for k, v in d.items() if not k.startswith("_") and k not in ("architectures", "model_type")}
+
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(clean(bundled_config("vae")))
+        te = CLIPTextModel(CLIPTextConfig(**clean(bundled_config("text_encoder"))))
+        unet = UNet2DConditionModel.from_config(clean(bundled_config("unet")))
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    assert sum(p.numel() for p in te.parameters()) == 123_060_480
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    assert bundled_config("scheduler")["beta_schedule"] == "scaled_linear"
