@@ -309,3 +309,49 @@ def test_facerig_conditioner_with_flame_uses_deca_landmarks_and_jaw(released_fil
     face = c.render[0, 0] > -1
     ys, xs = np.nonzero(face.numpy())
     assert abs(xs.mean() - S / 2) < S / 8 and abs(ys.mean() - S / 2) < S / 5
+
+
+def test_model_albedo_option_drops_the_photo_texture(fitted) -> None:  # noqa: ANN001
+    from facerig.train.data import render_aligned
+
+    m, params, cond, state = fitted
+    smooth = FacerigConditioner(m, S, albedo="model")
+    c = smooth.conditions(state, params)
+    ref = render_aligned(m, params.replace(albedo=None, texture=None, texture_mask=None), S, c.crop)
+    torch.testing.assert_close(c.render, ref.render.clamp(0, 1) * 2 - 1)
+    assert not torch.allclose(c.render, cond.conditions(state, params).render)
+    with pytest.raises(InvalidInput, match="albedo"):
+        FacerigConditioner(m, S, albedo="photo")
+
+
+def test_released_no_face_is_typed(released) -> None:  # noqa: ANN001
+    from facerig.errors import NoFaceFound
+
+    rc, st = released
+    with pytest.raises(NoFaceFound, match="reference_image"):
+        rc.conditions(st, reference_image=np.full((128, 128, 3), 200, np.uint8))
+
+
+@pytest.mark.shared_data
+def test_facerig_pose_edit_on_a_turned_shared_portrait() -> None:
+    from facerig.fit.api import fit_image
+    from facerig.io.assets import shared_path
+    from facerig.io.image import load_image
+    from facerig.morphable import load_face_model
+    from facerig.rig.pose import set_pose
+
+    p = shared_path("data", "portraits", "pexels-unsplash", "pexels-andrea-piacquadio-733872.jpg")
+    if p is None:
+        pytest.skip("portrait absent")
+    img = load_image(p)
+    m = load_face_model("builtin")
+    params = fit_image(img, m).params
+    cond = FacerigConditioner(m, S)
+    st = cond.source_state(img, params)
+    c = cond.conditions(st, set_pose(params, m, yaw=20))  # the portrait is at yaw -30: turn it to -10
+    _check_background(c)
+    face = c.render[0, 0] > -1
+    assert bool((c.mask[0, 0][face] > 0.5).all())
+    assert 0.3 < float(c.mask.mean()) < 0.95
+    ys, xs = np.nonzero(face.numpy())
+    assert abs(xs.mean() - S / 2) < S / 6 and abs(ys.mean() - S / 2) < S / 5

@@ -105,3 +105,21 @@ def test_shared_portraits(name: str) -> None:
     h, w = m.shape
     corners = [m[: h // 10, : w // 10].mean(), m[: h // 10, -w // 10:].mean()]
     assert min(corners) < 0.5
+
+
+def test_earring_band_beside_the_jaw(astronaut: np.ndarray) -> None:
+    from facerig.detect import FaceDetector
+    from facerig.engines.rigface.person import earring_zone
+
+    pts = np.asarray(FaceDetector().detect_one(astronaut).points)[:, :2]
+    z = earring_zone(pts, astronaut.shape[:2])
+    lo, hi = pts.min(0), pts.max(0)
+    fw = hi[0] - lo[0]
+    ys, xs = np.nonzero(z)
+    assert 0 < z.mean() < 0.03
+    # on both sides, reaching outside the face's jaw, not above the ears nor below the chin by far
+    assert xs.min() < pts[234, 0] - 0.05 * fw and xs.max() > pts[454, 0] + 0.05 * fw
+    assert ys.min() >= pts[[234, 454], 1].min() - 2 and ys.max() <= hi[1] + 2
+    # only MediaPipe point sets have the ear/jaw ids
+    assert not earring_zone(pts[:68], astronaut.shape[:2]).any()
+    assert person_mask(astronaut, face=pts)[z].all()

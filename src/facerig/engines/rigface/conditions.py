@@ -246,13 +246,21 @@ class FacerigConditioner:
     :func:`estimate_target_region`), the expression vector and the paste-back mask.
     """
 
-    def __init__(self, model: Any, size: int = 512) -> None:
+    ALBEDOS = ("fit", "model")
+
+    def __init__(self, model: Any, size: int = 512, *, albedo: str = "fit") -> None:
         if model is None or not hasattr(model, "landmark_index"):
             raise InvalidInput("model", "a facerig face model (facerig.morphable.load_face_model)", type(model).__name__)
         if int(size) < 8 or int(size) % 8:
             raise InvalidInput("size", "a crop side that is a multiple of 8 (512 for SD 1.5)", size)
+        if albedo not in self.ALBEDOS:
+            raise InvalidInput("albedo", f"one of {self.ALBEDOS}", albedo)
         self.model = model
         self.size = int(size)
+        #: "fit": the render uses the params' own albedo/texture (for builtin the photo's texture);
+        #: "model": the face model's default albedo (smooth, as the release's model-texture renders;
+        #: no appearance of the target frame reaches the render when training on frame pairs)
+        self.albedo = albedo
 
     def expression_dim(self, params: FaceParams | None = None) -> int:
         """D of the expression vector: the model's expression size (+ 3 jaw values for FLAME)."""
@@ -294,6 +302,8 @@ class FacerigConditioner:
     def _render(self, params: FaceParams, crop: CropTransform) -> Any:
         from facerig.train.data import render_aligned
 
+        if self.albedo == "model":
+            params = params.replace(albedo=None, texture=None, texture_mask=None)
         with torch.no_grad():
             return render_aligned(self.model, params, self.size, crop)
 
@@ -364,6 +374,7 @@ class ReleasedSource:
     codes: dict[str, torch.Tensor]  # DECA codes: shape, tex, exp, pose, cam, light
     ffhq_centre: torch.Tensor      # (1, 3) eye-mouth centre of the source FLAME mesh (align_ffhq)
     expression: torch.Tensor       # (1, 64) Deep3D expression of the source
+    render_points: np.ndarray | None = None  # (68, 2) the source FLAME's landmarks in crop pixels
 
 
 def _path_or_none(p: Any) -> Path | None:
@@ -466,8 +477,8 @@ class ReleasedConditioner:
         person region includes the source's own FLAME render (as the fitted face in
         :class:`FacerigConditioner`), so every edit's region contains the source's."""
         st = self._prepare(image, "image")
-        _, face, _ = self.render(st, st.codes)
-        return dataclasses.replace(st, person=st.person | _dilate(face, max(1, self.size // 128)))
+        _, face, lm = self.render(st, st.codes)
+        return dataclasses.replace(st, person=st.person | _dilate(face, max(1, self.size // 128)), render_points=lm)
 
     # ---- FLAME ---------------------------------------------------------------------------------
     def _vertices(self, codes: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -564,7 +575,9 @@ class ReleasedConditioner:
         render, face, lm = self.render(state, codes)
         region = state.person | _dilate(face, max(1, self.size // 128))
         if pose_edit:
-            _, _, lm_src = self.render(state, state.codes)
+            lm_src = state.render_points
+            if lm_src is None:
+                _, _, lm_src = self.render(state, state.codes)
             region |= estimate_target_region(state.person, lm_src, lm, face)
         bg = paint_background(state.aligned, region)
         return RigFaceConditions(

@@ -9,8 +9,9 @@ truncates to 127). facerig does not ship that network. :func:`person_mask` gets 
   download): hair, hats, neck, clothes, shoulders; thresholded at 0.5;
 * united with the face itself: the convex hull of the face's landmarks (given, or detected with
   facerig's MediaPipe face mesh), because a segmenter can miss pale foreheads or faces against a
-  background of the same colour; and the region right under the chin (neck), which thin
-  segmentations cut;
+  background of the same colour; the region right under the chin (neck), which thin
+  segmentations cut; and a band outside each jaw from the ear down past the jaw angle
+  (:func:`earring_zone`: ear lobes and earrings, which the segmenter often drops);
 * cleaned: holes inside the person (glasses lenses, an open mouth against a similar background)
   are filled, specks far from the person are dropped, and the boundary is dilated by ``grow``
   (default 1% of the image side) so no fringe of hair or skin is left outside the grey region (the
@@ -33,7 +34,7 @@ from facerig.types import FaceLandmarks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GREY", "face_hull_mask", "paint_background", "person_mask", "segment_person_soft"]
+__all__ = ["GREY", "earring_zone", "face_hull_mask", "paint_background", "person_mask", "segment_person_soft"]
 
 #: the grey of the released backgrounds (uint8)
 GREY = 127
@@ -90,6 +91,35 @@ def face_hull_mask(points: np.ndarray, hw: tuple[int, int], neck: float = 0.35) 
                          [cx - 0.225 * fw, y1]])
         cv2.fillConvexPoly(out, np.round(quad - 0.5).astype(np.int32), 1)
     return out.astype(bool)
+
+
+#: MediaPipe ids per image side: (cheek at the tragus, jaw angle)
+_EAR_JAW = ((234, 172), (454, 397))
+
+
+def earring_zone(points: np.ndarray, hw: tuple[int, int], out: float = 0.12, down: float = 0.15) -> np.ndarray:
+    """bool (H, W): the band outside each jaw from the ear down past the jaw angle, where ear lobes
+    and earrings hang (the release's parser counts ears and earrings as the person; the selfie
+    segmenter and the face hull often leave them out). ``out`` / ``down``: the band's extent in face
+    widths / heights. Needs MediaPipe's 478 (or 468) points; empty for other point sets."""
+    import cv2
+
+    h, w = hw
+    pts = np.asarray(points, np.float64)[:, :2]
+    zone = np.zeros((h, w), np.uint8)
+    if pts.shape[0] not in (468, 478):
+        return zone.astype(bool)
+    lo, hi = pts[:468].min(0), pts[:468].max(0)
+    fw, fh = hi[0] - lo[0], hi[1] - lo[1]
+    cx = 0.5 * (lo[0] + hi[0])
+    for ear, jaw in _EAR_JAW:
+        top, bot = pts[ear], pts[jaw]
+        sgn = 1.0 if top[0] > cx else -1.0
+        o = np.array([sgn * out * fw, 0.0])
+        d = np.array([0.0, down * fh])
+        quad = np.array([top, top + o, bot + o + d, bot + d, bot])
+        cv2.fillPoly(zone, [np.round(quad - 0.5).astype(np.int32)], 1)
+    return zone.astype(bool)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -175,9 +205,13 @@ def person_mask(image: Any, *, face: Any = None, detect: bool = True, threshold:
             pts = _detect_points(img)
         except NoFaceFound:
             log.info("person_mask: no face detected; using the segmentation alone")
-    hull = face_hull_mask(pts, (h, w)) if pts is not None else None
-    if hull is not None:
+    hull = None
+    if pts is not None:
+        hull = face_hull_mask(pts, (h, w))
         mask |= hull
+        # ears and earrings beside the jaw: the segmenter often drops them (measured: 0.0 on a drop
+        # earring against a white wall); the band costs a little background there when there is none
+        mask |= earring_zone(pts, (h, w))
     if not mask.any():
         return mask
     mask = _keep_person_components(mask, hull)
