@@ -59,3 +59,25 @@ def test_bad_base_or_weights_is_one_line(tiny, tmp_path, astronaut, capsys):
         assert rc != 0
         lines = [ln for ln in se.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and word in lines[0], se
+
+
+def test_reenact_with_rigface(tiny, tmp_path, capsys):
+    """`facerig reenact --engine rigface` reaches the engine with --weights/--base/--steps."""
+    import cv2
+    from skimage import data
+
+    from facerig.io.samples import sample_path
+    from facerig.io.video import probe_video, write_video
+
+    img = data.astronaut()[:384, 64:448]
+    frames = []
+    for i in range(3):
+        m = cv2.getRotationMatrix2D((192, 150), 2.0 * i, 1.0)
+        frames.append(cv2.warpAffine(img, m, (384, 384), borderMode=cv2.BORDER_REPLICATE))
+    clip = write_video(tmp_path / "drv.mp4", frames, fps=10) or tmp_path / "drv.mp4"
+    base, weights = tiny
+    out = tmp_path / "re.mp4"
+    rc, so, se = _run(["reenact", sample_path("grace_hopper"), clip, "-o", out, "--no-progress", "--engine", "rigface",
+                       "--weights", weights, "--base", base, "--steps", "1"], capsys)
+    assert rc == 0, se
+    assert probe_video(out).frame_count == 3
