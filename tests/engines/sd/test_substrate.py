@@ -132,3 +132,15 @@ def test_apply_runtime_keeps_custom_processors_and_offloads(tmp_path):
         apply_runtime([unet], offload="disk")
     with pytest.raises(InvalidInput, match="modules"):
         apply_runtime(["unet"])  # type: ignore[list-item]
+
+
+def test_device_resolution():
+    from facerig.engines.sd.runtime import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInput, match="--device cpu"):
+            resolve_device("cuda")
+    with pytest.raises(InvalidInput, match="device"):
+        resolve_device("tpu9")
