@@ -107,6 +107,16 @@ def _stock_processor_swap(module: torch.nn.Module, sdpa: bool) -> int:
     return n
 
 
+def _compile_targets(m: torch.nn.Module) -> list[torch.nn.Module]:
+    """What to ``torch.compile`` in ``m``: its diffusers UNets / VAE when it is a container whose
+    methods call them directly (``RigFaceUNets.predict_noise`` never goes through the container's
+    ``__call__``, so compiling the container would do nothing), else ``m`` itself."""
+    if hasattr(m, "config") and hasattr(m, "forward"):
+        return [m]
+    inner = [c for c in m.children() if hasattr(c, "config") and hasattr(c, "set_attn_processor")]
+    return inner or [m]
+
+
 def apply_runtime(modules: Mapping[str, torch.nn.Module] | Iterable[torch.nn.Module], *,
                   device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None, sdpa: bool = True,
                   compile: bool = False, offload: str | None = None) -> Runtime:
@@ -142,6 +152,7 @@ def apply_runtime(modules: Mapping[str, torch.nn.Module] | Iterable[torch.nn.Mod
                 accelerate.cpu_offload(m, execution_device=dev)
     if compile:
         for m in mods:
-            m.compile()
+            for sub in _compile_targets(m):
+                sub.compile()
     log.info("runtime: %s %s sdpa=%s compile=%s offload=%s", dev, dt, sdpa, compile, offload)
     return rt
