@@ -122,4 +122,17 @@ def test_earring_band_beside_the_jaw(astronaut: np.ndarray) -> None:
     assert ys.min() >= pts[[234, 454], 1].min() - 2 and ys.max() <= hi[1] + 2
     # only MediaPipe point sets have the ear/jaw ids
     assert not earring_zone(pts[:68], astronaut.shape[:2]).any()
-    assert person_mask(astronaut, face=pts)[z].all()
+    # of the band, an "earring" joins the person, the plain background beside the jaw does not
+    hull = face_hull_mask(pts, astronaut.shape[:2])
+    img = astronaut.copy()
+    img[~hull] = (235, 235, 230)
+    band = z & ~hull
+    bys, bxs = np.nonzero(band)
+    left = bxs < pts[:, 0].mean()
+    cy, cx = int(np.median(bys[left])), int(np.median(bxs[left]))
+    img[cy - 6:cy + 6, cx - 3:cx + 3] = (120, 40, 90)
+    m = person_mask(img, face=pts, soft=np.zeros(img.shape[:2], np.float32), grow=0)
+    assert m[cy - 6:cy + 6, cx - 3:cx + 3].all()
+    plain = band.copy()
+    plain[cy - 10:cy + 10, cx - 8:cx + 8] = False
+    assert m[plain].mean() < 0.05

@@ -10,8 +10,9 @@ truncates to 127). facerig does not ship that network. :func:`person_mask` gets 
 * united with the face itself: the convex hull of the face's landmarks (given, or detected with
   facerig's MediaPipe face mesh), because a segmenter can miss pale foreheads or faces against a
   background of the same colour; the region right under the chin (neck), which thin
-  segmentations cut; and a band outside each jaw from the ear down past the jaw angle
-  (:func:`earring_zone`: ear lobes and earrings, which the segmenter often drops);
+  segmentations cut; and, of a band outside each jaw from the ear down past the jaw angle
+  (:func:`earring_zone`: ear lobes and earrings, which the segmenter often drops), the pixels that
+  do not look like the background around the band;
 * cleaned: holes inside the person (glasses lenses, an open mouth against a similar background)
   are filled, specks far from the person are dropped, and the boundary is dilated by ``grow``
   (default 1% of the image side) so no fringe of hair or skin is left outside the grey region (the
@@ -122,6 +123,29 @@ def earring_zone(points: np.ndarray, hw: tuple[int, int], out: float = 0.12, dow
     return zone.astype(bool)
 
 
+def _looks_like_background(img: np.ndarray, band: np.ndarray, person: np.ndarray, pts: np.ndarray,
+                           tol: float = 3.0) -> np.ndarray:
+    """bool (H, W): pixels of ``band`` whose Lab colour is within ``tol`` standard deviations
+    (Mahalanobis) of the background seen just outside the person around the band."""
+    import cv2
+
+    fw = float(np.ptp(np.asarray(pts)[:, 0]))
+    r = max(2, round(0.1 * fw))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    ring = cv2.dilate(band.astype(np.uint8), k).astype(bool) & ~person & ~band
+    if ring.sum() < 20:
+        return np.zeros_like(band)
+    lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB).astype(np.float64)
+    samp = lab[ring]
+    mu = samp.mean(0)
+    cov = np.cov(samp.T) + np.eye(3) * 4.0  # a floor: flat walls have almost no variance
+    inv = np.linalg.inv(cov)
+    d = lab[band] - mu
+    out = np.zeros_like(band)
+    out[band] = np.einsum("ni,ij,nj->n", d, inv, d) < tol * tol
+    return out
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     import cv2
 
@@ -210,8 +234,13 @@ def person_mask(image: Any, *, face: Any = None, detect: bool = True, threshold:
         hull = face_hull_mask(pts, (h, w))
         mask |= hull
         # ears and earrings beside the jaw: the segmenter often drops them (measured: 0.0 on a drop
-        # earring against a white wall); the band costs a little background there when there is none
-        mask |= earring_zone(pts, (h, w))
+        # earring against a white wall); of the band, only what does not look like the background
+        # around it joins
+        band = earring_zone(pts, (h, w)) & ~mask
+        if band.any():
+            ear = band & ~_looks_like_background(img, band, mask, pts)
+            mask |= ear
+            hull = hull | ear  # an earring apart from the face is still the subject's
     if not mask.any():
         return mask
     mask = _keep_person_components(mask, hull)
