@@ -442,15 +442,19 @@ def edit_many(
         tm = dict(timings)
         tm["rig"] = time.perf_counter() - t2
         t3 = time.perf_counter()
+        # engines whose conditioning measures the reference PHOTO itself (RigFace's released weights)
+        ref_kw: dict[str, Any] = {}
+        if getattr(eng, "wants_reference_image", False) and ref_img is not None:
+            ref_kw = {"reference_image": ref_img, "reference_take": tuple(es.take)}
         if reuse:
             if state is None:
                 from facerig.engines.base import _check_image
 
                 _check_image(src)
                 state = eng.prepare(src, params, fm)
-            out = eng.render_frame(state, after, generator=gen)
+            out = eng.render_frame(state, after, generator=gen, **ref_kw)
         else:
-            out = eng.edit(src, params, after, fm, generator=gen)
+            out = eng.edit(src, params, after, fm, generator=gen, **ref_kw)
         tm["engine"] = time.perf_counter() - t3
         b0 = b1 = None
         if buffers:
@@ -612,6 +616,7 @@ def run_edit(image: str, output: Path, *, preview: bool = False, engine: str = "
              seed: int | None = None, anchor: str | None = None, clamp: bool = False,
              check_source: bool = True, cache: bool = True, model_path: str | Path | None = None,
              presets: list[str] | None = None, batch: str | Path | None = None,
+             engine_options: dict[str, Any] | None = None,
              **spec_fields: Any) -> list[EditResult]:
     """`facerig edit`: one photo in, one edited image per edit (and optionally preview sheets) out.
 
@@ -642,7 +647,7 @@ def run_edit(image: str, output: Path, *, preview: bool = False, engine: str = "
         fm = load_model(model, model_path)
     results = edit_many(image, specs, engine, reference=reference, model=fm, face=face, seed=seed,
                         buffers=preview, anchor=anchor, clamp=clamp, check_source=check_source, cache=cache,
-                        **spec_fields)
+                        engine_options=engine_options, **spec_fields)
     said: set[str] = set()
     for res, out_path in zip(results, paths, strict=True):
         res.save(out_path)

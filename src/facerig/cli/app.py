@@ -22,6 +22,39 @@ ModelPathOpt = Annotated[
 ]
 
 
+# options of the engines that load weights (rigface, diffusionrig), shared by edit and reenact
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="engine weights (rigface: the release root, "
+                                                "unet_id/ + unet_denoise/, or a facerig RigFace run)")]
+BaseOpt = Annotated[str | None, typer.Option("--base", help="Stable Diffusion 1.5 base for SD engines (rigface): "
+                                             "diffusers folder or .safetensors/.ckpt (default: env FACERIG_SD15)")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="sampling steps of diffusion engines (rigface: UniPC, "
+                                              "default 50)")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="device of diffusion engines: cpu | cuda | auto")]
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="compute dtype of diffusion engines: fp32 (default) | "
+                                              "bf16 | fp16 (GPU)")]
+EngineOptOpt = Annotated[list[str] | None, typer.Option(
+    "--engine-option", help="KEY=VALUE engine option, repeatable (rigface released weights: flame=PATH, "
+                            "deca=PATH, deep3d=PATH; or FACERIG_FLAME / FACERIG_DECA / FACERIG_DEEP3D)")]
+
+
+def _engine_options(weights: str | None, base: str | None, steps: int | None, device: str | None,
+                    dtype: str | None, items: list[str] | None) -> dict[str, object] | None:
+    """The engine constructor's options from the CLI (only those given)."""
+    from facerig.errors import InvalidInput
+
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise InvalidInput("--engine-option", "KEY=VALUE", item)
+        out[key] = value
+    given: dict[str, object | None] = {"weights": weights, "base": base, "steps": steps, "device": device,
+                                       "dtype": dtype}
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out or None
+
+
 @app.command()
 def fit(
     source: Annotated[str | None, typer.Argument(help="image, video, or a folder of images of one person")] = None,
@@ -88,7 +121,7 @@ def edit(
     take: Annotated[str | None, typer.Option(help="what to copy from --reference: expression,pose,light")] = None,
     batch: Annotated[Path | None, typer.Option("--batch", help="JSON list of edits (each {\"name\":..., \"preset\":..., "
                                                "\"yaw\":..., ...}), all of one fit; with an -o pattern/folder")] = None,
-    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights)")] = "warp",
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | diffusionrig (--weights)")] = "warp",
     face: Annotated[str, typer.Option(help="which face: largest, or an index (0 = largest)")] = "largest",
     model: ModelOpt = "builtin",
     model_path: ModelPathOpt = None,
@@ -99,6 +132,12 @@ def edit(
     anchor: Annotated[str | None, typer.Option(help="point a pose change keeps in place: face (eye-mouth centre) | head (head centre); default: the engine's")] = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="list presets, lights, engines and "
                                                "blendshape names, then exit")] = False,
+    weights: WeightsOpt = None,
+    base: BaseOpt = None,
+    steps: StepsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    engine_option: EngineOptOpt = None,
 ) -> None:
     """Edit the expression, head pose or lighting of the face in a photo."""
     if list_presets:
@@ -129,7 +168,8 @@ def edit(
              preset_mode=preset_mode,
              pose_relative=False if absolute else None, light=light, light_azimuth=light_azimuth,
              light_elevation=light_elevation, light_intensity=light_intensity if light_intensity != 1.0 else None,
-             take=take, anchor=anchor)
+             take=take, anchor=anchor,
+             engine_options=_engine_options(weights, base, steps, device, dtype, engine_option))
 
 
 @app.command()
@@ -147,7 +187,7 @@ def reenact(
     legacy_motion: Annotated[bool | None, typer.Option(
         "--relative/--absolute", hidden=True, help="older spelling of --motion relative / --motion absolute")] = None,
     smooth: Annotated[float, typer.Option(help="temporal smoothing sigma in frames (0: off)")] = 1.0,
-    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights)")] = "warp",
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | diffusionrig (--weights)")] = "warp",
     face: Annotated[str, typer.Option(help="which face of the source: largest, or an index")] = "largest",
     model: ModelOpt = "builtin",
     model_path: ModelPathOpt = None,
@@ -155,6 +195,12 @@ def reenact(
     preview: Annotated[bool, typer.Option(help="also write OUT_preview.mp4: source | driving | result")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
     anchor: Annotated[str | None, typer.Option(help="point a pose change keeps in place: face (eye-mouth centre) | head (head centre); default: the engine's")] = None,
+    weights: WeightsOpt = None,
+    base: BaseOpt = None,
+    steps: StepsOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    engine_option: EngineOptOpt = None,
 ) -> None:
     """Animate the face of a photo with the head motion and expressions of a video (audio kept)."""
     from facerig.edit import run_reenact
@@ -179,7 +225,8 @@ def reenact(
     check_max_frames(max_frames)
     run_reenact(source_image, driving_video, output, motion=motion, ref_frame=ref_frame,
                 smooth=smooth, engine=engine, face=face,
-                model=model_or_name(model, model_path), max_frames=max_frames, preview=preview, progress=progress, anchor=anchor)
+                model=model_or_name(model, model_path), max_frames=max_frames, preview=preview, progress=progress, anchor=anchor,
+                engine_options=_engine_options(weights, base, steps, device, dtype, engine_option))
 
 
 # ---------------------------------------------------------------------------------------------

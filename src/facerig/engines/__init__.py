@@ -18,6 +18,7 @@ DEFAULT_ENGINE = "warp"
 _REGISTRY: dict[str, str | type] = {
     "warp": "facerig.engines.warp.engine:WarpEngine",
     "diffusionrig": "facerig.engines.diffusionrig.engine:DiffusionRigEngine",
+    "rigface": "facerig.engines.rigface.engine:RigFaceEngine",
 }
 
 
