@@ -764,14 +764,15 @@ class WarpEngine(Engine):
                     if mouth_w > 0:
                         # (what opens between the teeth: a shaded cavity with a tongue when wide)
                         cav = synthesize_mouth(xy_t, box, st.lip_rgb, st.skin_rgb, st.noise, rng, blur=ms.blur,
-                                               teeth=False)
+                                               teeth=False, lip_dark=ms.lip_dark)
                         inter = transfer_interior(st.image, ms.xy, xy_t, box, 1.0, ms.cavity, cavity_img=cav)
                         mouth_kind = "source"
                 if inter is None and not ms.real:  # last resort: procedural
                     mouth_w = 1.0 if st.opening < 1.0 else float(np.clip((op_t / st.opening - 1.15) / 0.35, 0, 1))
                     if mouth_w > 0:
                         inter = synthesize_mouth(xy_t, box, st.lip_rgb, st.skin_rgb, st.noise, rng,
-                                                 teeth_rgb=st.teeth_rgb, cavity_rgb=st.cavity_rgb, blur=ms.blur)
+                                                 teeth_rgb=st.teeth_rgb, cavity_rgb=st.cavity_rgb, blur=ms.blur,
+                                                 lip_dark=ms.lip_dark)
                         mouth_kind = "synthetic"
             if inter is not None and mouth_w > 0 and ms is not None:
                 bx0, by0, bx1, by1 = box
