@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from facerig.engines.base import Engine, PoseRange, _check_image
+from facerig.engines.warp.brows import unfold_raised_brows
 from facerig.engines.warp.field import (
     apply_gain,
     border_taper,
@@ -93,6 +94,7 @@ class WarpOptions:
     relight_chroma: float = 0.5     # chroma follows the relit lightness to this power (Lab; 1 = plain product)
     relight_chroma_up: float = 0.2  # the same where the light brightens (lit dark brown skin turned orange at 0.5)
     relight_keep_dark: bool = True  # a brightening light lifts tones much darker than the skin (beard, brows) less
+    brow_unfold: bool = True        # raised brows: the brow and its shadow rise rigidly, the lid skin unfolds (brows.py)
     ratio_clamp: tuple[float, float] = (0.25, 4.0)
     same_light_clamp: tuple[float, float] = (0.9, 1.1)  # ratio range when only geometry changes
     occlusion_tol: float = 0.015    # z-test tolerance, x face size
@@ -644,6 +646,8 @@ class WarpEngine(Engine):
         fld[..., 2:] = cin[..., None] * D[..., 2:3] + (1 - cin[..., None]) * fld[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
+        if o.brow_unfold:  # raised brows move as they are, the lid skin unfolds under them (brows.py)
+            unfold_raised_brows(fld, st.verts, vt, st.image, _detected_px(st.params, st.roi[:2], st.k))
         frame_t = self._rigid_glasses(st, target_params, D, covf, fld)
         tm["fields"] = time.perf_counter() - t0
 
