@@ -102,7 +102,8 @@ def synthesize_mouth(
         # the walls of a mouth are the lips' shaded colour (deeper than their mean on dark lips)
         ld = np.clip(np.asarray(lip_dark, np.float32), 0.02, 1)
         if float(ld[2]) <= float(ld[0]):  # (a blue-ish dark lip pixel set: keep the mean's)
-            lip = np.clip(ld * (float(lip.mean()) / max(float(ld.mean()), 1e-3)) ** 0.5, 0.05, 1)
+            # (half way: the shaded lips alone, more saturated than their mean, painted a lipstick red)
+            lip = np.clip(0.5 * lip + 0.5 * ld * (float(lip.mean()) / max(float(ld.mean()), 1e-3)) ** 0.5, 0.05, 1)
             teeth_lip = ld
     skin_l = float(np.mean(skin_rgb))
     # cavity: dark, reddish, darkest at the back (centre), lighter towards the lips/corners
