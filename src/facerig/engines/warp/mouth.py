@@ -149,7 +149,7 @@ def synthesize_mouth(
         # in the upper lip's shadow at the gum line, lit towards the incisal edge
         lit_t = np.clip(d_up / max(1.0, 0.6 * tu.max()), 0, 1)
         if lip_dark is not None:  # a deeper shadow, in the lips' shaded colour, and darker corners
-            shade_u = (1 - 0.45 * side ** 1.5) * (0.72 + 0.33 * lit_t)
+            shade_u = (1 - 0.4 * side ** 1.5) * (0.8 + 0.25 * lit_t)
         else:
             shade_u = (1 - 0.35 * side ** 2) * (0.88 + 0.17 * lit_t)
         # faint gaps between incisors / laterals / canines
@@ -160,7 +160,7 @@ def synthesize_mouth(
         upper = teeth_base[None, None] * shade_u[..., None]
         if lip_dark is not None:
             # the shadowed part takes the lips' shaded colour (light bounced inside the mouth)
-            k_sh = np.clip((1.0 - shade_u) / 0.45, 0, 1)[..., None] * 0.5
+            k_sh = np.clip((1.0 - shade_u) / 0.45, 0, 1)[..., None] * 0.4
             upper = upper * (1 - k_sh) + (teeth_lip * 0.9)[None, None] * k_sh
         out = out * (1 - m_up[..., None]) + upper * m_up[..., None]
 
