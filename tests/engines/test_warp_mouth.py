@@ -186,3 +186,59 @@ def test_dark_skin_portrait_interior_is_warm(model):
     lab = cv2.cvtColor(px[None], cv2.COLOR_RGB2LAB)[0]
     bright = lab[lab[:, 0] >= np.percentile(lab[:, 0], 80)]
     assert bright[:, 2].mean() > 4.0 and px[:, 2].mean() <= px[:, 0].mean(), (bright.mean(0), lab.mean(0))
+
+
+def _lab1(rgb):
+    return cv2.cvtColor(np.clip(np.asarray(rgb, np.float32), 0, 1).reshape(1, 1, 3), cv2.COLOR_RGB2LAB)[0, 0]
+
+
+def _synthetic_mouth_xy(width=60.0, opening=22.0):
+    """MediaPipe-topology vertices (478, 2) with only the lip loops placed: an open mouth of the
+    given width and opening centred at (50, 40)."""
+    xy = np.zeros((478, 2), np.float32)
+    t = np.linspace(0, 1, len(M.UPPER_INNER))
+    x = 50 - width / 2 + t * width
+    bulge = np.sin(np.pi * t)
+    for idx, y in ((M.UPPER_INNER, 40 - 0.2 * opening * bulge), (M.LOWER_INNER, 40 + 0.8 * opening * bulge),
+                   (M.UPPER_OUTER, 40 - 0.2 * opening * bulge - 6 * bulge - 1), (M.LOWER_OUTER, 40 + 0.8 * opening * bulge + 8 * bulge + 1)):
+        xy[list(idx)] = np.stack([x, y], 1)
+    return xy
+
+
+def test_procedural_interior_takes_the_dark_lips_colour():
+    """Next to dark skin with dark lips the procedural interior is in the face's own colours: its
+    shaded walls within 22 deg of the darkest lip colour's hue with at least half its chroma (20 deg,
+    0.57 here; the interior before: 25 deg, 0.46; the walls go half way from the lips' mean colour),
+    and the teeth band not grey (chroma >= 0.52 x the skin's: 0.59; the flat band before: 0.45)."""
+    skin = np.array([0.45, 0.27, 0.17], np.float32)     # dark brown skin (L* ~ 34)
+    lip = np.array([0.42, 0.24, 0.19], np.float32)
+    lip_dark = np.array([0.26, 0.12, 0.09], np.float32)  # the lips' shaded fifth
+    xy = _synthetic_mouth_xy()
+    box = (10, 20, 90, 70)
+    inner = M.poly_mask(xy, M.INNER_LOOP, box) > 0.5
+    rng = np.random.default_rng(0)
+    out = M.synthesize_mouth(xy, box, lip, skin, 0.0, rng, lip_dark=lip_dark)
+    flat = M.synthesize_mouth(xy, box, lip, skin, 0.0, np.random.default_rng(0))
+    ld, sk = _lab1(lip_dark), _lab1(skin)
+
+    def parts(img):
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)[inner]
+        lo, hi = np.percentile(lab[:, 0], [40, 85])
+        walls = lab[(lab[:, 0] > lo) & (lab[:, 0] < hi)].mean(0)   # between the throat and the teeth
+        teeth = lab[lab[:, 0] >= np.percentile(lab[:, 0], 90)].mean(0)
+        return walls, teeth
+
+    walls, teeth = parts(out)
+    dh = (np.degrees(np.arctan2(walls[2], walls[1]) - np.arctan2(ld[2], ld[1])) + 180) % 360 - 180
+    assert abs(dh) < 22.0 and np.hypot(walls[1], walls[2]) > 0.5 * np.hypot(ld[1], ld[2]), (walls, ld)
+    c_skin = np.hypot(sk[1], sk[2])
+    assert np.hypot(teeth[1], teeth[2]) >= 0.52 * c_skin, (teeth, sk)
+    assert teeth[2] > 0 and teeth[0] > walls[0] + 15
+    _, teeth_flat = parts(flat)
+    assert np.hypot(teeth_flat[1], teeth_flat[2]) < np.hypot(teeth[1], teeth[2])
+    # the darkest lip colour is measured from the lips' darker pixels
+    img = np.zeros((4, 10, 3), np.float32)
+    img[:, :8] = lip
+    img[:, 8:] = lip_dark
+    got = M.dark_lip_colour(img, np.ones((4, 10), bool))
+    assert got is not None and np.abs(got - lip_dark).max() < 1e-5

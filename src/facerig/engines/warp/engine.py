@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from facerig.engines.base import Engine, PoseRange, _check_image
+from facerig.engines.warp.brows import unfold_raised_brows
 from facerig.engines.warp.field import (
     apply_gain,
     border_taper,
@@ -70,7 +71,7 @@ from facerig.engines.warp.mouth import (
     target_box,
     transfer_interior,
 )
-from facerig.engines.warp.relight import apply_gain_lab, face_exposure, head_relight
+from facerig.engines.warp.relight import apply_gain_lab, face_exposure, head_relight, skin_lightness
 from facerig.engines.warp.segment import skin_likelihood
 from facerig.errors import IncompatibleModel, InvalidInput
 
@@ -91,6 +92,9 @@ class WarpOptions:
     relight_head: bool = True       # a new light relights the whole head/neck via a proxy (relight.py)
     relight_blend: float = 0.15     # mesh ratio -> head proxy ratio over this distance outside the mesh, x face size
     relight_chroma: float = 0.5     # chroma follows the relit lightness to this power (Lab; 1 = plain product)
+    relight_chroma_up: float = 0.2  # the same where the light brightens (lit dark brown skin turned orange at 0.5)
+    relight_keep_dark: bool = True  # a brightening light lifts tones much darker than the skin (beard, brows) less
+    brow_unfold: bool = True        # raised brows: the brow and its shadow rise rigidly, the lid skin unfolds (brows.py)
     ratio_clamp: tuple[float, float] = (0.25, 4.0)
     same_light_clamp: tuple[float, float] = (0.9, 1.1)  # ratio range when only geometry changes
     occlusion_tol: float = 0.015    # z-test tolerance, x face size
@@ -642,6 +646,8 @@ class WarpEngine(Engine):
         fld[..., 2:] = cin[..., None] * D[..., 2:3] + (1 - cin[..., None]) * fld[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
+        if o.brow_unfold:  # raised brows move as they are, the lid skin unfolds under them (brows.py)
+            unfold_raised_brows(fld, st.verts, vt, st.image, _detected_px(st.params, st.roi[:2], st.k))
         frame_t = self._rigid_glasses(st, target_params, D, covf, fld)
         tm["fields"] = time.perf_counter() - t0
 
@@ -762,14 +768,15 @@ class WarpEngine(Engine):
                     if mouth_w > 0:
                         # (what opens between the teeth: a shaded cavity with a tongue when wide)
                         cav = synthesize_mouth(xy_t, box, st.lip_rgb, st.skin_rgb, st.noise, rng, blur=ms.blur,
-                                               teeth=False)
+                                               teeth=False, lip_dark=ms.lip_dark)
                         inter = transfer_interior(st.image, ms.xy, xy_t, box, 1.0, ms.cavity, cavity_img=cav)
                         mouth_kind = "source"
                 if inter is None and not ms.real:  # last resort: procedural
                     mouth_w = 1.0 if st.opening < 1.0 else float(np.clip((op_t / st.opening - 1.15) / 0.35, 0, 1))
                     if mouth_w > 0:
                         inter = synthesize_mouth(xy_t, box, st.lip_rgb, st.skin_rgb, st.noise, rng,
-                                                 teeth_rgb=st.teeth_rgb, cavity_rgb=st.cavity_rgb, blur=ms.blur)
+                                                 teeth_rgb=st.teeth_rgb, cavity_rgb=st.cavity_rgb, blur=ms.blur,
+                                                 lip_dark=ms.lip_dark)
                         mouth_kind = "synthetic"
             if inter is not None and mouth_w > 0 and ms is not None:
                 bx0, by0, bx1, by1 = box
@@ -1125,7 +1132,7 @@ class WarpEngine(Engine):
             warped = cv2.remap(frame, mx, my, interp, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
             if gain is None:
                 gain = np.exp(fld[..., 2:])
-            res = apply_gain_lab(warped, gain, 255.0, self.opts.relight_chroma)
+            res = apply_gain_lab(warped, gain, 255.0, self.opts.relight_chroma, **_gain_lab_args(st, self.opts))
             if self.opts.shadow_warmth > 0:
                 res = _warm_shadows(res, gain, self.opts.shadow_warmth)
             if alpha.any():
@@ -1140,7 +1147,7 @@ class WarpEngine(Engine):
         if gain is None:
             gain = np.exp(fld[..., 2:])
         base: np.ndarray = (warp_w if warp_w is not None else _warp_work(st, fld)) * np.float32(255.0)
-        res = apply_gain_lab(base, gain, 255.0, self.opts.relight_chroma)
+        res = apply_gain_lab(base, gain, 255.0, self.opts.relight_chroma, **_gain_lab_args(st, self.opts))
         if self.opts.shadow_warmth > 0:
             res = _warm_shadows(res, gain, self.opts.shadow_warmth)
         # the layers: (M, dx) and dy (displacement in supersampled source pixels); the photo has a
@@ -1181,6 +1188,12 @@ class WarpEngine(Engine):
         # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
         out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(cv2.convertScaleAbs(res), cv2.COLOR_RGBA2RGB)
         return out
+
+
+def _gain_lab_args(st: WarpSource, o: WarpOptions) -> dict[str, Any]:
+    """:func:`apply_gain_lab`'s dark-tone and lit-chroma arguments for this source (relight.py)."""
+    ref = skin_lightness(st.skin_rgb) if o.relight_keep_dark else None
+    return {"dark_ref": ref, "chroma_follow_up": o.relight_chroma_up}
 
 
 def _warp_work(st: WarpSource, fld: np.ndarray) -> np.ndarray:

@@ -55,11 +55,15 @@ def synthesize_mouth(
     cavity_rgb: np.ndarray | None = None,
     blur: float = 0.0,
     teeth: bool = True,
+    lip_dark: np.ndarray | None = None,
 ) -> np.ndarray:
     """RGB float32 [0, 1] interior image over ``box`` = (x0, y0, x1, y1) (work pixels) for the target
     vertices ``xy`` (V, 2) in work pixels; ``blur``: the photo's measured blur sigma (px), which the
     interior gets too (a crisp procedural mouth in a soft photo read as a cartoon). ``teeth=False``:
-    cavity and tongue only (what opens between a real mouth's teeth, :func:`transfer_interior`)."""
+    cavity and tongue only (what opens between a real mouth's teeth, :func:`transfer_interior`).
+    ``lip_dark``: the lips' own shaded colour (:func:`dark_lip_colour`): the cavity's walls and the
+    shadow the upper lip casts on the teeth take it, so next to dark skin and dark lips the interior
+    is in the face's own colours (a flat light band there read as grey)."""
     x0, y0, x1, y1 = box
     h, w = y1 - y0, x1 - x0
     a, b = xy[78], xy[308]
@@ -93,6 +97,14 @@ def synthesize_mouth(
     open_c = float(np.linalg.norm(xy[14] - xy[13]))
 
     lip = np.clip(np.asarray(lip_rgb, np.float32), 0.05, 1)
+    teeth_lip = lip  # the colour the teeth's shadow turns to
+    if lip_dark is not None:
+        # the walls of a mouth are the lips' shaded colour (deeper than their mean on dark lips)
+        ld = np.clip(np.asarray(lip_dark, np.float32), 0.02, 1)
+        if float(ld[2]) <= float(ld[0]):  # (a blue-ish dark lip pixel set: keep the mean's)
+            # (half way: the shaded lips alone, more saturated than their mean, painted a lipstick red)
+            lip = np.clip(0.5 * lip + 0.5 * ld * (float(lip.mean()) / max(float(ld.mean()), 1e-3)) ** 0.5, 0.05, 1)
+            teeth_lip = ld
     skin_l = float(np.mean(skin_rgb))
     # cavity: dark, reddish, darkest at the back (centre), lighter towards the lips/corners
     hue = lip / max(float(lip.max()), 1e-3)
@@ -126,6 +138,8 @@ def synthesize_mouth(
     teeth_base = safe_mouth_colours(lip, np.asarray(skin_rgb, np.float32))[0]
     if teeth_rgb is not None and float(teeth_rgb[2]) <= float(teeth_rgb[0]):
         teeth_base = np.clip(np.asarray(teeth_rgb, np.float32) * 1.05, 0.2, 0.95)
+    elif lip_dark is not None:
+        teeth_base = safe_mouth_colours(lip, np.asarray(skin_rgb, np.float32), bright=True)[0]
     if teeth:
         # upper teeth: band under the upper lip; incisal edge curves down in the middle
         tu = 0.13 * width * (1 - 0.45 * side ** 2)  # (0.17 drew a tall flat band)
@@ -133,13 +147,21 @@ def synthesize_mouth(
         soft = max(0.8, 0.04 * width)
         m_up = np.clip((tu - d_up) / soft + 0.5, 0, 1) * np.clip((0.47 - np.abs(uc - 0.5)) / 0.08, 0, 1)
         # in the upper lip's shadow at the gum line, lit towards the incisal edge
-        shade_u = (1 - 0.35 * side ** 2) * (0.88 + 0.17 * np.clip(d_up / max(1.0, 0.6 * tu.max()), 0, 1))
+        lit_t = np.clip(d_up / max(1.0, 0.6 * tu.max()), 0, 1)
+        if lip_dark is not None:  # a deeper shadow, in the lips' shaded colour, and darker corners
+            shade_u = (1 - 0.4 * side ** 1.5) * (0.8 + 0.25 * lit_t)
+        else:
+            shade_u = (1 - 0.35 * side ** 2) * (0.88 + 0.17 * lit_t)
         # faint gaps between incisors / laterals / canines
         gaps = np.zeros_like(u)
         for g in (0.5, 0.5 - 0.085, 0.5 + 0.085, 0.5 - 0.165, 0.5 + 0.165, 0.5 - 0.235, 0.5 + 0.235):
             gaps += np.exp(-0.5 * ((u - g) * width / max(0.6, 0.005 * width)) ** 2)
         shade_u = shade_u * (1 - 0.22 * np.clip(gaps, 0, 1))
         upper = teeth_base[None, None] * shade_u[..., None]
+        if lip_dark is not None:
+            # the shadowed part takes the lips' shaded colour (light bounced inside the mouth)
+            k_sh = np.clip((1.0 - shade_u) / 0.45, 0, 1)[..., None] * 0.4
+            upper = upper * (1 - k_sh) + (teeth_lip * 0.9)[None, None] * k_sh
         out = out * (1 - m_up[..., None]) + upper * m_up[..., None]
 
         # lower teeth: shorter band above the lower lip, in shadow, only in a clearly open mouth
@@ -246,10 +268,12 @@ def match_colour(rgb: np.ndarray, src: tuple[np.ndarray, np.ndarray], dst: tuple
     return np.clip(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB), 0, 1)
 
 
-def safe_mouth_colours(lip_rgb: np.ndarray, skin_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def safe_mouth_colours(lip_rgb: np.ndarray, skin_rgb: np.ndarray, bright: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(teeth, cavity) RGB in [0, 1] derived from the lips and skin in Lab so that neither turns
     blue or grey-blue next to dark or warm skin: the teeth are lighter than the skin, with some of
-    its warmth (b* >= 12, a* >= 1), the cavity dark and in the lips' red (a* >= 12, b* >= 4)."""
+    its warmth (b* >= 12, a* >= 1), the cavity dark and in the lips' red (a* >= 12, b* >= 4).
+    ``bright``: lit teeth (L* >= 74: their shaded part is drawn separately; a mid-grey L* 65 band
+    read as grey next to dark skin)."""
     def lab(c: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(np.clip(np.asarray(c, np.float32), 0, 1).reshape(1, 1, 3), cv2.COLOR_RGB2LAB)[0, 0]
 
@@ -260,8 +284,12 @@ def safe_mouth_colours(lip_rgb: np.ndarray, skin_rgb: np.ndarray) -> tuple[np.nd
     # (real teeth in photos: L* 65-85, a* 0-4, b* 8-20 - yellowish; a neutral grey read as grey-blue)
     # (next to saturated skin, b* < 10 still read as grey: the teeth keep ~55 % of the skin's b*)
     # (teeth are about as light on dark skin as on any: L* from 65 whatever the skin's)
-    teeth = np.array([np.clip(max(1.3 * s[0], s[0] + 30), 65, 88), np.clip(0.25 * s[1], 1, 9),
-                      np.clip(0.55 * s[2], 12, 30)], np.float32)
+    if bright:  # ivory with more of the skin's warmth: the band's chroma near the skin's keeps it from reading grey
+        teeth = np.array([np.clip(max(1.3 * s[0], s[0] + 30), 74, 88), np.clip(0.35 * s[1], 2, 10),
+                          np.clip(0.75 * s[2], 14, 30)], np.float32)
+    else:
+        teeth = np.array([np.clip(max(1.3 * s[0], s[0] + 30), 65, 88), np.clip(0.25 * s[1], 1, 9),
+                          np.clip(0.55 * s[2], 12, 30)], np.float32)
     cav = np.array([np.clip(0.3 * li[0], 6, 20), max(0.8 * li[1], 12), max(0.5 * li[2], 4)], np.float32)
     return rgb(teeth), rgb(cav)
 
@@ -368,6 +396,7 @@ class MouthSource:
     teeth: np.ndarray | None        # teeth colour seen in the photo (None: none seen)
     lips: tuple[np.ndarray, np.ndarray] | None  # Lab mean/std of the lips
     blur: float                     # the photo's blur sigma around the mouth
+    lip_dark: np.ndarray | None = None  # RGB of the lips' darker part (their shaded, deeper-coloured fifth)
 
 
 def _box(xy: np.ndarray, hw: tuple[int, int], pad: float) -> tuple[int, int, int, int]:
@@ -408,7 +437,18 @@ def measure_mouth(image: np.ndarray, xy: np.ndarray, det: np.ndarray | None, lip
     if cav is None:
         cav = safe_mouth_colours(lip_rgb, skin_rgb)[1]
     return MouthSource(delta=delta, xy=xy_c, real=real, cavity=np.asarray(cav, np.float32), teeth=teeth,
-                       lips=lab_stats(crop, lips), blur=blur), xy_c
+                       lips=lab_stats(crop, lips), blur=blur, lip_dark=dark_lip_colour(crop, lips)), xy_c
+
+
+def dark_lip_colour(image: np.ndarray, mask: np.ndarray, frac: float = 0.2) -> np.ndarray | None:
+    """Mean RGB of the darkest ``frac`` of the ``mask`` pixels (the lips): the colour of the lips in
+    their own shade, which an opening mouth's shaded walls, gums and the shadowed part of the
+    teeth continue (None: too few pixels)."""
+    if mask.sum() < 20:
+        return None
+    px = image[mask].astype(np.float32)
+    lum = px.mean(1)
+    return px[lum <= np.percentile(lum, 100 * frac)].mean(0).astype(np.float32)
 
 
 def driving_interior(frame: np.ndarray, xy: np.ndarray, det: np.ndarray | None, tgt_xy: np.ndarray,

@@ -139,8 +139,27 @@ def head_weight(pers_q: np.ndarray, rho: np.ndarray, dist: np.ndarray, face_px: 
     return (reach * (p + (1 - p) * near)).astype(np.float32)
 
 
+def skin_lightness(skin_rgb: Any) -> float:
+    """CIE L* (0-100) of an RGB colour in [0, 1] (the face's mean skin colour): the reference
+    :func:`apply_gain_lab` keeps darker tones against."""
+    c = np.clip(np.asarray(skin_rgb, np.float32).reshape(1, 1, 3), 0.0, 1.0)
+    return float(cv2.cvtColor(c, cv2.COLOR_RGB2Lab)[0, 0, 0])
+
+
+def dark_weight(lightness: np.ndarray, ref: float, keep: tuple[float, float] = (0.3, 0.75),
+                floor: float = 0.25) -> np.ndarray:
+    """Share (N,) of a brightening gain that a pixel of CIE L* ``lightness`` takes, given the face's
+    skin lightness ``ref``: 1 at and above ``keep[1]`` x ``ref`` (skin, its lit and half-shadowed
+    parts), easing to ``floor`` at ``keep[0]`` x ``ref`` and below (a black beard, brows, lashes,
+    nostrils, the photo's own deep shadows)."""
+    rel = np.asarray(lightness, np.float32) / max(float(ref), 1.0)
+    t = _smoothstep((rel - keep[0]) / max(keep[1] - keep[0], 1e-6))
+    return (floor + (1.0 - floor) * t).astype(np.float32)
+
+
 def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chroma_follow: float = 0.5,
-                   onset: tuple[float, float] = (0.11, 0.2)) -> np.ndarray:
+                   onset: tuple[float, float] = (0.11, 0.2), dark_ref: float | None = None,
+                   chroma_follow_up: float | None = None) -> np.ndarray:
     """``image`` (H, W, 3) relit by ``gain`` (H, W, 1): the lightness is that of the
     tone-preserving product (:func:`facerig.engines.warp.field.apply_gain`), the hue angle (Lab)
     is the source's, and the chroma C* follows the change of L* only to the power
@@ -149,7 +168,14 @@ def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chro
     within 0.9-1.1 (the mild shading changes of pose and expression edits, ``same_light_clamp``)
     stay the plain product - the two differ by a few % of chroma there, and the Lab path costs
     about six times the product per pixel, too much for every frame of a reenactment. Pixels with
-    gain 1 are returned unchanged (bit-identical)."""
+    gain 1 are returned unchanged (bit-identical).
+
+    ``dark_ref`` (the face's skin L*, :func:`skin_lightness`): a brightening gain on pixels much
+    darker than the skin is reduced (:func:`dark_weight`): the SH ratio knows the mesh's smooth
+    normals, not a beard's or a brow's dark albedo nor the photo's cast shadows, and lifting those
+    by the skin's ratio turned a black beard grey and a dark face washed out. ``chroma_follow_up``:
+    the chroma exponent where the gain brightens (default ``chroma_follow``); below
+    ``chroma_follow`` the lit side of saturated (dark brown) skin turns less orange."""
     from facerig.engines.warp.field import apply_gain
 
     out = apply_gain(image, gain, white)
@@ -158,12 +184,24 @@ def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chro
     if not sel.any() or chroma_follow >= 1.0:
         return out
     src = np.clip(image[sel].astype(np.float32) / white, 0.0, 1.0)[:, None, :]
-    mul = np.clip(out[sel].astype(np.float32) / white, 0.0, 1.0)[:, None, :]
     lab_s = cv2.cvtColor(np.ascontiguousarray(src), cv2.COLOR_RGB2Lab)[:, 0]
+    g_sel = gain[sel]
+    if dark_ref is not None:
+        up = g_sel[:, 0] > 1.0
+        if up.any():
+            wd = dark_weight(lab_s[up, 0], dark_ref)
+            g_sel = g_sel.copy()
+            g_sel[up, 0] = np.exp(np.log(g_sel[up, 0]) * wd)
+        mul_rgb = apply_gain(image[sel][:, None, :], g_sel[:, None, :], white)[:, 0]
+    else:
+        mul_rgb = out[sel]
+    mul = np.clip(mul_rgb.astype(np.float32) / white, 0.0, 1.0)[:, None, :]
     lab_m = cv2.cvtColor(np.ascontiguousarray(mul), cv2.COLOR_RGB2Lab)[:, 0]
     ls, lm = lab_s[:, 0], lab_m[:, 0]
     k = np.where(ls > 0.5, lm / np.maximum(ls, 0.5), 1.0)
-    k = np.clip(k, 0.0, 8.0) ** chroma_follow
+    k = np.clip(k, 0.0, 8.0)
+    f_up = chroma_follow if chroma_follow_up is None else chroma_follow_up
+    k = np.where(k > 1.0, k ** f_up, k ** chroma_follow)
     lab = np.empty_like(lab_s)
     lab[:, 0] = lm
     lab[:, 1:] = lab_s[:, 1:] * k[:, None]
