@@ -355,3 +355,21 @@ def test_facerig_pose_edit_on_a_turned_shared_portrait() -> None:
     assert 0.3 < float(c.mask.mean()) < 0.95
     ys, xs = np.nonzero(face.numpy())
     assert abs(xs.mean() - S / 2) < S / 6 and abs(ys.mean() - S / 2) < S / 5
+
+
+def test_prepared_shard_crops_frame_the_face_as_facerig_prepare(fitted, astronaut: np.ndarray) -> None:  # noqa: ANN001
+    """Weights trained on prepared shards record their crop; the conditioner then frames the face
+    with the same crop function as ``facerig prepare`` (reflect border), not the release's box."""
+    from facerig.detect.crops import ffhq_crop, warp_to_crop
+
+    m, params, _, _ = fitted
+    cond = FacerigConditioner(m, S, crop="ffhq")
+    st = cond.source_state(astronaut, params)
+    lm = cond._crop_points(params, cond._points(params))
+    ref = ffhq_crop(lm, S, frame_size=astronaut.shape[:2])
+    np.testing.assert_allclose(st.crop.matrix, ref.matrix, atol=1e-9)
+    np.testing.assert_array_equal(st.aligned, warp_to_crop(astronaut, ref, border="reflect", interpolation="cubic"))
+    rel = cond.conditions(st, params)
+    _check_background(rel)
+    with pytest.raises(InvalidInput, match="crop"):
+        FacerigConditioner(m, S, crop="insightface")

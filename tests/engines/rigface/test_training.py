@@ -258,6 +258,8 @@ def test_cli_train_rigface_on_prepared_photos(prepared_album, tmp_path):
     assert (run / "checkpoints" / "latest").is_file()
     m = load_rigface_weights(run)
     assert m.expression_kind == "facerig" and m.num_states == 16
+    # the crop the shards were prepared with is recorded, so inference frames faces as in training
+    assert m.meta["crop"] == "ffhq"
     res = CliRunner().invoke(app, ["train", "rigface", "--data", str(prepared_album), "-o", str(tmp_path / "r2"),
                                    "--config", "tiny_cpu", "--base", str(tmp_path / "nowhere"), "--max-steps", "1"])
     assert res.exit_code != 0

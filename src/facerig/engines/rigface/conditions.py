@@ -248,14 +248,22 @@ class FacerigConditioner:
 
     ALBEDOS = ("fit", "model")
 
-    def __init__(self, model: Any, size: int = 512, *, albedo: str = "fit") -> None:
+    CROPS = ("rigface", "ffhq", "square")
+
+    def __init__(self, model: Any, size: int = 512, *, albedo: str = "fit", crop: str = "rigface") -> None:
         if model is None or not hasattr(model, "landmark_index"):
             raise InvalidInput("model", "a facerig face model (facerig.morphable.load_face_model)", type(model).__name__)
         if int(size) < 8 or int(size) % 8:
             raise InvalidInput("size", "a crop side that is a multiple of 8 (512 for SD 1.5)", size)
         if albedo not in self.ALBEDOS:
             raise InvalidInput("albedo", f"one of {self.ALBEDOS}", albedo)
+        if crop not in self.CROPS:
+            raise InvalidInput("crop", f"one of {self.CROPS}", crop)
         self.model = model
+        #: "rigface": the release's crop (:func:`rigface_crop`); "ffhq" / "square": the crops of
+        #: ``facerig prepare`` (:func:`facerig.detect.crops.ffhq_crop` / ``square_crop``, reflect border),
+        #: so weights trained on prepared shards see faces framed as in training
+        self.crop = crop
         self.size = int(size)
         #: "fit": the render uses the params' own albedo/texture (for builtin the photo's texture);
         #: "model": the face model's default albedo (smooth, as the release's model-texture renders;
@@ -321,8 +329,15 @@ class FacerigConditioner:
         if tuple(params.crop[0].frame_size) != (h, w):
             raise InvalidInput("image", "the image the params were fitted on", f"{w}x{h}")
         lm = self._points(params)
-        crop = rigface_crop(self._crop_points(params, lm), self.size, frame_size=(h, w))
-        aligned = warp_to_crop(img, crop, border="constant", interpolation="cubic")
+        cpts = self._crop_points(params, lm)
+        if self.crop == "rigface":
+            crop = rigface_crop(cpts, self.size, frame_size=(h, w))
+        else:
+            from facerig.detect.crops import ffhq_crop, square_crop
+
+            crop = (ffhq_crop if self.crop == "ffhq" else square_crop)(cpts, self.size, frame_size=(h, w))
+        aligned = warp_to_crop(img, crop, border="constant" if self.crop == "rigface" else "reflect",
+                               interpolation="cubic")
         pts = crop.apply(lm)
         buf = self._render(params, crop)
         face = buf.mask[0, 0].numpy() > 0.5

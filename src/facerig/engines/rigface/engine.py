@@ -199,7 +199,9 @@ class RigFaceEngine(Engine):
         if key not in self._facerig_conditioners:
             from .conditions import FacerigConditioner
 
-            self._facerig_conditioners[key] = FacerigConditioner(model, size=self.pipe.image_size)
+            # weights trained on prepared shards record the crop they were framed with
+            crop = str(getattr(self.pipe.unets, "meta", {}).get("crop", "rigface"))
+            self._facerig_conditioners[key] = FacerigConditioner(model, size=self.pipe.image_size, crop=crop)
         return self._facerig_conditioners[key]
 
     def prepare(self, source_image: np.ndarray, source_params: Any, model: Any, **kw: Any) -> RigFaceState:

@@ -81,20 +81,17 @@ def _simple_person_mask(face: np.ndarray) -> np.ndarray:
 def training_person_mask(image: np.ndarray, face_mask: np.ndarray, *, segmentation: bool = True) -> np.ndarray:
     """The person region (face, hair, neck, clothes) of an aligned training frame, bool (H, W).
 
-    With ``segmentation`` and the conditioning module's :func:`person_mask` available
-    (``facerig.engines.rigface.person``: MediaPipe person segmentation + face regions), that mask
-    united with the rendered face; otherwise :func:`_simple_person_mask` of the rendered face
+    With ``segmentation``: :func:`facerig.engines.rigface.person.person_mask` (MediaPipe person
+    segmentation + face regions, the conditioning used at inference) united with the rendered face;
+    without (the tiny CPU recipe, synthetic frames): :func:`_simple_person_mask` of the rendered face
     region ``face_mask`` (H, W)."""
     face = np.asarray(face_mask) > 0.5
     if image.shape[:2] != face.shape:
         raise InvalidInput("face_mask", f"the image's size {image.shape[:2]}", face.shape)
     if segmentation:
-        try:
-            from facerig.engines.rigface.person import person_mask  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            pass
-        else:
-            return np.asarray(person_mask(image), bool) | face
+        from facerig.engines.rigface.person import person_mask
+
+        return np.asarray(person_mask(image), bool) | face
     return _simple_person_mask(face)
 
 
@@ -283,55 +280,42 @@ class _LoadedBase:
         self.vae, self.text_encoder, self.tokenizer, self.unet = vae, text_encoder, tokenizer, unet
 
 
-def _load_base(base: str | os.PathLike | None, need_unet: bool) -> _LoadedBase:
-    """The SD 1.5 base (VAE, CLIP text encoder, tokenizer [, UNet]): through the SD substrate's
-    ``load_sd_base`` when present, else a diffusers folder read directly."""
+def _shard_crop(data: Path) -> str:
+    """The crop the shards were prepared with (``index.json`` options; ``facerig prepare``'s default
+    "ffhq" when unrecorded), recorded in rigface.json so inference frames faces the same way."""
     try:
-        from facerig.engines.sd.base import load_sd_base  # type: ignore[import-not-found, attr-defined, unused-ignore]
-    except ImportError:
-        load_sd_base = None
-    if load_sd_base is not None:
-        b = load_sd_base(base)
-        unet = None
-        if need_unet:
-            from diffusers import UNet2DConditionModel
+        crop = json.loads((data / "index.json").read_text()).get("options", {}).get("crop", "ffhq")
+    except (OSError, ValueError):
+        crop = "ffhq"
+    return str(crop) if crop in ("ffhq", "square") else "ffhq"
 
-            udir = Path(b.source) / "unet"
-            if not udir.is_dir():
-                from facerig.errors import AssetMissing
 
-                raise AssetMissing("the SD 1.5 UNet (unet/ of a diffusers folder) for model.init 'sd'", str(udir),
-                                   "give --base a diffusers folder with unet/, or set model.init to RigFace weights")
-            unet = UNet2DConditionModel.from_pretrained(udir)
-        return _LoadedBase(b.vae, b.text_encoder, b.tokenizer, unet)
-    p = Path(base or os.environ.get("FACERIG_SD15", ""))
-    if not str(base or os.environ.get("FACERIG_SD15", "")) or not (p / "vae").is_dir():
-        from facerig.errors import AssetMissing
+def _load_base(base: str | os.PathLike | None, need_unet: bool) -> _LoadedBase:
+    """The SD 1.5 base (VAE, CLIP text encoder, tokenizer [, UNet]) through the SD substrate's
+    :func:`facerig.engines.sd.base.load_sd_base` (a diffusers folder or a single-file checkpoint)."""
+    from facerig.engines.sd.base import load_sd_base
 
-        raise AssetMissing("Stable Diffusion 1.5 base (diffusers folder with vae/, text_encoder/, tokenizer/)",
-                           str(p) if str(p) not in ("", ".") else "--base / $FACERIG_SD15",
-                           "pass --base PATH or set FACERIG_SD15")
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    b = load_sd_base(base)
+    unet = None
+    if need_unet:
+        from diffusers import UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(p / "unet") if need_unet else None
-    return _LoadedBase(AutoencoderKL.from_pretrained(p / "vae"), CLIPTextModel.from_pretrained(p / "text_encoder"),
-                       CLIPTokenizer.from_pretrained(p / "tokenizer"), unet)
+        udir = Path(b.source) / "unet"
+        if not udir.is_dir():
+            from facerig.errors import AssetMissing
+
+            raise AssetMissing("the SD 1.5 UNet (unet/ of a diffusers folder) for model.init 'sd'", str(udir),
+                               "give --base a diffusers folder with unet/, or set model.init to RigFace weights")
+        unet = UNet2DConditionModel.from_pretrained(udir)
+    return _LoadedBase(b.vae, b.text_encoder, b.tokenizer, unet)
 
 
 def prompt_embedding(text_encoder: Any, tokenizer: Any, prompt: str = DEFAULT_PROMPT) -> torch.Tensor:
     """(1, 77, D) last hidden state of the prompt padded to the tokenizer's max length (the SD
-    substrate's cached ``encode_prompt`` when present)."""
-    try:
-        from facerig.engines.sd.prompt import encode_prompt  # type: ignore[import-not-found, attr-defined, unused-ignore]
-    except ImportError:
-        encode_prompt = None
-    if encode_prompt is not None:
-        return encode_prompt(text_encoder, tokenizer, prompt)
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return text_encoder(ids.to(text_encoder.device))[0]
+    substrate's cached :func:`facerig.engines.sd.prompt.encode_prompt`)."""
+    from facerig.engines.sd.prompt import encode_prompt
+
+    return encode_prompt(text_encoder, tokenizer, prompt)
 
 
 def _initial_unets(model_cfg: dict[str, Any], base: _LoadedBase, expression_dim: int, seed: int) -> RigFaceUNets:
@@ -401,7 +385,8 @@ def train_rigface(
         raise InvalidInput("base", f"a text encoder of width {unets.cross_attention_dim}",
                            b.text_encoder.config.hidden_size)
     text = prompt_embedding(b.text_encoder, b.tokenizer, unets.prompt)
-    unets.meta = {**unets.meta, "face_model": shards.params(0).model, "trained_on": str(data)}
+    unets.meta = {**unets.meta, "face_model": shards.params(0).model, "trained_on": str(data),
+                  "crop": _shard_crop(Path(data))}
     module = RigFaceTrainModule(unets.train(), text, b.vae)
     if len(ds) < tc.batch_size:
         tc = dataclasses.replace(tc, batch_size=len(ds))
