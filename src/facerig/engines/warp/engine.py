@@ -166,6 +166,7 @@ class WarpSource:
     timings: dict[str, float] = field(default_factory=dict)
     glasses: Any = None  # glasses.Glasses of the source (None: no detections to look for them)
     fill_cache: dict[Any, Any] = field(default_factory=dict)  # per-source maps of the hidden-pixel fill
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)  # per-frame scratch arrays, reused (_Buffers)
     # reduced work grid: the photo around the work region, RGBA, supersampled ``up_scale`` x (see
     # _supersample), and the frame pixel of its first pixel
     frame_up: np.ndarray | None = None
@@ -244,27 +245,46 @@ class WarpEngine(Engine):
 
     @staticmethod
     def _raster(verts: np.ndarray, faces_t: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Face index (H, W) and screen-space barycentrics (H, W, 3) (zeros off the mesh).
+        """Face index (H, W) and screen-space barycentrics (H, W, 3) (zeros off the mesh); see
+        :meth:`_raster_covered`."""
+        fi, iy, ix, b = WarpEngine._raster_covered(verts, faces_t, hw)
+        bary = np.zeros((*hw, 3), np.float64)
+        bary[iy, ix] = b
+        return fi, bary
+
+    @staticmethod
+    def _raster_covered(verts: np.ndarray, faces_t: torch.Tensor, hw: tuple[int, int]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Face index (H, W), the covered pixels (iy, ix) and their barycentrics (N, 3).
 
         Visibility is the shared rasteriser's (numba z-buffer on CPU); the barycentrics are
-        recomputed here in numpy for the covered pixels only (no autograd / torch dispatch: this
-        runs once per frame and was the largest per-frame cost)."""
+        recomputed here for the covered pixels only (no autograd / torch dispatch: this runs once
+        per frame and was the largest per-frame cost), in one numba pass
+        (:func:`._kernels.barycentrics`, bit-identical to :meth:`_barycentrics_reference`)."""
+        from facerig.engines.warp._kernels import barycentrics
         from facerig.render.raster import visibility
 
         with torch.no_grad():
             fi = visibility(torch.from_numpy(verts[None]).float(), faces_t, hw[0], hw[1])[0].numpy()
-        bary = np.zeros((*hw, 3), np.float64)
         iy, ix = np.nonzero(fi >= 0)
+        b = np.empty((iy.size, 3), np.float64)
         if iy.size:
-            tri = verts[faces_t.numpy()[fi[iy, ix]], :2].astype(np.float32).astype(np.float64)
-            (x0, y0), (x1, y1), (x2, y2) = tri[:, 0].T, tri[:, 1].T, tri[:, 2].T
-            area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-            area = np.where(area == 0, 1e-30, area)
-            px, py = ix + 0.5, iy + 0.5
-            w1 = ((y2 - y0) * (px - x0) - (x2 - x0) * (py - y0)) / area
-            w2 = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) / area
-            bary[iy, ix] = np.stack([1 - w1 - w2, w1, w2], 1)
-        return fi, bary
+            xy = verts[:, :2].astype(np.float32).astype(np.float64)
+            barycentrics(xy, faces_t.numpy().astype(np.int64, copy=False), fi[iy, ix], iy, ix, b)
+        return fi, iy, ix, b
+
+    @staticmethod
+    def _barycentrics_reference(verts: np.ndarray, faces: np.ndarray, f: np.ndarray, iy: np.ndarray,
+                                ix: np.ndarray) -> np.ndarray:
+        """The barycentrics of :meth:`_raster_covered` in numpy (the reference of its kernel)."""
+        tri = verts[faces[f], :2].astype(np.float32).astype(np.float64)
+        (x0, y0), (x1, y1), (x2, y2) = tri[:, 0].T, tri[:, 1].T, tri[:, 2].T
+        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        area = np.where(area == 0, 1e-30, area)
+        px, py = ix + 0.5, iy + 0.5
+        w1 = ((y2 - y0) * (px - x0) - (x2 - x0) * (py - y0)) / area
+        w2 = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) / area
+        return np.stack([1 - w1 - w2, w1, w2], 1)
 
     def _work_scale(self, roi_w: int, roi_h: int, face: float) -> float:
         """Frame pixels per work-grid pixel: at most ``work_size`` px per side and the face at most
@@ -433,14 +453,16 @@ class WarpEngine(Engine):
         vt, shade_t, vhead_t = self._geometry(st.model, target_params, st.roi, st.k, head=True)
         if st.lid_delta is not None:
             vt[:, :2] += _target_lid_delta(st.lid_delta, st.verts[:, :2] - st.lid_delta, vt[:, :2])
-        fi, bary = self._raster(vt, st.model.faces.long(), (h, w))
+        fi, iy, ix, b = self._raster_covered(vt, st.model.faces.long(), (h, w))
         tm["raster"] = time.perf_counter() - t0
         cov = fi >= 0
-        iy, ix = np.nonzero(cov)
         f = fi[iy, ix]
-        b = bary[iy, ix]
         tri = faces[f]
-        src = np.einsum("nk,nkc->nc", b, st.verts[tri])
+        # the source point and the source shading at each covered pixel, in one pass
+        if "src_table" not in st.fill_cache:
+            st.fill_cache["src_table"] = np.ascontiguousarray(np.concatenate([st.verts, st.shade], 1), np.float64)
+        interp_s = _interpolate(b, tri, st.fill_cache["src_table"])
+        src = interp_s[:, :3]
         pix = np.stack([ix + 0.5, iy + 0.5], 1)
         d = src[:, :2] - pix
         region_of = st.model.face_region.cpu().numpy()[f]
@@ -507,17 +529,19 @@ class WarpEngine(Engine):
                                                                jaw_pose=st.params.jaw_pose), st.roi, st.k)
                 if st.lid_delta is not None:
                     vpose[:, :2] += st.lid_delta
-                p_pose = np.einsum("nk,nkc->nc", b, vpose[tri])[:, :2]
+                p_pose = _interpolate(b, tri, vpose[:, :2])
                 d_pose = src[:, :2] - p_pose
         d_expr = d - d_pose
 
         # ---- relight ratio at the same surface point
-        s_t = np.einsum("nk,nkc->nc", b, shade_t[tri])
-        s_s = np.einsum("nk,nkc->nc", b, st.shade[tri])
+        s_t = _interpolate(b, tri, shade_t)
+        s_s = interp_s[:, 3:6]
         lo_c, hi_c = o.ratio_clamp
         # luminance ratio (geometry + light direction); per-channel ratios of a coloured fitted light
         # would tint the face
-        lum_t, lum_s = s_t.mean(1), s_s.mean(1)
+        # (the channel mean written out: numpy's reduction over a 3-long axis is slow; same sums)
+        lum_t = (s_t[:, 0] + s_t[:, 1] + s_t[:, 2]) / 3
+        lum_s = (s_s[:, 0] + s_s[:, 1] + s_s[:, 2]) / 3
         r_l = np.where(lum_s > 1e-3, lum_t / np.maximum(lum_s, 1e-3), 1.0)
         # (the fitted light's colour is not reliable - albedo/light colour are ambiguous from one
         # photo - so a light's colour change is NOT transferred; only its luminance)
@@ -1165,22 +1189,47 @@ class WarpEngine(Engine):
         if box is None:
             return out
         X0, Y0, X1, Y1 = box
-        up_m, up_y = (_upsample(lay, box, (H, W)) for lay in (lay_m, lay_y))
+        bh, bw = Y1 - Y0, X1 - X0
+        # full-resolution intermediates live in buffers kept on the source state (reused by every
+        # frame: fresh ones of this size cost as much again in page faults as the passes themselves)
+        buf = _Buffers(st, H * W)
+        up_m = _upsample(lay_m, box, (H, W), dst=buf.get("up_m", (bh, bw, 4), np.float32))
+        up_y = _upsample(lay_y, box, (H, W), dst=buf.get("up_y", (bh, bw), np.float32))
         ox, oy = st.up_origin
-        ux = (np.arange(x0 + X0 - ox, x0 + X1 - ox, dtype=np.float32) * su)[None, :] + up_m[..., 3]
-        uy = (np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None] + up_y
-        wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp, borderMode=cv2.BORDER_REPLICATE)
-        res = cv2.multiply(wp, up_m, dtype=cv2.CV_32F)
+        ux = np.add((np.arange(x0 + X0 - ox, x0 + X1 - ox, dtype=np.float32) * su)[None, :], up_m[..., 3],
+                    out=buf.get("ux", (bh, bw), np.float32))
+        uy = np.add((np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None], up_y,
+                    out=buf.get("uy", (bh, bw), np.float32))
+        wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp,
+                       dst=buf.get("wp", (bh, bw, 4), np.uint8), borderMode=cv2.BORDER_REPLICATE)
+        res = cv2.multiply(wp, up_m, dst=buf.get("res", (bh, bw, 4), np.float32), dtype=cv2.CV_32F)
         fbox = _full_res_box((alpha > 0).astype(np.uint8), (H, W)) if filled else None
         if fbox is not None:  # the fill (premultiplied, A), where there is one
             fx0, fy0, fx1, fy1 = fbox
+            # (work pixels beyond the fill's box + 2 are not read by its upsampling: only the box)
+            wx0, wy0 = max(0, int(np.floor(fx0 * w / W)) - 2), max(0, int(np.floor(fy0 * h / H)) - 2)
+            wx1, wy1 = min(w, int(np.ceil(fx1 * w / W)) + 3), min(h, int(np.ceil(fy1 * h / H)) + 3)
             lay_a = np.zeros((h, w, 4), np.float32)
-            lay_a[..., :3] = fill * (255.0 * alpha[..., None])
-            up_a = _upsample(lay_a, fbox, (H, W))
+            lay_a[wy0:wy1, wx0:wx1, :3] = fill[wy0:wy1, wx0:wx1] * (255.0 * alpha[wy0:wy1, wx0:wx1, None])
+            up_a = _upsample(lay_a, fbox, (H, W), dst=buf.get("up_a", (fy1 - fy0, fx1 - fx0, 4), np.float32))
             res[fy0 - Y0:fy1 - Y0, fx0 - X0:fx1 - X0] += up_a
         # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
-        out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(cv2.convertScaleAbs(res), cv2.COLOR_RGBA2RGB)
+        q8 = cv2.convertScaleAbs(res, dst=buf.get("q8", (bh, bw, 4), np.uint8))
+        out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(q8, cv2.COLOR_RGBA2RGB,
+                                                             dst=buf.get("rgb", (bh, bw, 3), np.uint8))
         return out
+
+
+def _interpolate(b: np.ndarray, tri: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``np.einsum("nk,nkc->nc", b, table[tri])`` (per-vertex attributes at the covered pixels) in
+    one numba pass (:func:`._kernels.interpolate`)."""
+    from facerig.engines.warp._kernels import interpolate
+
+    out = np.empty((b.shape[0], table.shape[1]), np.float64)
+    if b.shape[0]:
+        interpolate(np.ascontiguousarray(b, np.float64), np.ascontiguousarray(tri, np.int64),
+                    np.ascontiguousarray(table, np.float64), out)
+    return out
 
 
 def _warp_work(st: WarpSource, fld: np.ndarray) -> np.ndarray:
@@ -1375,14 +1424,36 @@ def _full_res_box(mask: np.ndarray, HW: tuple[int, int]) -> tuple[int, int, int,
             min(W, int(np.ceil((bx + bw + 2) * kx))), min(H, int(np.ceil((by + bh + 2) * ky))))
 
 
-def _upsample(layer: np.ndarray, box: tuple[int, int, int, int], HW: tuple[int, int]) -> np.ndarray:
+def _upsample(layer: np.ndarray, box: tuple[int, int, int, int], HW: tuple[int, int],
+              dst: np.ndarray | None = None) -> np.ndarray:
     """Bilinear upsampling of a work-grid layer onto the frame pixels of ``box`` within a work region
-    of size ``HW``, with cv2.resize's pixel-centre convention (work coordinate (X + 0.5) / kx - 0.5)."""
+    of size ``HW``, with cv2.resize's pixel-centre convention (work coordinate (X + 0.5) / kx - 0.5);
+    into ``dst`` when given (its shape: the box's, the layer's channels)."""
     X0, Y0, X1, Y1 = box
     kx, ky = HW[1] / layer.shape[1], HW[0] / layer.shape[0]
     aff = np.array([[1 / kx, 0, (X0 + 0.5) / kx - 0.5], [0, 1 / ky, (Y0 + 0.5) / ky - 0.5]], np.float64)
-    return cv2.warpAffine(layer, aff, (X1 - X0, Y1 - Y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    return cv2.warpAffine(layer, aff, (X1 - X0, Y1 - Y0), dst=dst, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+class _Buffers:
+    """Scratch arrays kept on a source state between frames (``state.buffers``): ``get`` returns a
+    C-contiguous array of the shape asked for, a view of the front of one flat buffer per name,
+    allocated once for ``capacity`` pixels (the work region's) and grown if ever needed. Contents
+    are stale: every user overwrites the whole view (cv2's ``dst=`` / numpy's ``out=``)."""
+
+    def __init__(self, st: WarpSource, capacity: int) -> None:
+        self.store = st.buffers
+        self.capacity = capacity
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        n = int(np.prod(shape))
+        flat = self.store.get(name)
+        if flat is None or flat.dtype != np.dtype(dtype) or flat.size < n:
+            chan = n // max(1, shape[0] * shape[1])
+            flat = np.empty(max(n, self.capacity * chan), dtype)
+            self.store[name] = flat
+        return flat[:n].reshape(shape)
 
 
 def _maps(disp: np.ndarray, x0: float, y0: float) -> tuple[np.ndarray, np.ndarray]:

