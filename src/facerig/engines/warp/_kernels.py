@@ -77,3 +77,30 @@ def interpolate(b, tri, table, out):  # noqa: ANN001, ANN201
         b0, b1, b2 = b[n, 0], b[n, 1], b[n, 2]
         for c in range(nc):
             out[n, c] = b0 * table[t0, c] + b1 * table[t1, c] + b2 * table[t2, c]
+
+
+@njit(cache=True, nogil=True)
+def gain_layers(res, base, gain, alpha, filled, fld, kd, lay_m, lay_y, reach):  # noqa: ANN001, ANN201
+    """The reduced-grid compose's work-grid layers in one pass (``engine._gain_layers_reference``,
+    operation for operation, so bit-identical): ``lay_m`` (h, w, 4) = the applied gain
+    ``res / max(base, 4)`` (the plain ``gain`` where ``base <= 4``) times ``1 - alpha`` when
+    ``filled``, and ``fld[..., 0] * kd``; ``lay_y`` = ``fld[..., 1] * kd``; ``reach`` (uint8) where
+    the displacement, gain or fill is not neutral."""
+    h, w = res.shape[0], res.shape[1]
+    four = np.float32(4.0)
+    one = np.float32(1.0)
+    for y in range(h):
+        for x in range(w):
+            g = gain[y, x, 0]
+            a = alpha[y, x]
+            for k in range(3):
+                bv = base[y, x, k]
+                m = g if bv <= four else res[y, x, k] / max(bv, four)
+                if filled:
+                    m = m * (one - a)
+                lay_m[y, x, k] = m
+            f0 = fld[y, x, 0]
+            f1 = fld[y, x, 1]
+            lay_m[y, x, 3] = f0 * kd
+            lay_y[y, x] = f1 * kd
+            reach[y, x] = 1 if (f0 != 0 or f1 != 0 or fld[y, x, 2] != 0 or a > 0) else 0

@@ -578,12 +578,13 @@ class WarpEngine(Engine):
             rim = rim * bnd
         # quarter-grid rim values: the area mean of the rim pixels in each cell (divided by the
         # rim's own coverage of the cell), trusted (weight 1) where the rim covers >= 1/q of it
-        DEq = resize(D[..., [0, 1, 3, 4]] * rim[..., None], (hq, wq), cv2.INTER_AREA)
+        # (rim and crim are 0/1 masks of a thin band: D times them is D scattered onto the band)
+        DEq = resize(_on_mask(D, [0, 1, 3, 4], rim), (hq, wq), cv2.INTER_AREA)
         Dq, Eq = DEq[..., :2], DEq[..., 2:]
         Kraw = resize(rim, (hq, wq), cv2.INTER_AREA)
         Kq = np.clip(Kraw * q, 0, 1) if q > 1 else Kraw
         crim = covf - cv2.erode(covf, np.ones((3, 3), np.uint8), iterations=max(1, q // 2))
-        Rq = resize(D[..., 2:3] * crim[..., None], (hq, wq), cv2.INTER_AREA)
+        Rq = resize(_on_mask(D, [2], crim), (hq, wq), cv2.INTER_AREA)
         Craw = resize(crim, (hq, wq), cv2.INTER_AREA)
         Cq = np.clip(Craw * q, 0, 1) if q > 1 else Craw
         if Rq.ndim == 2:
@@ -600,7 +601,7 @@ class WarpEngine(Engine):
         else:
             ext_r = push_pull(Rq / np.maximum(Craw, 1e-6)[..., None], Cq)
         # falloff radii grow with the displacement so the field never folds
-        dmax = _p98(np.linalg.norm(d, axis=1))
+        dmax = _p98(np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]))  # (np.linalg.norm's sums, faster)
         dist = distance_outside(resize(covf, (hq, wq), cv2.INTER_AREA) > 0.5) * q
         pers_q = resize(st.person, (hq, wq), cv2.INTER_AREA)
         blur = max(0.03 * F, 1.2 * dmax) / q
@@ -619,7 +620,7 @@ class WarpEngine(Engine):
                                      Cq, pers_q, dist, (lo_c, hi_c), o.relight_blend, o.segmentation, k_exp)
         # expression motion (a dropped chin) carries on at full strength next to the mesh and fades
         # within expression_reach (never faster than 3x its own size, so the field cannot fold)
-        de = _p98(np.linalg.norm(d_expr, axis=1))
+        de = _p98(np.sqrt(d_expr[:, 0] * d_expr[:, 0] + d_expr[:, 1] * d_expr[:, 1]))
         wt_e = wt * cos_falloff(dist / max(o.expression_reach * F, 3.0 * de, 1.0))
         # pose motion: the rim's own motion at the rim (no tear), easing to outline_follow of it over
         # a band (hair next to the face is compressed / stretched there rather than torn); the band
@@ -661,9 +662,13 @@ class WarpEngine(Engine):
         # exact values inside the visible mesh; a thin blend band at the mesh boundary
         inner = cv2.erode(known, np.ones((3, 3), np.uint8), iterations=1)
         inner = cv2.GaussianBlur(inner, (0, 0), 1.0) * known
-        fld[..., :2] = inner[..., None] * D[..., :2] + (1 - inner[..., None]) * fld[..., :2]
         cin = cv2.GaussianBlur(covf, (0, 0), 1.0) * covf
-        fld[..., 2:] = cin[..., None] * D[..., 2:3] + (1 - cin[..., None]) * fld[..., 2:]
+        # (both weights are 0 off the mesh: the blends run over its bounding box only)
+        bx, by, bw, bh = cv2.boundingRect(cov.astype(np.uint8))
+        mb = (slice(by, by + bh), slice(bx, bx + bw))
+        fb, Db, ib, cb = fld[mb], D[mb], inner[mb][..., None], cin[mb][..., None]
+        fb[..., :2] = ib * Db[..., :2] + (1 - ib) * fb[..., :2]
+        fb[..., 2:] = cb * Db[..., 2:3] + (1 - cb) * fb[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
         frame_t = self._rigid_glasses(st, target_params, D, covf, fld)
@@ -1172,20 +1177,10 @@ class WarpEngine(Engine):
         # small numbers is noise), times 1 - alpha
         su = st.up_scale
         kd = np.float32(st.k * su)
-        lay_m = np.empty((h, w, 4), np.float32)
-        np.divide(res, np.maximum(base, np.float32(4.0)), out=lay_m[..., :3])
-        np.copyto(lay_m[..., :3], gain, where=base <= 4.0)
         filled = bool(alpha.any())
-        if filled:
-            lay_m[..., :3] *= 1 - alpha[..., None]
-        np.multiply(fld[..., 0], kd, out=lay_m[..., 3])
-        lay_y = np.ascontiguousarray(fld[..., 1]) * kd
+        lay_m, lay_y, reach = _gain_layers(res, base, gain, alpha, filled, fld, kd)
         out = frame.copy()
-        # the part the edit reaches (displacement, gain or fill not exactly neutral: M is 1 and A 0
-        # exactly where the gain is 1 and alpha 0)
-        # (per-channel comparisons: numpy's reductions over a 3-long last axis are slow)
-        reach = (fld[..., 0] != 0) | (fld[..., 1] != 0) | (fld[..., 2] != 0) | (alpha > 0)
-        box = _full_res_box(reach.astype(np.uint8), (H, W))
+        box = _full_res_box(reach, (H, W))
         if box is None:
             return out
         X0, Y0, X1, Y1 = box
@@ -1218,6 +1213,44 @@ class WarpEngine(Engine):
         out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(q8, cv2.COLOR_RGBA2RGB,
                                                              dst=buf.get("rgb", (bh, bw, 3), np.uint8))
         return out
+
+
+def _on_mask(D: np.ndarray, chans: list[int], mask: np.ndarray) -> np.ndarray:
+    """``D[..., chans] * mask[..., None]`` for a 0/1 ``mask`` that is mostly 0 (a thin band),
+    scattered onto zeros instead of multiplied over the whole grid (equal up to the sign of
+    zeros)."""
+    out = np.zeros((*mask.shape, len(chans)), np.float32)
+    my, mx = np.nonzero(mask)
+    out[my, mx] = D[my, mx][:, chans] * mask[my, mx, None]
+    return out
+
+
+def _gain_layers(res: np.ndarray, base: np.ndarray, gain: np.ndarray, alpha: np.ndarray, filled: bool,
+                 fld: np.ndarray, kd: np.float32, fast: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reduced-grid compose's work-grid layers: (M, dx) (h, w, 4) - M the gain as applied (dark
+    pixels: the plain gain, a ratio of small numbers is noise) times 1 - alpha, dx the displacement
+    in supersampled source pixels -, dy (h, w), and the part the edit reaches (uint8: displacement,
+    gain or fill not exactly neutral; M is 1 and A 0 exactly where the gain is 1 and alpha 0). One
+    numba pass (:func:`._kernels.gain_layers`); ``fast=False``: the numpy reference."""
+    h, w = fld.shape[:2]
+    lay_m = np.empty((h, w, 4), np.float32)
+    if fast and res.dtype == base.dtype == gain.dtype == alpha.dtype == fld.dtype == np.float32:
+        from facerig.engines.warp._kernels import gain_layers
+
+        lay_y = np.empty((h, w), np.float32)
+        reach = np.empty((h, w), np.uint8)
+        gain_layers(np.ascontiguousarray(res), np.ascontiguousarray(base), np.ascontiguousarray(gain),
+                    np.ascontiguousarray(alpha), filled, np.ascontiguousarray(fld), np.float32(kd), lay_m, lay_y, reach)
+        return lay_m, lay_y, reach
+    np.divide(res, np.maximum(base, np.float32(4.0)), out=lay_m[..., :3])
+    np.copyto(lay_m[..., :3], gain, where=base <= 4.0)
+    if filled:
+        lay_m[..., :3] *= 1 - alpha[..., None]
+    np.multiply(fld[..., 0], kd, out=lay_m[..., 3])
+    lay_y = np.ascontiguousarray(fld[..., 1]) * kd
+    # (per-channel comparisons: numpy's reductions over a 3-long last axis are slow)
+    reach = (fld[..., 0] != 0) | (fld[..., 1] != 0) | (fld[..., 2] != 0) | (alpha > 0)
+    return lay_m, lay_y, reach.astype(np.uint8)
 
 
 def _interpolate(b: np.ndarray, tri: np.ndarray, table: np.ndarray) -> np.ndarray:
