@@ -109,3 +109,16 @@ def test_gain_layers_kernel_equals_reference():
         for a, b in zip(fast, ref, strict=True):
             assert a.dtype == b.dtype and np.array_equal(a, b)
         assert not fast[2][20:30].any() and fast[2][:20].all()
+
+
+def test_pose_only_geometry_equals_full_geometry(portrait, model):
+    """The target pose with the source's expression from the cached source model vertices equals
+    the full evaluation."""
+    img, params = portrait
+    eng = get_engine("warp")
+    st = eng.prepare(img, params, model)
+    tp = EditSpec(preset="smile", yaw=12, pitch=-5).apply(params, model)
+    tp = tp.replace(expression=params.expression, jaw_pose=params.jaw_pose)
+    full = eng._geometry(model, tp, st.roi, st.k)[0]
+    assert np.array_equal(eng._pose_only(st, tp), full)
+    assert np.array_equal(eng._pose_only(st, tp), full)  # (cached)

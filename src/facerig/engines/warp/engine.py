@@ -243,6 +243,31 @@ class WarpEngine(Engine):
             return out, shade[0].double().numpy(), v[0].double().numpy()
         return out, shade[0].double().numpy()
 
+    def _pose_only(self, st: WarpSource, params: Any) -> np.ndarray:
+        """The screen vertices of :meth:`_geometry` for ``params`` that carry the source's identity,
+        expression and jaw (the target's pose with the source's expression): the model's vertices
+        are the source's, evaluated once per source (same values as :meth:`_geometry`; no shading)."""
+        from facerig.render.buffers import screen_vertices
+        from facerig.render.camera import pose_vertices
+
+        same = (params.identity.shape == st.params.identity.shape and torch.equal(params.identity, st.params.identity)
+                and params.expression.dtype == st.params.expression.dtype)
+        if not same:
+            return self._geometry(st.model, params, st.roi, st.k)[0]
+        if "model_verts" not in st.fill_cache:
+            with torch.no_grad():
+                st.fill_cache["model_verts"] = st.model(st.params.identity, st.params.expression, st.params.jaw_pose)
+        v = st.fill_cache["model_verts"]
+        with torch.no_grad():
+            world = pose_vertices(v, params.rotation.to(v.dtype))
+            scr, _ = screen_vertices(world, params, space="frame")
+        sv = scr[0].double().numpy()
+        out = np.empty_like(sv)
+        out[:, 0] = (sv[:, 0] - st.roi[0]) / st.k
+        out[:, 1] = (sv[:, 1] - st.roi[1]) / st.k
+        out[:, 2] = sv[:, 2] / st.k
+        return out
+
     @staticmethod
     def _raster(verts: np.ndarray, faces_t: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Face index (H, W) and screen-space barycentrics (H, W, 3) (zeros off the mesh); see
@@ -525,8 +550,8 @@ class WarpEngine(Engine):
             if tp.jaw_pose is not None and st.params.jaw_pose is not None:
                 same_expr = same_expr and torch.equal(tp.jaw_pose, st.params.jaw_pose)
             if not same_expr:
-                vpose, _ = self._geometry(st.model, tp.replace(expression=st.params.expression.to(tp.expression),
-                                                               jaw_pose=st.params.jaw_pose), st.roi, st.k)
+                vpose = self._pose_only(st, tp.replace(expression=st.params.expression.to(tp.expression),
+                                                       jaw_pose=st.params.jaw_pose))
                 if st.lid_delta is not None:
                     vpose[:, :2] += st.lid_delta
                 p_pose = _interpolate(b, tri, vpose[:, :2])
@@ -1179,11 +1204,15 @@ class WarpEngine(Engine):
         kd = np.float32(st.k * su)
         filled = bool(alpha.any())
         lay_m, lay_y, reach = _gain_layers(res, base, gain, alpha, filled, fld, kd)
-        out = frame.copy()
         box = _full_res_box(reach, (H, W))
         if box is None:
-            return out
+            return frame.copy()
         X0, Y0, X1, Y1 = box
+        # the photo's own pixels outside the box (inside it everything is written below)
+        out = np.empty_like(frame)
+        by0, by1, bx0, bx1 = y0 + Y0, y0 + Y1, x0 + X0, x0 + X1
+        out[:by0], out[by1:] = frame[:by0], frame[by1:]
+        out[by0:by1, :bx0], out[by0:by1, bx1:] = frame[by0:by1, :bx0], frame[by0:by1, bx1:]
         bh, bw = Y1 - Y0, X1 - X0
         # full-resolution intermediates live in buffers kept on the source state (reused by every
         # frame: fresh ones of this size cost as much again in page faults as the passes themselves)
@@ -1197,7 +1226,8 @@ class WarpEngine(Engine):
                     out=buf.get("uy", (bh, bw), np.float32))
         wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp,
                        dst=buf.get("wp", (bh, bw, 4), np.uint8), borderMode=cv2.BORDER_REPLICATE)
-        res = cv2.multiply(wp, up_m, dst=buf.get("res", (bh, bw, 4), np.float32), dtype=cv2.CV_32F)
+        # warp x M, rounded to nearest and saturated (as cv2.convertScaleAbs of the float product)
+        q8 = cv2.multiply(wp, up_m, dst=buf.get("q8", (bh, bw, 4), np.uint8), dtype=cv2.CV_8U)
         fbox = _full_res_box((alpha > 0).astype(np.uint8), (H, W)) if filled else None
         if fbox is not None:  # the fill (premultiplied, A), where there is one
             fx0, fy0, fx1, fy1 = fbox
@@ -1207,9 +1237,12 @@ class WarpEngine(Engine):
             lay_a = np.zeros((h, w, 4), np.float32)
             lay_a[wy0:wy1, wx0:wx1, :3] = fill[wy0:wy1, wx0:wx1] * (255.0 * alpha[wy0:wy1, wx0:wx1, None])
             up_a = _upsample(lay_a, fbox, (H, W), dst=buf.get("up_a", (fy1 - fy0, fx1 - fx0, 4), np.float32))
-            res[fy0 - Y0:fy1 - Y0, fx0 - X0:fx1 - X0] += up_a
-        # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
-        q8 = cv2.convertScaleAbs(res, dst=buf.get("q8", (bh, bw, 4), np.uint8))
+            fb = (slice(fy0 - Y0, fy1 - Y0), slice(fx0 - X0, fx1 - X0))
+            res = cv2.multiply(np.ascontiguousarray(wp[fb]), np.ascontiguousarray(up_m[fb]),
+                               dst=buf.get("res", up_a.shape, np.float32), dtype=cv2.CV_32F)
+            res += up_a
+            # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
+            q8[fb] = cv2.convertScaleAbs(res)
         out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(q8, cv2.COLOR_RGBA2RGB,
                                                              dst=buf.get("rgb", (bh, bw, 3), np.uint8))
         return out
