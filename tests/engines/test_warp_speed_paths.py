@@ -78,6 +78,7 @@ def test_reused_buffers_do_not_leak_between_frames(portrait, model):
     targets = [EditSpec(preset="open_mouth").apply(params, model), EditSpec(yaw=10).apply(params, model),
                EditSpec(light="left").apply(params, model)]
     st = eng.prepare(img, params, model)
+    eng.render_frame(st, targets[2])  # (the engine's first frame runs without the numba kernels)
     seq = [eng.render_frame(st, t) for t in targets]
     assert st.buffers  # the full-resolution compose kept its scratch arrays
     again = eng.render_frame(st, targets[0])
@@ -122,3 +123,22 @@ def test_pose_only_geometry_equals_full_geometry(portrait, model):
     full = eng._geometry(model, tp, st.roi, st.k)[0]
     assert np.array_equal(eng._pose_only(st, tp), full)
     assert np.array_equal(eng._pose_only(st, tp), full)  # (cached)
+
+
+def test_first_frame_runs_the_references_and_matches(portrait, model):
+    """An engine's first frame uses the numpy references (a single edit does not pay for loading
+    the numba kernels), later frames the kernels: the pictures agree to a level, and the
+    process-wide switch is restored after each frame."""
+    from facerig.engines.warp.field import kernels_enabled
+
+    img, params = portrait
+    eng = get_engine("warp")
+    st = eng.prepare(img, params, model)
+    targets = [EditSpec(preset="smile").apply(params, model), EditSpec(yaw=10, light="left").apply(params, model)]
+    first = [eng.render_frame(st, t) for t in targets]  # (the first one: references)
+    later = [eng.render_frame(st, t) for t in targets]
+    assert kernels_enabled()
+    for a, b in zip(first, later, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+        assert np.mean(a != b) < 1e-3
+    assert np.array_equal(first[1], later[1])  # both with the kernels

@@ -51,10 +51,12 @@ from facerig.engines.warp.field import (
     border_taper,
     cos_falloff,
     distance_outside,
+    kernels_enabled,
     nearest_extend,
     push_pull,
     resize,
     sample,
+    use_kernels,
 )
 from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask
 from facerig.engines.warp.glasses import detect_glasses
@@ -213,6 +215,7 @@ class WarpEngine(Engine):
         if isinstance(ws, bool) or not isinstance(ws, (int, np.integer)) or not 64 <= ws <= 8192:
             raise InvalidInput("work_size", "the work grid's largest side: an integer from 64 to 8192 px", ws)
         self.last_timings: dict[str, float] = {}
+        self._frames = 0  # frames rendered (the first one without the numba kernels)
 
     # ------------------------------------------------------------------------------------------
     # geometry
@@ -292,6 +295,8 @@ class WarpEngine(Engine):
         with torch.no_grad():
             fi = visibility(torch.from_numpy(verts[None]).float(), faces_t, hw[0], hw[1])[0].numpy()
         iy, ix = np.nonzero(fi >= 0)
+        if not kernels_enabled():
+            return fi, iy, ix, WarpEngine._barycentrics_reference(verts, faces_t.numpy(), fi[iy, ix], iy, ix)
         b = np.empty((iy.size, 3), np.float64)
         if iy.size:
             xy = verts[:, :2].astype(np.float32).astype(np.float64)
@@ -327,7 +332,7 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     def prepare(self, source_image: np.ndarray, source_params: Any, model: Any, **kw: Any) -> WarpSource:
-        with _few_threads():
+        with _few_threads(), use_kernels(False):  # (once per source: see field.use_kernels)
             return self._prepare(source_image, source_params, model)
 
     def _prepare(self, source_image: np.ndarray, source_params: Any, model: Any) -> WarpSource:
@@ -460,7 +465,10 @@ class WarpEngine(Engine):
         if (driving_image is None) != (driving_params is None):
             raise InvalidInput("driving_image", "given together with driving_params (or neither)",
                                type(driving_image).__name__, hint="Engine.reenact passes both")
-        with _few_threads():
+        # the numba kernels from this engine's second frame on (field.use_kernels)
+        fast = self._frames > 0
+        self._frames += 1
+        with _few_threads(), use_kernels(fast):
             return self._render_frame(state, target_params, generator=generator, return_layers=return_layers,
                                       driving=(driving_image, driving_params) if driving_image is not None else None)
 
@@ -1259,14 +1267,17 @@ def _on_mask(D: np.ndarray, chans: list[int], mask: np.ndarray) -> np.ndarray:
 
 
 def _gain_layers(res: np.ndarray, base: np.ndarray, gain: np.ndarray, alpha: np.ndarray, filled: bool,
-                 fld: np.ndarray, kd: np.float32, fast: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 fld: np.ndarray, kd: np.float32, fast: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reduced-grid compose's work-grid layers: (M, dx) (h, w, 4) - M the gain as applied (dark
     pixels: the plain gain, a ratio of small numbers is noise) times 1 - alpha, dx the displacement
     in supersampled source pixels -, dy (h, w), and the part the edit reaches (uint8: displacement,
     gain or fill not exactly neutral; M is 1 and A 0 exactly where the gain is 1 and alpha 0). One
-    numba pass (:func:`._kernels.gain_layers`); ``fast=False``: the numpy reference."""
+    numba pass (:func:`._kernels.gain_layers`); ``fast=False`` (default: when
+    :func:`.field.use_kernels` turned them off): the numpy reference."""
     h, w = fld.shape[:2]
     lay_m = np.empty((h, w, 4), np.float32)
+    if fast is None:
+        fast = kernels_enabled()
     if fast and res.dtype == base.dtype == gain.dtype == alpha.dtype == fld.dtype == np.float32:
         from facerig.engines.warp._kernels import gain_layers
 
@@ -1288,9 +1299,11 @@ def _gain_layers(res: np.ndarray, base: np.ndarray, gain: np.ndarray, alpha: np.
 
 def _interpolate(b: np.ndarray, tri: np.ndarray, table: np.ndarray) -> np.ndarray:
     """``np.einsum("nk,nkc->nc", b, table[tri])`` (per-vertex attributes at the covered pixels) in
-    one numba pass (:func:`._kernels.interpolate`)."""
+    one numba pass (:func:`._kernels.interpolate`; the einsum itself when the kernels are off)."""
     from facerig.engines.warp._kernels import interpolate
 
+    if not kernels_enabled():
+        return np.einsum("nk,nkc->nc", b, table[tri])
     out = np.empty((b.shape[0], table.shape[1]), np.float64)
     if b.shape[0]:
         interpolate(np.ascontiguousarray(b, np.float64), np.ascontiguousarray(tri, np.int64),
