@@ -142,3 +142,19 @@ def test_first_frame_runs_the_references_and_matches(portrait, model):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
         assert np.mean(a != b) < 1e-3
     assert np.array_equal(first[1], later[1])  # both with the kernels
+
+
+def test_mesh_blend_kernel_equals_numpy():
+    from facerig.engines.warp._kernels import mesh_blend
+
+    rng = np.random.default_rng(2)
+    fld = rng.normal(0, 3, (50, 60, 3)).astype(np.float32)
+    D = rng.normal(0, 3, (50, 60, 5)).astype(np.float32)
+    inner, cin = (rng.random((2, 50, 60)) * (rng.random((2, 50, 60)) > 0.3)).astype(np.float32)
+    ref = fld.copy()
+    mb = (slice(5, 40), slice(7, 55))
+    fb, Db, ib, cb = ref[mb], D[mb], inner[mb][..., None], cin[mb][..., None]
+    fb[..., :2] = ib * Db[..., :2] + (1 - ib) * fb[..., :2]
+    fb[..., 2:] = cb * Db[..., 2:3] + (1 - cb) * fb[..., 2:]
+    mesh_blend(fld, D, inner, cin, 5, 40, 7, 55)
+    assert np.array_equal(fld, ref)

@@ -104,3 +104,18 @@ def gain_layers(res, base, gain, alpha, filled, fld, kd, lay_m, lay_y, reach):  
             lay_m[y, x, 3] = f0 * kd
             lay_y[y, x] = f1 * kd
             reach[y, x] = 1 if (f0 != 0 or f1 != 0 or fld[y, x, 2] != 0 or a > 0) else 0
+
+
+@njit(cache=True, nogil=True)
+def mesh_blend(fld, D, inner, cin, y0, y1, x0, x1):  # noqa: ANN001, ANN201
+    """In place over rows y0:y1, columns x0:x1: ``fld[..., :2] = inner * D[..., :2] + (1 - inner) *
+    fld[..., :2]`` and ``fld[..., 2] = cin * D[..., 2] + (1 - cin) * fld[..., 2]`` (float32, the
+    numpy expressions' operations in their order: bit-identical)."""
+    one = np.float32(1.0)
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            a = inner[y, x]
+            c = cin[y, x]
+            fld[y, x, 0] = a * D[y, x, 0] + (one - a) * fld[y, x, 0]
+            fld[y, x, 1] = a * D[y, x, 1] + (one - a) * fld[y, x, 1]
+            fld[y, x, 2] = c * D[y, x, 2] + (one - c) * fld[y, x, 2]

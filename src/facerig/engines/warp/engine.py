@@ -593,9 +593,7 @@ class WarpEngine(Engine):
         q = 4 if min(h, w) >= 128 else 1
         hq, wq = (h + q - 1) // q, (w + q - 1) // q
         D = np.zeros((h, w, 5), np.float32)
-        D[iy, ix, :2] = d
-        D[iy, ix, 2:3] = np.log(ratio)
-        D[iy, ix, 3:5] = d_expr
+        D[iy, ix] = np.concatenate([d, np.log(ratio), d_expr], 1)  # (one scatter, not three)
         known = np.zeros((h, w), np.float32)
         known[iy[~hidden], ix[~hidden]] = 1.0
         covf = cov.astype(np.float32)
@@ -699,9 +697,14 @@ class WarpEngine(Engine):
         # (both weights are 0 off the mesh: the blends run over its bounding box only)
         bx, by, bw, bh = cv2.boundingRect(cov.astype(np.uint8))
         mb = (slice(by, by + bh), slice(bx, bx + bw))
-        fb, Db, ib, cb = fld[mb], D[mb], inner[mb][..., None], cin[mb][..., None]
-        fb[..., :2] = ib * Db[..., :2] + (1 - ib) * fb[..., :2]
-        fb[..., 2:] = cb * Db[..., 2:3] + (1 - cb) * fb[..., 2:]
+        if kernels_enabled() and fld.dtype == D.dtype == inner.dtype == cin.dtype == np.float32 and fld.flags.c_contiguous:
+            from facerig.engines.warp._kernels import mesh_blend
+
+            mesh_blend(fld, D, inner, cin, by, by + bh, bx, bx + bw)  # (the numpy below, in one pass)
+        else:
+            fb, Db, ib, cb = fld[mb], D[mb], inner[mb][..., None], cin[mb][..., None]
+            fb[..., :2] = ib * Db[..., :2] + (1 - ib) * fb[..., :2]
+            fb[..., 2:] = cb * Db[..., 2:3] + (1 - cb) * fb[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
         frame_t = self._rigid_glasses(st, target_params, D, covf, fld)
