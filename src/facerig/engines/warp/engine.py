@@ -52,10 +52,12 @@ from facerig.engines.warp.field import (
     border_taper,
     cos_falloff,
     distance_outside,
+    kernels_enabled,
     nearest_extend,
     push_pull,
     resize,
     sample,
+    use_kernels,
 )
 from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask
 from facerig.engines.warp.glasses import detect_glasses
@@ -170,6 +172,7 @@ class WarpSource:
     timings: dict[str, float] = field(default_factory=dict)
     glasses: Any = None  # glasses.Glasses of the source (None: no detections to look for them)
     fill_cache: dict[Any, Any] = field(default_factory=dict)  # per-source maps of the hidden-pixel fill
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)  # per-frame scratch arrays, reused (_Buffers)
     # reduced work grid: the photo around the work region, RGBA, supersampled ``up_scale`` x (see
     # _supersample), and the frame pixel of its first pixel
     frame_up: np.ndarray | None = None
@@ -216,6 +219,7 @@ class WarpEngine(Engine):
         if isinstance(ws, bool) or not isinstance(ws, (int, np.integer)) or not 64 <= ws <= 8192:
             raise InvalidInput("work_size", "the work grid's largest side: an integer from 64 to 8192 px", ws)
         self.last_timings: dict[str, float] = {}
+        self._frames = 0  # frames rendered (the first one without the numba kernels)
 
     # ------------------------------------------------------------------------------------------
     # geometry
@@ -246,29 +250,75 @@ class WarpEngine(Engine):
             return out, shade[0].double().numpy(), v[0].double().numpy()
         return out, shade[0].double().numpy()
 
+    def _pose_only(self, st: WarpSource, params: Any) -> np.ndarray:
+        """The screen vertices of :meth:`_geometry` for ``params`` that carry the source's identity,
+        expression and jaw (the target's pose with the source's expression): the model's vertices
+        are the source's, evaluated once per source (same values as :meth:`_geometry`; no shading)."""
+        from facerig.render.buffers import screen_vertices
+        from facerig.render.camera import pose_vertices
+
+        same = (params.identity.shape == st.params.identity.shape and torch.equal(params.identity, st.params.identity)
+                and params.expression.dtype == st.params.expression.dtype)
+        if not same:
+            return self._geometry(st.model, params, st.roi, st.k)[0]
+        if "model_verts" not in st.fill_cache:
+            with torch.no_grad():
+                st.fill_cache["model_verts"] = st.model(st.params.identity, st.params.expression, st.params.jaw_pose)
+        v = st.fill_cache["model_verts"]
+        with torch.no_grad():
+            world = pose_vertices(v, params.rotation.to(v.dtype))
+            scr, _ = screen_vertices(world, params, space="frame")
+        sv = scr[0].double().numpy()
+        out = np.empty_like(sv)
+        out[:, 0] = (sv[:, 0] - st.roi[0]) / st.k
+        out[:, 1] = (sv[:, 1] - st.roi[1]) / st.k
+        out[:, 2] = sv[:, 2] / st.k
+        return out
+
     @staticmethod
     def _raster(verts: np.ndarray, faces_t: torch.Tensor, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Face index (H, W) and screen-space barycentrics (H, W, 3) (zeros off the mesh).
+        """Face index (H, W) and screen-space barycentrics (H, W, 3) (zeros off the mesh); see
+        :meth:`_raster_covered`."""
+        fi, iy, ix, b = WarpEngine._raster_covered(verts, faces_t, hw)
+        bary = np.zeros((*hw, 3), np.float64)
+        bary[iy, ix] = b
+        return fi, bary
+
+    @staticmethod
+    def _raster_covered(verts: np.ndarray, faces_t: torch.Tensor, hw: tuple[int, int]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Face index (H, W), the covered pixels (iy, ix) and their barycentrics (N, 3).
 
         Visibility is the shared rasteriser's (numba z-buffer on CPU); the barycentrics are
-        recomputed here in numpy for the covered pixels only (no autograd / torch dispatch: this
-        runs once per frame and was the largest per-frame cost)."""
+        recomputed here for the covered pixels only (no autograd / torch dispatch: this runs once
+        per frame and was the largest per-frame cost), in one numba pass
+        (:func:`._kernels.barycentrics`, bit-identical to :meth:`_barycentrics_reference`)."""
+        from facerig.engines.warp._kernels import barycentrics
         from facerig.render.raster import visibility
 
         with torch.no_grad():
             fi = visibility(torch.from_numpy(verts[None]).float(), faces_t, hw[0], hw[1])[0].numpy()
-        bary = np.zeros((*hw, 3), np.float64)
         iy, ix = np.nonzero(fi >= 0)
+        if not kernels_enabled():
+            return fi, iy, ix, WarpEngine._barycentrics_reference(verts, faces_t.numpy(), fi[iy, ix], iy, ix)
+        b = np.empty((iy.size, 3), np.float64)
         if iy.size:
-            tri = verts[faces_t.numpy()[fi[iy, ix]], :2].astype(np.float32).astype(np.float64)
-            (x0, y0), (x1, y1), (x2, y2) = tri[:, 0].T, tri[:, 1].T, tri[:, 2].T
-            area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-            area = np.where(area == 0, 1e-30, area)
-            px, py = ix + 0.5, iy + 0.5
-            w1 = ((y2 - y0) * (px - x0) - (x2 - x0) * (py - y0)) / area
-            w2 = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) / area
-            bary[iy, ix] = np.stack([1 - w1 - w2, w1, w2], 1)
-        return fi, bary
+            xy = verts[:, :2].astype(np.float32).astype(np.float64)
+            barycentrics(xy, faces_t.numpy().astype(np.int64, copy=False), fi[iy, ix], iy, ix, b)
+        return fi, iy, ix, b
+
+    @staticmethod
+    def _barycentrics_reference(verts: np.ndarray, faces: np.ndarray, f: np.ndarray, iy: np.ndarray,
+                                ix: np.ndarray) -> np.ndarray:
+        """The barycentrics of :meth:`_raster_covered` in numpy (the reference of its kernel)."""
+        tri = verts[faces[f], :2].astype(np.float32).astype(np.float64)
+        (x0, y0), (x1, y1), (x2, y2) = tri[:, 0].T, tri[:, 1].T, tri[:, 2].T
+        area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        area = np.where(area == 0, 1e-30, area)
+        px, py = ix + 0.5, iy + 0.5
+        w1 = ((y2 - y0) * (px - x0) - (x2 - x0) * (py - y0)) / area
+        w2 = ((x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)) / area
+        return np.stack([1 - w1 - w2, w1, w2], 1)
 
     def _work_scale(self, roi_w: int, roi_h: int, face: float) -> float:
         """Frame pixels per work-grid pixel: at most ``work_size`` px per side and the face at most
@@ -286,7 +336,7 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     def prepare(self, source_image: np.ndarray, source_params: Any, model: Any, **kw: Any) -> WarpSource:
-        with _few_threads():
+        with _few_threads(), use_kernels(False):  # (once per source: see field.use_kernels)
             return self._prepare(source_image, source_params, model)
 
     def _prepare(self, source_image: np.ndarray, source_params: Any, model: Any) -> WarpSource:
@@ -419,7 +469,10 @@ class WarpEngine(Engine):
         if (driving_image is None) != (driving_params is None):
             raise InvalidInput("driving_image", "given together with driving_params (or neither)",
                                type(driving_image).__name__, hint="Engine.reenact passes both")
-        with _few_threads():
+        # the numba kernels from this engine's second frame on (field.use_kernels)
+        fast = self._frames > 0
+        self._frames += 1
+        with _few_threads(), use_kernels(fast):
             return self._render_frame(state, target_params, generator=generator, return_layers=return_layers,
                                       driving=(driving_image, driving_params) if driving_image is not None else None)
 
@@ -437,14 +490,16 @@ class WarpEngine(Engine):
         vt, shade_t, vhead_t = self._geometry(st.model, target_params, st.roi, st.k, head=True)
         if st.lid_delta is not None:
             vt[:, :2] += _target_lid_delta(st.lid_delta, st.verts[:, :2] - st.lid_delta, vt[:, :2])
-        fi, bary = self._raster(vt, st.model.faces.long(), (h, w))
+        fi, iy, ix, b = self._raster_covered(vt, st.model.faces.long(), (h, w))
         tm["raster"] = time.perf_counter() - t0
         cov = fi >= 0
-        iy, ix = np.nonzero(cov)
         f = fi[iy, ix]
-        b = bary[iy, ix]
         tri = faces[f]
-        src = np.einsum("nk,nkc->nc", b, st.verts[tri])
+        # the source point and the source shading at each covered pixel, in one pass
+        if "src_table" not in st.fill_cache:
+            st.fill_cache["src_table"] = np.ascontiguousarray(np.concatenate([st.verts, st.shade], 1), np.float64)
+        interp_s = _interpolate(b, tri, st.fill_cache["src_table"])
+        src = interp_s[:, :3]
         pix = np.stack([ix + 0.5, iy + 0.5], 1)
         d = src[:, :2] - pix
         region_of = st.model.face_region.cpu().numpy()[f]
@@ -507,21 +562,23 @@ class WarpEngine(Engine):
             if tp.jaw_pose is not None and st.params.jaw_pose is not None:
                 same_expr = same_expr and torch.equal(tp.jaw_pose, st.params.jaw_pose)
             if not same_expr:
-                vpose, _ = self._geometry(st.model, tp.replace(expression=st.params.expression.to(tp.expression),
-                                                               jaw_pose=st.params.jaw_pose), st.roi, st.k)
+                vpose = self._pose_only(st, tp.replace(expression=st.params.expression.to(tp.expression),
+                                                       jaw_pose=st.params.jaw_pose))
                 if st.lid_delta is not None:
                     vpose[:, :2] += st.lid_delta
-                p_pose = np.einsum("nk,nkc->nc", b, vpose[tri])[:, :2]
+                p_pose = _interpolate(b, tri, vpose[:, :2])
                 d_pose = src[:, :2] - p_pose
         d_expr = d - d_pose
 
         # ---- relight ratio at the same surface point
-        s_t = np.einsum("nk,nkc->nc", b, shade_t[tri])
-        s_s = np.einsum("nk,nkc->nc", b, st.shade[tri])
+        s_t = _interpolate(b, tri, shade_t)
+        s_s = interp_s[:, 3:6]
         lo_c, hi_c = o.ratio_clamp
         # luminance ratio (geometry + light direction); per-channel ratios of a coloured fitted light
         # would tint the face
-        lum_t, lum_s = s_t.mean(1), s_s.mean(1)
+        # (the channel mean written out: numpy's reduction over a 3-long axis is slow; same sums)
+        lum_t = (s_t[:, 0] + s_t[:, 1] + s_t[:, 2]) / 3
+        lum_s = (s_s[:, 0] + s_s[:, 1] + s_s[:, 2]) / 3
         r_l = np.where(lum_s > 1e-3, lum_t / np.maximum(lum_s, 1e-3), 1.0)
         # (the fitted light's colour is not reliable - albedo/light colour are ambiguous from one
         # photo - so a light's colour change is NOT transferred; only its luminance)
@@ -540,9 +597,7 @@ class WarpEngine(Engine):
         q = 4 if min(h, w) >= 128 else 1
         hq, wq = (h + q - 1) // q, (w + q - 1) // q
         D = np.zeros((h, w, 5), np.float32)
-        D[iy, ix, :2] = d
-        D[iy, ix, 2:3] = np.log(ratio)
-        D[iy, ix, 3:5] = d_expr
+        D[iy, ix] = np.concatenate([d, np.log(ratio), d_expr], 1)  # (one scatter, not three)
         known = np.zeros((h, w), np.float32)
         known[iy[~hidden], ix[~hidden]] = 1.0
         covf = cov.astype(np.float32)
@@ -558,12 +613,13 @@ class WarpEngine(Engine):
             rim = rim * bnd
         # quarter-grid rim values: the area mean of the rim pixels in each cell (divided by the
         # rim's own coverage of the cell), trusted (weight 1) where the rim covers >= 1/q of it
-        DEq = resize(D[..., [0, 1, 3, 4]] * rim[..., None], (hq, wq), cv2.INTER_AREA)
+        # (rim and crim are 0/1 masks of a thin band: D times them is D scattered onto the band)
+        DEq = resize(_on_mask(D, [0, 1, 3, 4], rim), (hq, wq), cv2.INTER_AREA)
         Dq, Eq = DEq[..., :2], DEq[..., 2:]
         Kraw = resize(rim, (hq, wq), cv2.INTER_AREA)
         Kq = np.clip(Kraw * q, 0, 1) if q > 1 else Kraw
         crim = covf - cv2.erode(covf, np.ones((3, 3), np.uint8), iterations=max(1, q // 2))
-        Rq = resize(D[..., 2:3] * crim[..., None], (hq, wq), cv2.INTER_AREA)
+        Rq = resize(_on_mask(D, [2], crim), (hq, wq), cv2.INTER_AREA)
         Craw = resize(crim, (hq, wq), cv2.INTER_AREA)
         Cq = np.clip(Craw * q, 0, 1) if q > 1 else Craw
         if Rq.ndim == 2:
@@ -580,7 +636,7 @@ class WarpEngine(Engine):
         else:
             ext_r = push_pull(Rq / np.maximum(Craw, 1e-6)[..., None], Cq)
         # falloff radii grow with the displacement so the field never folds
-        dmax = _p98(np.linalg.norm(d, axis=1))
+        dmax = _p98(np.sqrt(d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]))  # (np.linalg.norm's sums, faster)
         dist = distance_outside(resize(covf, (hq, wq), cv2.INTER_AREA) > 0.5) * q
         pers_q = resize(st.person, (hq, wq), cv2.INTER_AREA)
         blur = max(0.03 * F, 1.2 * dmax) / q
@@ -599,7 +655,7 @@ class WarpEngine(Engine):
                                      Cq, pers_q, dist, (lo_c, hi_c), o.relight_blend, o.segmentation, k_exp)
         # expression motion (a dropped chin) carries on at full strength next to the mesh and fades
         # within expression_reach (never faster than 3x its own size, so the field cannot fold)
-        de = _p98(np.linalg.norm(d_expr, axis=1))
+        de = _p98(np.sqrt(d_expr[:, 0] * d_expr[:, 0] + d_expr[:, 1] * d_expr[:, 1]))
         wt_e = wt * cos_falloff(dist / max(o.expression_reach * F, 3.0 * de, 1.0))
         # pose motion: the rim's own motion at the rim (no tear), easing to outline_follow of it over
         # a band (hair next to the face is compressed / stretched there rather than torn); the band
@@ -641,9 +697,18 @@ class WarpEngine(Engine):
         # exact values inside the visible mesh; a thin blend band at the mesh boundary
         inner = cv2.erode(known, np.ones((3, 3), np.uint8), iterations=1)
         inner = cv2.GaussianBlur(inner, (0, 0), 1.0) * known
-        fld[..., :2] = inner[..., None] * D[..., :2] + (1 - inner[..., None]) * fld[..., :2]
         cin = cv2.GaussianBlur(covf, (0, 0), 1.0) * covf
-        fld[..., 2:] = cin[..., None] * D[..., 2:3] + (1 - cin[..., None]) * fld[..., 2:]
+        # (both weights are 0 off the mesh: the blends run over its bounding box only)
+        bx, by, bw, bh = cv2.boundingRect(cov.astype(np.uint8))
+        mb = (slice(by, by + bh), slice(bx, bx + bw))
+        if kernels_enabled() and fld.dtype == D.dtype == inner.dtype == cin.dtype == np.float32 and fld.flags.c_contiguous:
+            from facerig.engines.warp._kernels import mesh_blend
+
+            mesh_blend(fld, D, inner, cin, by, by + bh, bx, bx + bw)  # (the numpy below, in one pass)
+        else:
+            fb, Db, ib, cb = fld[mb], D[mb], inner[mb][..., None], cin[mb][..., None]
+            fb[..., :2] = ib * Db[..., :2] + (1 - ib) * fb[..., :2]
+            fb[..., 2:] = cb * Db[..., 2:3] + (1 - cb) * fb[..., 2:]
         sig = max(0.6, 0.012 * F)
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
         if o.brow_unfold:  # raised brows move as they are, the lid skin unfolds under them (brows.py)
@@ -826,7 +891,7 @@ class WarpEngine(Engine):
         if alpha.any():
             # outside the fill regions the fill layer holds the plain warp, so softened edges blend
             # towards the right colours (not towards black)
-            fill = np.where(alpha[..., None] > 0, fill, warped_w)
+            np.copyto(fill, warped_w, where=~(alpha[..., None] > 0))  # (in place: np.where's copy was 1-2 ms)
             # soft edges of the fill (hidden regions) without eating into synthesised mouths
             alpha = np.maximum(cv2.GaussianBlur(alpha, (0, 0), 0.8), alpha * (alpha < 1))
             alpha = np.clip(alpha, 0, 1)
@@ -1155,38 +1220,49 @@ class WarpEngine(Engine):
         # small numbers is noise), times 1 - alpha
         su = st.up_scale
         kd = np.float32(st.k * su)
-        lay_m = np.empty((h, w, 4), np.float32)
-        np.divide(res, np.maximum(base, np.float32(4.0)), out=lay_m[..., :3])
-        np.copyto(lay_m[..., :3], gain, where=base <= 4.0)
         filled = bool(alpha.any())
-        if filled:
-            lay_m[..., :3] *= 1 - alpha[..., None]
-        np.multiply(fld[..., 0], kd, out=lay_m[..., 3])
-        lay_y = np.ascontiguousarray(fld[..., 1]) * kd
-        out = frame.copy()
-        # the part the edit reaches (displacement, gain or fill not exactly neutral: M is 1 and A 0
-        # exactly where the gain is 1 and alpha 0)
-        # (per-channel comparisons: numpy's reductions over a 3-long last axis are slow)
-        reach = (fld[..., 0] != 0) | (fld[..., 1] != 0) | (fld[..., 2] != 0) | (alpha > 0)
-        box = _full_res_box(reach.astype(np.uint8), (H, W))
+        lay_m, lay_y, reach = _gain_layers(res, base, gain, alpha, filled, fld, kd)
+        box = _full_res_box(reach, (H, W))
         if box is None:
-            return out
+            return frame.copy()
         X0, Y0, X1, Y1 = box
-        up_m, up_y = (_upsample(lay, box, (H, W)) for lay in (lay_m, lay_y))
+        # the photo's own pixels outside the box (inside it everything is written below)
+        out = np.empty_like(frame)
+        by0, by1, bx0, bx1 = y0 + Y0, y0 + Y1, x0 + X0, x0 + X1
+        out[:by0], out[by1:] = frame[:by0], frame[by1:]
+        out[by0:by1, :bx0], out[by0:by1, bx1:] = frame[by0:by1, :bx0], frame[by0:by1, bx1:]
+        bh, bw = Y1 - Y0, X1 - X0
+        # full-resolution intermediates live in buffers kept on the source state (reused by every
+        # frame: fresh ones of this size cost as much again in page faults as the passes themselves)
+        buf = _Buffers(st, H * W)
+        up_m = _upsample(lay_m, box, (H, W), dst=buf.get("up_m", (bh, bw, 4), np.float32))
+        up_y = _upsample(lay_y, box, (H, W), dst=buf.get("up_y", (bh, bw), np.float32))
         ox, oy = st.up_origin
-        ux = (np.arange(x0 + X0 - ox, x0 + X1 - ox, dtype=np.float32) * su)[None, :] + up_m[..., 3]
-        uy = (np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None] + up_y
-        wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp, borderMode=cv2.BORDER_REPLICATE)
-        res = cv2.multiply(wp, up_m, dtype=cv2.CV_32F)
+        ux = np.add((np.arange(x0 + X0 - ox, x0 + X1 - ox, dtype=np.float32) * su)[None, :], up_m[..., 3],
+                    out=buf.get("ux", (bh, bw), np.float32))
+        uy = np.add((np.arange(y0 + Y0 - oy, y0 + Y1 - oy, dtype=np.float32) * su)[:, None], up_y,
+                    out=buf.get("uy", (bh, bw), np.float32))
+        wp = cv2.remap(st.frame_up, ux, uy, cv2.INTER_LINEAR if su > 1 else interp,
+                       dst=buf.get("wp", (bh, bw, 4), np.uint8), borderMode=cv2.BORDER_REPLICATE)
+        # warp x M, rounded to nearest and saturated (as cv2.convertScaleAbs of the float product)
+        q8 = cv2.multiply(wp, up_m, dst=buf.get("q8", (bh, bw, 4), np.uint8), dtype=cv2.CV_8U)
         fbox = _full_res_box((alpha > 0).astype(np.uint8), (H, W)) if filled else None
         if fbox is not None:  # the fill (premultiplied, A), where there is one
             fx0, fy0, fx1, fy1 = fbox
+            # (work pixels beyond the fill's box + 2 are not read by its upsampling: only the box)
+            wx0, wy0 = max(0, int(np.floor(fx0 * w / W)) - 2), max(0, int(np.floor(fy0 * h / H)) - 2)
+            wx1, wy1 = min(w, int(np.ceil(fx1 * w / W)) + 3), min(h, int(np.ceil(fy1 * h / H)) + 3)
             lay_a = np.zeros((h, w, 4), np.float32)
-            lay_a[..., :3] = fill * (255.0 * alpha[..., None])
-            up_a = _upsample(lay_a, fbox, (H, W))
-            res[fy0 - Y0:fy1 - Y0, fx0 - X0:fx1 - X0] += up_a
-        # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
-        out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(cv2.convertScaleAbs(res), cv2.COLOR_RGBA2RGB)
+            lay_a[wy0:wy1, wx0:wx1, :3] = fill[wy0:wy1, wx0:wx1] * (255.0 * alpha[wy0:wy1, wx0:wx1, None])
+            up_a = _upsample(lay_a, fbox, (H, W), dst=buf.get("up_a", (fy1 - fy0, fx1 - fx0, 4), np.float32))
+            fb = (slice(fy0 - Y0, fy1 - Y0), slice(fx0 - X0, fx1 - X0))
+            res = cv2.multiply(np.ascontiguousarray(wp[fb]), np.ascontiguousarray(up_m[fb]),
+                               dst=buf.get("res", up_a.shape, np.float32), dtype=cv2.CV_32F)
+            res += up_a
+            # (all values >= 0: the absolute value is a no-op; rounds to nearest and saturates)
+            q8[fb] = cv2.convertScaleAbs(res)
+        out[y0 + Y0:y0 + Y1, x0 + X0:x0 + X1] = cv2.cvtColor(q8, cv2.COLOR_RGBA2RGB,
+                                                             dst=buf.get("rgb", (bh, bw, 3), np.uint8))
         return out
 
 
@@ -1194,6 +1270,61 @@ def _gain_lab_args(st: WarpSource, o: WarpOptions) -> dict[str, Any]:
     """:func:`apply_gain_lab`'s dark-tone and lit-chroma arguments for this source (relight.py)."""
     ref = skin_lightness(st.skin_rgb) if o.relight_keep_dark else None
     return {"dark_ref": ref, "chroma_follow_up": o.relight_chroma_up}
+
+
+def _on_mask(D: np.ndarray, chans: list[int], mask: np.ndarray) -> np.ndarray:
+    """``D[..., chans] * mask[..., None]`` for a 0/1 ``mask`` that is mostly 0 (a thin band),
+    scattered onto zeros instead of multiplied over the whole grid (equal up to the sign of
+    zeros)."""
+    out = np.zeros((*mask.shape, len(chans)), np.float32)
+    my, mx = np.nonzero(mask)
+    out[my, mx] = D[my, mx][:, chans] * mask[my, mx, None]
+    return out
+
+
+def _gain_layers(res: np.ndarray, base: np.ndarray, gain: np.ndarray, alpha: np.ndarray, filled: bool,
+                 fld: np.ndarray, kd: np.float32, fast: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reduced-grid compose's work-grid layers: (M, dx) (h, w, 4) - M the gain as applied (dark
+    pixels: the plain gain, a ratio of small numbers is noise) times 1 - alpha, dx the displacement
+    in supersampled source pixels -, dy (h, w), and the part the edit reaches (uint8: displacement,
+    gain or fill not exactly neutral; M is 1 and A 0 exactly where the gain is 1 and alpha 0). One
+    numba pass (:func:`._kernels.gain_layers`); ``fast=False`` (default: when
+    :func:`.field.use_kernels` turned them off): the numpy reference."""
+    h, w = fld.shape[:2]
+    lay_m = np.empty((h, w, 4), np.float32)
+    if fast is None:
+        fast = kernels_enabled()
+    if fast and res.dtype == base.dtype == gain.dtype == alpha.dtype == fld.dtype == np.float32:
+        from facerig.engines.warp._kernels import gain_layers
+
+        lay_y = np.empty((h, w), np.float32)
+        reach = np.empty((h, w), np.uint8)
+        gain_layers(np.ascontiguousarray(res), np.ascontiguousarray(base), np.ascontiguousarray(gain),
+                    np.ascontiguousarray(alpha), filled, np.ascontiguousarray(fld), np.float32(kd), lay_m, lay_y, reach)
+        return lay_m, lay_y, reach
+    np.divide(res, np.maximum(base, np.float32(4.0)), out=lay_m[..., :3])
+    np.copyto(lay_m[..., :3], gain, where=base <= 4.0)
+    if filled:
+        lay_m[..., :3] *= 1 - alpha[..., None]
+    np.multiply(fld[..., 0], kd, out=lay_m[..., 3])
+    lay_y = np.ascontiguousarray(fld[..., 1]) * kd
+    # (per-channel comparisons: numpy's reductions over a 3-long last axis are slow)
+    reach = (fld[..., 0] != 0) | (fld[..., 1] != 0) | (fld[..., 2] != 0) | (alpha > 0)
+    return lay_m, lay_y, reach.astype(np.uint8)
+
+
+def _interpolate(b: np.ndarray, tri: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``np.einsum("nk,nkc->nc", b, table[tri])`` (per-vertex attributes at the covered pixels) in
+    one numba pass (:func:`._kernels.interpolate`; the einsum itself when the kernels are off)."""
+    from facerig.engines.warp._kernels import interpolate
+
+    if not kernels_enabled():
+        return np.einsum("nk,nkc->nc", b, table[tri])
+    out = np.empty((b.shape[0], table.shape[1]), np.float64)
+    if b.shape[0]:
+        interpolate(np.ascontiguousarray(b, np.float64), np.ascontiguousarray(tri, np.int64),
+                    np.ascontiguousarray(table, np.float64), out)
+    return out
 
 
 def _warp_work(st: WarpSource, fld: np.ndarray) -> np.ndarray:
@@ -1388,14 +1519,38 @@ def _full_res_box(mask: np.ndarray, HW: tuple[int, int]) -> tuple[int, int, int,
             min(W, int(np.ceil((bx + bw + 2) * kx))), min(H, int(np.ceil((by + bh + 2) * ky))))
 
 
-def _upsample(layer: np.ndarray, box: tuple[int, int, int, int], HW: tuple[int, int]) -> np.ndarray:
+def _upsample(layer: np.ndarray, box: tuple[int, int, int, int], HW: tuple[int, int],
+              dst: np.ndarray | None = None) -> np.ndarray:
     """Bilinear upsampling of a work-grid layer onto the frame pixels of ``box`` within a work region
-    of size ``HW``, with cv2.resize's pixel-centre convention (work coordinate (X + 0.5) / kx - 0.5)."""
+    of size ``HW``, with cv2.resize's pixel-centre convention (work coordinate (X + 0.5) / kx - 0.5);
+    into ``dst`` when given (its shape: the box's, the layer's channels)."""
     X0, Y0, X1, Y1 = box
     kx, ky = HW[1] / layer.shape[1], HW[0] / layer.shape[0]
     aff = np.array([[1 / kx, 0, (X0 + 0.5) / kx - 0.5], [0, 1 / ky, (Y0 + 0.5) / ky - 0.5]], np.float64)
-    return cv2.warpAffine(layer, aff, (X1 - X0, Y1 - Y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    return cv2.warpAffine(layer, aff, (X1 - X0, Y1 - Y0), dst=dst, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+class _Buffers:
+    """Scratch arrays kept on a source state between frames (``state.buffers``): ``get`` returns a
+    C-contiguous array of the shape asked for, a view of the front of one flat buffer per name,
+    allocated with 10 % headroom (the box a frame writes changes a little from frame to frame; at
+    most the work region's ``capacity`` pixels) and grown if a later frame needs more. Contents
+    are stale: every user overwrites the whole view (cv2's ``dst=`` / numpy's ``out=``). For a
+    1024 px face-filling portrait they hold ~40 MB, what each frame used to allocate afresh."""
+
+    def __init__(self, st: WarpSource, capacity: int) -> None:
+        self.store = st.buffers
+        self.capacity = capacity
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        n = int(np.prod(shape))
+        flat = self.store.get(name)
+        if flat is None or flat.dtype != np.dtype(dtype) or flat.size < n:
+            chan = n // max(1, shape[0] * shape[1])
+            flat = np.empty(max(n, min(int(1.1 * n) + 64, self.capacity * chan)), dtype)
+            self.store[name] = flat
+        return flat[:n].reshape(shape)
 
 
 def _maps(disp: np.ndarray, x0: float, y0: float) -> tuple[np.ndarray, np.ndarray]:
