@@ -55,6 +55,38 @@ class VideoUnreadable(InvalidInput):
     """A video could not be opened, or has no decodable frames."""
 
 
+class CheckpointMismatch(InvalidInput):
+    """A state dict does not match the model layout: ``missing``, ``unexpected`` and ``mismatched``
+    (``{key: (expected shape, found shape)}``) name the keys; ``layout`` names the expected layout."""
+
+    def __init__(
+        self,
+        source: str,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+        layout: str = "the DiffusionRig checkpoint layout",
+    ):
+        self.source = source
+        self.missing = sorted(missing)
+        self.unexpected = sorted(unexpected)
+        self.mismatched = dict(sorted(mismatched.items()))
+
+        def show(keys: list[str]) -> str:
+            head = ", ".join(keys[:6])
+            return head + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+
+        parts = []
+        if self.missing:
+            parts.append(f"missing {show(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected {show(self.unexpected)}")
+        if self.mismatched:
+            items = [f"{k} {tuple(a)} vs {tuple(b)}" for k, (a, b) in list(self.mismatched.items())[:6]]
+            parts.append("wrong shape (expected vs found) " + ", ".join(items))
+        super().__init__(source, layout, "; ".join(parts))
+
+
 class NoFaceFound(FacerigError):
     """The detector found no face where one was required."""
 

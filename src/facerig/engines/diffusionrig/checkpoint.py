@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from facerig.errors import InvalidInput
+from facerig.errors import CheckpointMismatch, InvalidInput
 
 from .model import PAPER_UNET_CONFIG, DiffusionRigUNet, GlobalEncoder
 
@@ -40,37 +40,6 @@ __all__ = [
 PREFIXES = {"denoisingUNet.": "unet", "encoder.": "encoder"}
 #: the released weights were trained on DECA (FLAME 2020) buffers
 OFFICIAL_FACE_MODEL = "flame"
-
-
-class CheckpointMismatch(InvalidInput):
-    """A state dict does not match the model layout: ``missing``, ``unexpected`` and ``mismatched``
-    (``{key: (expected shape, found shape)}``) name the keys."""
-
-    def __init__(
-        self,
-        source: str,
-        missing: list[str],
-        unexpected: list[str],
-        mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
-    ):
-        self.source = source
-        self.missing = sorted(missing)
-        self.unexpected = sorted(unexpected)
-        self.mismatched = dict(sorted(mismatched.items()))
-
-        def show(keys: list[str]) -> str:
-            head = ", ".join(keys[:6])
-            return head + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-
-        parts = []
-        if self.missing:
-            parts.append(f"missing {show(self.missing)}")
-        if self.unexpected:
-            parts.append(f"unexpected {show(self.unexpected)}")
-        if self.mismatched:
-            items = [f"{k} {tuple(a)} vs {tuple(b)}" for k, (a, b) in list(self.mismatched.items())[:6]]
-            parts.append("wrong shape (expected vs found) " + ", ".join(items))
-        super().__init__(source, "the DiffusionRig checkpoint layout", "; ".join(parts))
 
 
 def check_state_dict(
