@@ -12,7 +12,9 @@ side by side in one process, on the same modules, the structures differ only in 
 - authors (per step): as above, with the identity UNet re-run at every step (how their training
                   code runs it; an implementation that does not cache the states pays this).
 
-Few steps are timed (``--steps``, median per step); the per-edit figure is extrapolated as
+The three are run interleaved (prepare of each, then step i of each in turn), so the load of a
+shared machine falls on all alike, and both wall time and process CPU time are printed. Few steps
+are timed (``--steps``, median per step); the per-edit figure is extrapolated as
 prepare + N x per-step for N = 20 and 50 (the VAE and the text encoder, identical in all three, are
 left out). The machine load (1-min load average) is printed before and after.
 
@@ -76,56 +78,76 @@ def main() -> None:
     def two(x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, x])
 
-    def run(structure: str) -> tuple[float, list[float]]:
-        sched = _release_unipc()
-        sched.set_timesteps(50)
-        doubled = structure != "facerig"
-        if doubled:
-            prep, states = _timed(lambda: model.identity_states(two(src), two(text), **full_id))
+    structures = ("facerig", "authors_id_once", "authors_id_per_step")
+
+    def prepare(structure: str):
+        if structure == "facerig":
+            return model.identity_states(src, text)
+        return model.identity_states(two(src), two(text), **full_id)
+
+    def step(structure: str, states, lat: torch.Tensor, t: torch.Tensor, sched) -> torch.Tensor:
+        if structure == "authors_id_per_step":
+            states = model.identity_states(two(src), two(text), **full_id)
+        if structure == "facerig":
+            e = model.predict_noise(lat, t, bg, ren, exp, states, text)
         else:
-            prep, states = _timed(lambda: model.identity_states(src, text))
-        lat = noise.clone()
-        per_step = []
-        for t in sched.timesteps[: a.steps]:
-            t0 = time.perf_counter()
-            if structure == "authors_id_per_step":
-                states = model.identity_states(two(src), two(text), **full_id)
-            if doubled:
-                e = model.predict_noise(two(lat), t, two(bg), two(ren), two(exp), states, two(text))
-                e_img, e_txt = e.chunk(2)
-                e = e_txt + 1.5 * (e_img - e_txt)
-            else:
-                e = model.predict_noise(lat, t, bg, ren, exp, states, text)
-            lat = sched.step(e, t, lat, return_dict=False)[0]
-            per_step.append(time.perf_counter() - t0)
-        return prep, per_step
+            e = model.predict_noise(two(lat), t, two(bg), two(ren), two(exp), states, two(text))
+            e_img, e_txt = e.chunk(2)
+            e = e_txt + 1.5 * (e_img - e_txt)
+        return sched.step(e, t, lat, return_dict=False)[0]
+
+    def clocked(fn):
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        return (time.perf_counter() - w, time.process_time() - c), out
 
     # warm-up (first-call allocations), not counted
-    _timed(lambda: model.predict_noise(noise, 999, bg, ren, exp, model.identity_states(src, text), text))
+    clocked(lambda: model.predict_noise(noise, 999, bg, ren, exp, model.identity_states(src, text), text))
     gc.collect()
 
-    rows = {}
-    for structure in ("facerig", "authors_id_once", "authors_id_per_step"):
-        prep, per_step = run(structure)
-        step = statistics.median(per_step)
-        rows[structure] = (prep, step)
-        print(f"{structure:20s} prepare {prep:6.2f} s   per step {step:6.2f} s "
-              f"(steps: {', '.join(f'{x:.2f}' for x in per_step)})", flush=True)
+    # interleaved, so that the load of a shared machine falls on all three alike
+    prep: dict[str, tuple[float, float]] = {}
+    states = {}
+    for k in structures:
+        if k == "authors_id_per_step":
+            prep[k], states[k] = (0.0, 0.0), None
+        else:
+            prep[k], states[k] = clocked(lambda k=k: prepare(k))
+        print(f"{k:20s} prepare {prep[k][0]:6.2f} s wall, {prep[k][1]:6.2f} s CPU", flush=True)
+    scheds = {k: _release_unipc() for k in structures}
+    for sc in scheds.values():
+        sc.set_timesteps(50)
+    lats = {k: noise.clone() for k in structures}
+    per_step: dict[str, list[tuple[float, float]]] = {k: [] for k in structures}
+    for i in range(a.steps):
+        t = scheds["facerig"].timesteps[i]
+        for k in structures:
+            dt, lats[k] = clocked(lambda k=k, t=t: step(k, states[k], lats[k], t, scheds[k]))
+            per_step[k].append(dt)
+            print(f"step {i}  {k:20s} {dt[0]:6.2f} s wall, {dt[1]:6.2f} s CPU", flush=True)
     load1 = os.getloadavg()[0]
 
-    print(f"\nper edit, extrapolated = prepare + N x per-step (UNets only; load average {load0:.2f} -> {load1:.2f})")
-    f_prep, f_step = rows["facerig"]
+    med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in per_step.items()}
+    print("\nmedian per step (wall / CPU): " + "; ".join(f"{k} {w:.2f} / {c:.2f} s" for k, (w, c) in med.items()))
+    for k in structures[1:]:
+        print(f"per-step ratio {k} / facerig: wall x{med[k][0] / med['facerig'][0]:.2f}, "
+              f"CPU x{med[k][1] / med['facerig'][1]:.2f}")
+    print(f"prepare ratio authors (doubled batch, full identity UNet) / facerig: "
+          f"wall x{prep['authors_id_once'][0] / prep['facerig'][0]:.2f}, "
+          f"CPU x{prep['authors_id_once'][1] / prep['facerig'][1]:.2f}")
+    print(f"per edit, extrapolated = prepare + N x per-step (UNets only; load average {load0:.2f} -> {load1:.2f}):")
     for n in (20, 50):
-        f_edit = f_prep + n * f_step
-        parts = [f"facerig {f_edit:7.1f} s"]
-        for k in ("authors_id_once", "authors_id_per_step"):
-            p, st = rows[k]
-            edit = (p + n * st) if k == "authors_id_once" else n * st
-            parts.append(f"{k} {edit:7.1f} s (x{edit / f_edit:.2f})")
-        print(f"  {n} steps: " + "   ".join(parts))
-    for k in ("authors_id_once", "authors_id_per_step"):
-        print(f"per-step ratio {k} / facerig: x{rows[k][1] / f_step:.2f}")
-    print(f"prepare ratio authors (doubled, full identity UNet) / facerig: x{rows['authors_id_once'][0] / f_prep:.2f}")
+        parts = []
+        base = None
+        for k in structures:
+            edit_w = prep[k][0] + n * med[k][0]
+            edit_c = prep[k][1] + n * med[k][1]
+            if base is None:
+                base = (edit_w, edit_c)
+                parts.append(f"{k} {edit_w:6.0f} s wall ({edit_c:6.0f} s CPU)")
+            else:
+                parts.append(f"{k} {edit_w:6.0f} s (x{edit_w / base[0]:.2f} wall, x{edit_c / base[1]:.2f} CPU)")
+        print(f"  {n} steps: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

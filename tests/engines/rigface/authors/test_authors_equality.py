@@ -184,6 +184,27 @@ def test_later_diffusers_default_last_step_is_not_the_release(oracle, authors_ti
     assert diff > 100 * REL_TOL * float(ref["unipc.final"].abs().max())
 
 
+def test_substrate_default_unipc_is_the_release(oracle, authors_tiny, released_layout, stock_oracle):
+    """What the engine samples with by default, ``make_scheduler("unipc", SD 1.5 config)`` with no
+    overrides, must be the release's UniPC, last step included (see the test above)."""
+    try:
+        from facerig.engines.sd.schedulers import make_scheduler
+    except ImportError:
+        pytest.skip("facerig.engines.sd.schedulers not present (SD's branch not merged)")
+    ref, meta = authors_tiny
+    x = _inputs(ref)
+    states = _states(ref)
+
+    def eps(lat, t):
+        return oracle.predict_noise(lat, t, x["background_latent"], x["render_latent"], x["expression"], states,
+                                    x["text_embeds"])
+
+    sched = make_scheduler("unipc", dict(released_layout.SD15_SCHEDULER_CONFIG))
+    final, _, timesteps = stock_oracle.run_unipc(eps, x["init_noise"], sched, meta["steps"])
+    assert timesteps.tolist() == meta["timesteps"]
+    assert_close("substrate_default_unipc.final", final, ref["unipc.final"])
+
+
 def test_swapped_conditions_are_detected(oracle, authors_tiny):
     """The comparison can fail: background and render swapped, or another source's identity, move eps
     far outside the tolerance."""
