@@ -12,7 +12,8 @@ diffusers' ``from_config``). Options:
 
 ``make_scheduler("unipc", sd15_config)`` is the RigFace release's sampler: UniPC from the SD 1.5
 config, which there resolves to spacing "linspace", solver order 2, ``bh2``, predicting x0,
-epsilon: 50 steps are the timesteps 999, 979, ..., 20.
+epsilon, the last step ending at sigma(t=0) (``final_sigmas_type="sigma_min"``; diffusers' later
+default "zero" changes the result): 50 steps are the timesteps 999, 979, ..., 20.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ _SPACINGS = ("linspace", "leading", "trailing")
 
 #: what UniPC resolves to from SD 1.5's scheduler config in the diffusers version RigFace pins
 RELEASE_UNIPC: dict[str, Any] = {"timestep_spacing": "linspace", "solver_order": 2, "solver_type": "bh2",
-                                 "predict_x0": True, "prediction_type": "epsilon"}
+                                 "predict_x0": True, "prediction_type": "epsilon",
+                                 "final_sigmas_type": "sigma_min"}
 
 #: SD 1.5's noise schedule, used when no base config is given
 _SD15_SCHEDULE: dict[str, Any] = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
@@ -62,6 +64,9 @@ def make_scheduler(name: str = "unipc", base_config: dict[str, Any] | None = Non
         # as the release: the class defaults (order 2, bh2, x0) with the base's schedule; a PNDM
         # config carries no spacing key, so UniPC's default "linspace" applies
         cfg.setdefault("timestep_spacing", RELEASE_UNIPC["timestep_spacing"])
+        # diffusers 0.22 (the release's) ends at sigma(t=0); later versions default to sigma 0,
+        # which moves the final latent by ~0.06 (tests/engines/rigface/authors)
+        cfg.setdefault("final_sigmas_type", RELEASE_UNIPC["final_sigmas_type"])
     if key == "ddim":
         cfg.setdefault("clip_sample", False)
     if prediction_type is not None:
