@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from facerig.errors import AssetMissing, InvalidInput
+from facerig.io.state_keys import check_state_keys
 
 __all__ = [
     "DECA_PARAM_SPLIT",
@@ -47,8 +48,6 @@ DECA_PARAM_SPLIT: tuple[tuple[str, int], ...] = (
 )
 DECA_N_PARAM = sum(n for _, n in DECA_PARAM_SPLIT)  # 236
 _RESNET50_BLOCKS = (3, 4, 6, 3)
-# BatchNorm counters are absent from checkpoints written by old torch versions; nothing reads them in eval.
-_OPTIONAL_SUFFIX = "num_batches_tracked"
 
 
 class _Bottleneck(nn.Module):
@@ -155,21 +154,7 @@ def _encoder_state(ckpt: Any) -> dict[str, torch.Tensor]:
 def check_deca_keys(model: nn.Module, sd: Mapping[str, Any]) -> None:
     """Strict check: every key the encoder has (BN ``num_batches_tracked`` optional), no extra key,
     equal shapes. Raises :class:`InvalidInput` naming the offending keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith(_OPTIONAL_SUFFIX)]
-    unexpected = [k for k in sd if k not in own]
-    bad = [(k, tuple(getattr(v, "shape", ())), tuple(own[k].shape)) for k, v in sd.items()
-           if k in own and (not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(own[k].shape))]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {missing[:6]}{'...' if len(missing) > 6 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
-        if bad:
-            parts.append(f"shape mismatches (key, file, expected): {bad[:4]}")
-        raise InvalidInput("DECA E_flame weights", "the released deca_model.tar E_flame key layout",
-                           "; ".join(parts))
+    check_state_keys(model, sd, "DECA E_flame weights", "the released deca_model.tar E_flame key layout")
 
 
 def load_deca_encoder(source: str | os.PathLike[str] | Mapping[str, Any], *, allow_pickle: bool = False) -> DecaEncoder:

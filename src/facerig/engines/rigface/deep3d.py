@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from facerig.errors import AssetMissing, InvalidInput
+from facerig.io.state_keys import check_state_keys
 
 __all__ = [
     "COEFF_SPLIT",
@@ -68,7 +69,6 @@ MEAN_FACE_LM5P_256 = np.array([
     [(62.7299 + 8) * 2 + 16, 92.2041 * 2],
 ], dtype=np.float64)
 
-_OPTIONAL_SUFFIX = "num_batches_tracked"
 
 
 class Deep3DRecon(nn.Module):
@@ -186,21 +186,7 @@ def _state_and_layout(ckpt: Any, where: str) -> tuple[dict[str, torch.Tensor], s
 def check_deep3d_keys(model: nn.Module, sd: Mapping[str, Any], where: str = "Deep3D weights") -> None:
     """Strict: every key of ``model`` (BN counters optional), no extra key, equal shapes; raises
     :class:`InvalidInput` naming the offending keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith(_OPTIONAL_SUFFIX)]
-    unexpected = [k for k in sd if k not in own]
-    bad = [(k, tuple(getattr(v, "shape", ())), tuple(own[k].shape)) for k, v in sd.items()
-           if k in own and (not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(own[k].shape))]
-    if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {missing[:6]}{'...' if len(missing) > 6 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
-        if bad:
-            parts.append(f"shape mismatches (key, file, expected): {bad[:4]}")
-        raise InvalidInput(where, f"the released Deep3DFaceRecon key layout ({getattr(model, 'layout', '?')})",
-                           "; ".join(parts))
+    check_state_keys(model, sd, where, f"the released Deep3DFaceRecon key layout ({getattr(model, 'layout', '?')})")
 
 
 def load_deep3d(path: str | os.PathLike[str] | Mapping[str, Any]) -> Deep3DRecon:
