@@ -3,6 +3,7 @@ FLAME-shaped model + DECA-layout + Deep3D-layout files written here)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -35,10 +36,13 @@ def test_rigface_crop_is_the_release_box_geometry() -> None:
     pts[:468, 0] = np.clip(pts[:468, 0], 120, 280)
     pts[0, 0], pts[1, 0] = 120, 280
     ct = rigface_crop(pts, 512, frame_size=(480, 640))
-    centre = np.array([[200.0, (90 + 330) / 2]])
+    from facerig.engines.rigface.conditions import MP_BOX_RAISE, MP_BOX_WIDTH
+
+    centre = np.array([[200.0, (90 + 330) / 2 - MP_BOX_RAISE * 160]])
     np.testing.assert_allclose(ct.apply(centre), [[256, 256]], atol=1e-9)
-    # the square of side 1.5 * box width lands on [80, 432]
-    np.testing.assert_allclose(ct.scale * 1.5 * 160, 352, rtol=1e-12)
+    # the square of side 1.5 * box width (the detector-like box: the mesh's width x MP_BOX_WIDTH)
+    # lands on [80, 432]
+    np.testing.assert_allclose(ct.scale * 1.5 * 160 * MP_BOX_WIDTH, 352, rtol=1e-12)
     assert ct.kind == "rigface" and ct.size == 512 and np.allclose(ct.matrix[0, 1], 0)
 
 
@@ -373,3 +377,29 @@ def test_prepared_shard_crops_frame_the_face_as_facerig_prepare(fitted, astronau
     _check_background(rel)
     with pytest.raises(InvalidInput, match="crop"):
         FacerigConditioner(m, S, crop="insightface")
+
+
+_AUTHORS = Path(os.environ.get("FACERIG_RIGFACE_SNAPSHOT", "/nonexistent"))
+
+
+@pytest.mark.skipif(not (_AUTHORS / "utils" / "test_images").is_dir(),
+                    reason="set FACERIG_RIGFACE_SNAPSHOT to an extracted weimengting/RigFace snapshot")
+def test_crop_and_person_mask_reproduce_the_release_test_images() -> None:
+    """On the release's own aligned crops, cropping again is (nearly) the identity, and the person
+    region matches the grey region of the release's background images (BiSeNet there)."""
+    from PIL import Image
+
+    from facerig.detect import FaceDetector
+
+    det = FaceDetector()
+    for idn, bg in (("id1", "bg_pose+exp.png"), ("id2", "bg_light.png")):
+        d = _AUTHORS / "utils" / "test_images" / idn
+        sor = np.asarray(Image.open(d / "sor.png").convert("RGB"))
+        ct = rigface_crop(np.asarray(det.detect_one(sor).points)[:, :2], 512, frame_size=sor.shape[:2])
+        corners = ct.apply(np.array([[0.0, 0.0], [511.0, 511.0]]))
+        assert np.abs(corners - [[0, 0], [511, 511]]).max() < 15, corners
+        theirs = np.abs(np.asarray(Image.open(d / bg).convert("RGB")).astype(int) - 127).max(-1) <= 2
+        from facerig.engines.rigface.person import person_mask
+
+        ours = person_mask(sor)
+        assert (theirs & ours).sum() / (theirs | ours).sum() > 0.9
