@@ -277,3 +277,30 @@ def test_gradient_checkpointing_through_the_trainer_matches_plain_training(tmp_p
     a, b = runs
     assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
     assert not torch.equal(a["unets.unet_denoise.conv_in.weight"], _module(4).state_dict()["unets.unet_denoise.conv_in.weight"])
+
+
+@pytest.mark.shared_data
+def test_pairs_from_a_prepared_video_are_frames_of_that_clip_apart(tmp_path):
+    """`facerig train rigface` trains on frame pairs of one person from prepared videos: pairs come
+    from the same clip, at least min_frame_gap frames apart, conditions from the target frame."""
+    from facerig.engines.rigface.training import RigFacePairDataset
+    from facerig.io.assets import shared_dir
+    from facerig.train.data import ShardDataset
+    from facerig.train.prepare import PrepareOptions, prepare_dataset
+
+    root = shared_dir()
+    assert root is not None
+    clip = root / "data" / "videos" / "mead" / "M030_front_happy_level3_001.mp4"
+    prepare_dataset([clip], tmp_path / "shards",
+                    PrepareOptions(size=64, buffers=True, frame_stride=10, max_frames=5, photometric=False))
+    shards = ShardDataset(tmp_path / "shards", size=64)
+    assert len(shards) >= 4
+    ds = RigFacePairDataset(shards, min_frame_gap=20, segmentation=False)
+    assert len(ds) > 0
+    for s, t in ds.pairs:
+        a, b = shards[s], shards[t]
+        assert a["identity"] == b["identity"] and abs(int(a["frame"]) - int(b["frame"])) >= 20
+    s, t = ds.pairs[0]
+    item = ds[0]
+    assert torch.equal(item["target"], shards[t]["image"])
+    assert torch.equal(item["expression"], shards.params(t).expression[0].float())
