@@ -194,3 +194,24 @@ def test_motion_adapter_and_denoiser_from_the_release(tiny_release, layout, tmp_
     f = _edit(tiny_release / "motion_module.pth", tmp_path / "mm.pth", drop)
     with pytest.raises(CheckpointMismatch, match="missing up_blocks.3.motion_modules.2.transformer_blocks.0.norm3.weight"):
         load_motion_adapter(f, cfg, **kw)
+
+
+def test_full_size_layouts_on_the_meta_device(layout):
+    """SD 1.5 sizes, keys and shapes only (meta tensors, nothing allocated): 686 denoiser keys, the
+    reference file's 682, 21 motion modules whose renamed keys are MotionAdapter's."""
+    from diffusers import MotionAdapter, UNet2DConditionModel
+
+    from facerig.engines.magicportrait.checkpoints import strip_reference_tail
+    from facerig.engines.rigface.model import SD15_UNET_CONFIG
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        assert len(unet.state_dict()) == 686
+        assert len(strip_reference_tail(unet).state_dict()) == 686 - 4
+        ad = layout.released_motion_state(SD15_UNET_CONFIG)
+        adapter = MotionAdapter(block_out_channels=tuple(SD15_UNET_CONFIG["block_out_channels"]))
+    assert len({k.split(".temporal_transformer")[0] for k in ad}) == 21
+    renamed = animatediff_to_diffusers(ad)
+    own = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in renamed.items()} == own
+    assert own["down_blocks.0.motion_modules.0.transformer_blocks.0.pos_embed.pe"] == (1, 32, 320)

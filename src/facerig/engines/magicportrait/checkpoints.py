@@ -219,7 +219,7 @@ def animatediff_to_diffusers(state: Mapping[str, torch.Tensor], source: str = "m
     for new, found in pes.items():
         first = found[0][1]
         for k, v in found[1:]:
-            if v.shape != first.shape or not torch.equal(v, first):
+            if v.shape != first.shape or (not (v.is_meta or first.is_meta) and not torch.equal(v, first)):
                 raise CheckpointMismatch(source, [], [], {k: (tuple(first.shape), tuple(v.shape))},
                                          layout=f"{LAYOUT} (equal positional sinusoids in one temporal block: {found[0][0]})")
         out[new] = first
