@@ -215,3 +215,30 @@ def test_full_size_layouts_on_the_meta_device(layout):
     own = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in renamed.items()} == own
     assert own["down_blocks.0.motion_modules.0.transformer_blocks.0.pos_embed.pe"] == (1, 32, 320)
+
+
+def test_temporal_modules_normalise_each_frame(tiny_release, layout):
+    """The release (AnimateDiff lineage) GroupNorms each frame; diffusers' AnimateDiffTransformer3D
+    would pool the statistics over frames. FrameGroupNorm restores per-frame statistics."""
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    from facerig.engines.magicportrait.checkpoints import FrameGroupNorm
+
+    g = torch.Generator().manual_seed(0)
+    norm = FrameGroupNorm(4, 16)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16, generator=g))
+        norm.bias.copy_(torch.randn(16, generator=g))
+    x = torch.randn(2, 16, 3, 5, 5, generator=g) + torch.arange(3.0)[None, None, :, None, None] * 4
+    y = norm(x)
+    for f in range(3):
+        torch.testing.assert_close(y[:, :, f], torch.nn.functional.group_norm(x[:, :, f], 4, norm.weight, norm.bias, 1e-5))
+    pooled = torch.nn.functional.group_norm(x, 4, norm.weight, norm.bias, 1e-5)
+    assert (pooled - y).abs().max() > 0.5  # the two differ when frames differ
+
+    cfg = layout.TINY_UNET_CONFIG
+    den = build_denoiser(load_denoising_unet(tiny_release / "denoising_unet.pth", cfg),
+                         load_motion_adapter(tiny_release / "motion_module.pth", cfg, num_attention_heads=2,
+                                             norm_num_groups=8))
+    mods = [m for m in den.modules() if isinstance(m, AnimateDiffTransformer3D)]
+    assert len(mods) == 21 and all(isinstance(m.norm, FrameGroupNorm) for m in mods)

@@ -11,7 +11,9 @@ Files of the release (``ckpts/``) and what they load into (stock diffusers class
 * ``denoising_unet.pth`` -> ``UNet2DConditionModel`` of the base UNet config (stock keys);
 * ``motion_module.pth`` (AnimateDiff naming) -> diffusers ``MotionAdapter`` after renaming
   (:func:`animatediff_to_diffusers`); :func:`build_denoiser` joins the two with
-  ``UNetMotionModel.from_unet2d``.
+  ``UNetMotionModel.from_unet2d``. Their temporal modules' GroupNorm is made per-frame
+  (:class:`FrameGroupNorm`): the release (AnimateDiff lineage) normalises each frame, diffusers'
+  ``AnimateDiffTransformer3D`` normalises over all frames at once.
 
 Every loader reads with ``torch.load(weights_only=True)`` and raises
 :class:`~facerig.errors.CheckpointMismatch` naming the missing, unexpected and mis-shaped keys; a
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DENOISING_FILE",
+    "FrameGroupNorm",
     "GUIDANCE_FILE",
     "MOTION_FILE",
     "REFERENCE_FILE",
@@ -51,6 +54,7 @@ __all__ = [
     "load_guidance_encoders",
     "load_motion_adapter",
     "load_reference_unet",
+    "per_frame_motion_norm",
     "read_checkpoint",
     "strip_reference_tail",
 ]
@@ -249,6 +253,39 @@ def diffusers_to_animatediff(state: Mapping[str, torch.Tensor], num_attentions: 
     return out
 
 
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per FRAME on ``(B, C, F, H, W)`` (as AnimateDiff and the release
+    normalise their temporal modules' input); diffusers' ``AnimateDiffTransformer3D`` hands its
+    ``norm`` the 5-D tensor, whose statistics would then span all frames. Same parameters/keys."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.ndim != 5:
+            return super().forward(input)
+        b, c, f, h, w = input.shape
+        x = input.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+        x = nn.functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return x.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def per_frame_motion_norm(model: Any) -> int:
+    """Swap the ``norm`` of every temporal transformer (``AnimateDiffTransformer3D``) under ``model``
+    for a :class:`FrameGroupNorm` with the same parameters; returns how many."""
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, AnimateDiffTransformer3D) and not isinstance(m.norm, FrameGroupNorm):
+            old = m.norm
+            new = FrameGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
+            new.to(device=old.weight.device, dtype=old.weight.dtype)
+            with torch.no_grad():
+                new.weight.copy_(old.weight)
+                new.bias.copy_(old.bias)
+            m.norm = new
+            n += 1
+    return n
+
+
 def load_motion_adapter(path: str | os.PathLike[str], unet_config: Mapping[str, Any] | str | os.PathLike[str], *,
                         num_attention_heads: int = 8, norm_num_groups: int = 32,
                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> Any:
@@ -270,13 +307,16 @@ def load_motion_adapter(path: str | os.PathLike[str], unet_config: Mapping[str, 
                             motion_norm_num_groups=int(norm_num_groups), motion_max_seq_length=int(pe[0].shape[1]),
                             use_motion_mid_block=True)
     _load_into(adapter, sd, str(path), layout=f"{LAYOUT} (AnimateDiff motion modules, renamed to MotionAdapter keys)")
+    per_frame_motion_norm(adapter)
     return _place(adapter, device, dtype)
 
 
 def build_denoiser(unet: Any, adapter: Any) -> Any:
-    """``UNetMotionModel.from_unet2d(unet, adapter)`` in the UNet's device and dtype, eval mode."""
+    """``UNetMotionModel.from_unet2d(unet, adapter)`` in the UNet's device and dtype, eval mode, with
+    per-frame GroupNorm in its temporal modules (:class:`FrameGroupNorm`, as released)."""
     from diffusers import UNetMotionModel
 
     p = next(unet.parameters())
     model = UNetMotionModel.from_unet2d(unet, adapter)
+    per_frame_motion_norm(model)
     return _place(model, p.device, p.dtype)
