@@ -242,3 +242,22 @@ def test_temporal_modules_normalise_each_frame(tiny_release, layout):
                                              norm_num_groups=8))
     mods = [m for m in den.modules() if isinstance(m, AnimateDiffTransformer3D)]
     assert len(mods) == 21 and all(isinstance(m.norm, FrameGroupNorm) for m in mods)
+    assert {m.norm.num_groups for m in mods} == {8}
+
+
+def test_denoiser_temporal_norms_take_the_adapters_groups(tiny_release, layout):
+    """UNetMotionModel builds its temporal norms with the UNet's norm_num_groups; the release's
+    temporal modules always use 32 groups, whatever the UNet uses."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    cfg = {**layout.TINY_UNET_CONFIG, "block_out_channels": [32, 32, 64, 64]}
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**cfg)
+    ad = layout.released_motion_state(cfg, seed=7)
+    from diffusers import MotionAdapter
+
+    adapter = MotionAdapter(block_out_channels=(32, 32, 64, 64), motion_num_attention_heads=8, motion_norm_num_groups=32)
+    adapter.load_state_dict(animatediff_to_diffusers(ad), strict=True)
+    den = build_denoiser(unet, adapter)
+    assert {m.norm.num_groups for m in den.modules() if isinstance(m, AnimateDiffTransformer3D)} == {32}

@@ -267,16 +267,19 @@ class FrameGroupNorm(nn.GroupNorm):
         return x.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
-def per_frame_motion_norm(model: Any) -> int:
+def per_frame_motion_norm(model: Any, num_groups: int | None = None) -> int:
     """Swap the ``norm`` of every temporal transformer (``AnimateDiffTransformer3D``) under ``model``
-    for a :class:`FrameGroupNorm` with the same parameters; returns how many."""
+    for a :class:`FrameGroupNorm` with the same parameters (and ``num_groups`` groups when given:
+    ``UNetMotionModel`` builds its temporal norms with the UNet's ``norm_num_groups``, not the
+    adapter's); returns how many."""
     from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 
     n = 0
     for m in model.modules():
         if isinstance(m, AnimateDiffTransformer3D) and not isinstance(m.norm, FrameGroupNorm):
             old = m.norm
-            new = FrameGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
+            groups = int(num_groups) if num_groups is not None else old.num_groups
+            new = FrameGroupNorm(groups, old.num_channels, eps=old.eps, affine=old.affine)
             new.to(device=old.weight.device, dtype=old.weight.dtype)
             with torch.no_grad():
                 new.weight.copy_(old.weight)
@@ -318,5 +321,5 @@ def build_denoiser(unet: Any, adapter: Any) -> Any:
 
     p = next(unet.parameters())
     model = UNetMotionModel.from_unet2d(unet, adapter)
-    per_frame_motion_norm(model)
+    per_frame_motion_norm(model, int(adapter.config.motion_norm_num_groups))
     return _place(model, p.device, p.dtype)
