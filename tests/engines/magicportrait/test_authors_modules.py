@@ -147,3 +147,19 @@ def test_released_model_equals_the_authors_tiny(authors, tmp_path):
         got_u = mp.predict(lat, 500, text, feats, bank, uncond=True)
         torch.testing.assert_close(got_u, want_u, rtol=1e-5, atol=1e-5)
         assert (want - want_u).abs().max() > 1e-3  # the reference matters in their model too
+        # classifier-free guidance in ONE batched call: their reader with the uncond mask over
+        # [uncond, cond], ours with a per-row drop; the reference UNet runs on the doubled batch
+        cfg_reader = ReferenceAttentionControl(den, do_classifier_free_guidance=True, mode="read", fusion_blocks="full")
+        writer.clear()
+        ref(ref_lat.repeat(2, 1, 1, 1), torch.zeros(2, dtype=torch.long), encoder_hidden_states=text.repeat(2, 1, 1),
+            return_dict=False)
+        cfg_reader.update(writer)
+        want2 = den(lat.repeat(2, 1, 1, 1, 1), torch.tensor([500]), guidance_fea=feats_theirs.repeat(2, 1, 1, 1, 1),
+                    encoder_hidden_states=text.repeat(2, 1, 1)).sample
+        mp.bank.set_drop([True, False])
+        try:
+            got2 = mp.predict(lat.repeat(2, 1, 1, 1, 1), 500, text, feats.repeat(2, 1, 1, 1, 1), bank)
+        finally:
+            mp.bank.set_drop(None)
+        torch.testing.assert_close(got2, want2, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got2[:1], got_u, rtol=1e-5, atol=1e-5)
