@@ -261,3 +261,13 @@ def test_denoiser_temporal_norms_take_the_adapters_groups(tiny_release, layout):
     adapter.load_state_dict(animatediff_to_diffusers(ad), strict=True)
     den = build_denoiser(unet, adapter)
     assert {m.norm.num_groups for m in den.modules() if isinstance(m, AnimateDiffTransformer3D)} == {32}
+
+
+def test_unet_config_keys_of_other_diffusers_versions_are_ignored(tiny_release, layout, tmp_path):
+    import json
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**layout.TINY_UNET_CONFIG, "_diffusers_version": "0.6.0",
+                                                               "some_future_option": 1}))
+    unet = load_denoising_unet(tiny_release / "denoising_unet.pth", tmp_path / "unet")
+    assert unet.config.cross_attention_dim == 32

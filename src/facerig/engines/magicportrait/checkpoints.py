@@ -151,7 +151,8 @@ def _unet_config(config: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str
 def _new_unet(config: Mapping[str, Any] | str | os.PathLike[str]) -> Any:
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**_unet_config(config))
+    # from_config: a real unet/config.json carries keys of other diffusers versions (ignored, logged)
+    return UNet2DConditionModel.from_config(_unet_config(config))
 
 
 def strip_reference_tail(unet: Any) -> Any:
