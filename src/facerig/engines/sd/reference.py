@@ -25,6 +25,14 @@ up blocks; 16 blocks for SD 1.5):
   With the bank inactive (:meth:`ReferenceBank.disable`) a reader is plain self-attention (e.g.
   MagicPortrait's unconditional guidance half).
 
+Video denoisers (``UNetMotionModel``, MagicPortrait): their spatial blocks see ``(B * F, N, C)``
+tokens, batch-major. ``bank.frames = F`` repeats a state of batch ``B`` over the frames
+(``repeat_interleave``); :meth:`ReferenceBank.set_drop` drops the reference for chosen rows of a
+batch (classifier-free guidance's unconditional half in ONE batched call: those rows attend to their
+own tokens only); ``bank.round_to`` rounds the states to a dtype before use (MagicPortrait's release
+hands the readers fp16 states even in an fp32 run). The temporal modules' transformer blocks (under
+``motion_modules``) are neither recorded nor read (:func:`transformer_blocks` skips them).
+
 Everything works on stock diffusers models: no block is replaced, only ``attn1``'s processor and
 hooks. Readers compute attention with ``torch.nn.functional.scaled_dot_product_attention`` (SDPA).
 A later ``unet.set_attn_processor(...)`` / ``set_default_attn_processor()`` removes the readers:
@@ -75,8 +83,14 @@ def transformer_blocks(unet: nn.Module) -> list[Any]:
         parts.extend(part if isinstance(part, nn.ModuleList) else [part])
     if not parts:
         raise InvalidInput("unet", "a UNet2DConditionModel (down_blocks / mid_block / up_blocks)", type(unet).__name__)
-    blocks: list[Any] = [m for p in parts for m in p.modules() if isinstance(m, BasicTransformerBlock)]
+    blocks: list[Any] = [m for p in parts for name, m in p.named_modules()
+                         if isinstance(m, BasicTransformerBlock) and not _in_motion_module(name)]
     return blocks
+
+
+def _in_motion_module(name: str) -> bool:
+    """True for a module under a ``motion_modules`` list (temporal transformers of a UNetMotionModel)."""
+    return ".motion_modules." in f".{name}."
 
 
 class ReferenceBank:
@@ -91,6 +105,33 @@ class ReferenceBank:
         self.num_slots = int(num_slots)
         self.states: list[torch.Tensor | None] = [None] * self.num_slots
         self.active = True
+        #: frames per sample of a video denoiser: a state of batch B serves (B * frames) token rows
+        self.frames = 1
+        #: dtype the states are rounded to before use (None: used as stored)
+        self.round_to: torch.dtype | None = None
+        self.drop: torch.Tensor | None = None
+
+    def set_drop(self, drop: torch.Tensor | Sequence[bool] | None) -> None:
+        """Rows of the denoiser batch (per sample, before the frame repeat) whose readers ignore the
+        reference (``True``) -- e.g. ``[True, False]`` for a batched ``[uncond, cond]`` call. None: none."""
+        if drop is None:
+            self.drop = None
+            return
+        d = torch.as_tensor(drop, dtype=torch.bool).flatten()
+        if d.numel() < 1:
+            raise InvalidInput("drop", "one flag per batch row", tuple(d.shape))
+        self.drop = d
+
+    def drop_rows(self, rows: int) -> torch.Tensor | None:
+        """The drop flags for ``rows`` token rows (repeated over the frames), or None."""
+        if self.drop is None:
+            return None
+        d = self.drop
+        if d.numel() * self.frames == rows:
+            return d.repeat_interleave(self.frames)
+        if d.numel() == rows:
+            return d
+        raise InvalidInput("drop", f"{rows} or {rows // max(self.frames, 1)} flags (one per batch row)", d.numel())
 
     def set(self, states: Sequence[torch.Tensor]) -> None:
         """Use these states (kept until the next ``set``/``clear``, so a gradient-checkpointing
@@ -140,9 +181,15 @@ class ReferenceBank:
         if s.shape[-1] != c:
             raise InvalidInput(f"reference state {index}", f"{c} channels (the denoiser block's width)", tuple(s.shape))
         if s.shape[0] != b:
-            if s.shape[0] != 1:
-                raise InvalidInput(f"reference state {index}", f"batch 1 or {b}", tuple(s.shape))
-            s = s.expand(b, -1, -1)
+            if self.frames > 1 and s.shape[0] * self.frames == b:
+                s = s.repeat_interleave(self.frames, dim=0)
+            elif s.shape[0] == 1:
+                s = s.expand(b, -1, -1)
+            else:
+                raise InvalidInput(f"reference state {index}", f"batch 1 or {b}" + (
+                    f" or {b // self.frames} (x {self.frames} frames)" if self.frames > 1 else ""), tuple(s.shape))
+        if self.round_to is not None:
+            s = s.to(self.round_to)
         return s.to(device=like.device, dtype=like.dtype)
 
 
@@ -232,9 +279,9 @@ def _check_block(block: nn.Module, role: str) -> None:
         raise InvalidInput("unet", f"SD-style transformer blocks for the {role} reader", ", ".join(bad))
 
 
-def _attend(attn: Any, query_in: torch.Tensor, kv_in: torch.Tensor) -> torch.Tensor:
+def _attend(attn: Any, query_in: torch.Tensor, kv_in: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """``attn``'s projections + SDPA with queries from ``query_in`` and keys/values from ``kv_in``
-    (the stock AttnProcessor2_0 computation, without a mask)."""
+    (the stock AttnProcessor2_0 computation; ``mask``: optional boolean (B, 1, 1, N_kv), True = attend)."""
     b = query_in.shape[0]
     query = attn.to_q(query_in)
     key = attn.to_k(kv_in)
@@ -247,7 +294,7 @@ def _attend(attn: Any, query_in: torch.Tensor, kv_in: torch.Tensor) -> torch.Ten
         query = attn.norm_q(query)
     if getattr(attn, "norm_k", None) is not None:
         key = attn.norm_k(key)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False)
     out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)
     out = attn.to_out[0](out)
     out = attn.to_out[1](out)
@@ -284,8 +331,18 @@ class _Reader:
             raise InvalidInput("hidden_states", "(B, N, C) tokens", tuple(hidden_states.shape))
         if not self.bank.active:
             return _attend(attn, hidden_states, hidden_states)
+        drop = self.bank.drop_rows(hidden_states.shape[0])
+        if drop is not None and bool(drop.all()):
+            return _attend(attn, hidden_states, hidden_states)
         ref = self._reference(hidden_states)
-        return _attend(attn, hidden_states, torch.cat([hidden_states, ref], dim=1))
+        mask = None
+        if drop is not None and bool(drop.any()):
+            # dropped rows attend to their own tokens only: the reference keys are masked out
+            n, m = hidden_states.shape[1], ref.shape[1]
+            keep = torch.ones(hidden_states.shape[0], n + m, dtype=torch.bool, device=hidden_states.device)
+            keep[drop.to(hidden_states.device), n:] = False
+            mask = keep[:, None, None, :]
+        return _attend(attn, hidden_states, torch.cat([hidden_states, ref], dim=1), mask)
 
 
 class ConcatKeepHalfProcessor(_Reader):
