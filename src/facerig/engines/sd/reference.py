@@ -42,6 +42,7 @@ install them again afterwards (:func:`install_reference_readers`), as after ``fr
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -303,15 +304,18 @@ def _attend(attn: Any, query_in: torch.Tensor, kv_in: torch.Tensor, mask: torch.
     return out / attn.rescale_output_factor
 
 
-class _Reader:
+class _Reader(ABC):
+    """Base of the readers: each subclass says which reference tokens join its block's attention."""
+
     role = ""
 
     def __init__(self, bank: ReferenceBank, index: int):
         self.bank = bank
         self.index = int(index)
 
+    @abstractmethod
     def _reference(self, own: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The (B, M, C) tokens this block's attention reads beside its own ``own`` tokens."""
 
     def __call__(
         self,
