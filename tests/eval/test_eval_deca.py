@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,35 +14,15 @@ from facerig.errors import InvalidInput
 from facerig.eval import deca as D
 from facerig.eval import edit_accuracy as ea
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from rigface_cond_fixture import resnet50_layout  # noqa: E402
+
 
 def released_e_flame_layout() -> dict[str, tuple[int, ...]]:
     """The E_flame key -> shape list of DECA's released deca_model.tar, written out from DECA's module
     tree (ResnetEncoder: ``encoder`` = torchvision-named ResNet-50 without fc, Bottleneck [3, 4, 6, 3];
     ``layers`` = Linear(2048, 1024), ReLU, Linear(1024, 236)) independently of facerig's module."""
-    out: dict[str, tuple[int, ...]] = {}
-
-    def bn(prefix: str, c: int) -> None:
-        for s in ("weight", "bias", "running_mean", "running_var"):
-            out[f"{prefix}.{s}"] = (c,)
-        out[f"{prefix}.num_batches_tracked"] = ()
-
-    out["encoder.conv1.weight"] = (64, 3, 7, 7)
-    bn("encoder.bn1", 64)
-    inplanes = 64
-    for li, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True), start=1):
-        for b in range(blocks):
-            p = f"encoder.layer{li}.{b}"
-            cin = inplanes if b == 0 else planes * 4
-            out[f"{p}.conv1.weight"] = (planes, cin, 1, 1)
-            bn(f"{p}.bn1", planes)
-            out[f"{p}.conv2.weight"] = (planes, planes, 3, 3)
-            bn(f"{p}.bn2", planes)
-            out[f"{p}.conv3.weight"] = (planes * 4, planes, 1, 1)
-            bn(f"{p}.bn3", planes * 4)
-            if b == 0:
-                out[f"{p}.downsample.0.weight"] = (planes * 4, cin, 1, 1)
-                bn(f"{p}.downsample.1", planes * 4)
-        inplanes = planes * 4
+    out = resnet50_layout("encoder.")
     out["layers.0.weight"] = (1024, 2048)
     out["layers.0.bias"] = (1024,)
     out["layers.2.weight"] = (236, 1024)
