@@ -35,6 +35,7 @@ _LAZY = {
     "animatediff_to_diffusers": "checkpoints", "diffusers_to_animatediff": "checkpoints",
     "read_checkpoint": "checkpoints",
     "load_released": "model", "MagicPortraitModel": "model",
+    "MagicPortraitFrames": "conditions", "FacerigMagicConditioner": "conditions", "MagicSource": "conditions",
 }
 
 __all__ = sorted(_LAZY)
