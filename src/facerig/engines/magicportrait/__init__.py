@@ -36,6 +36,7 @@ _LAZY = {
     "read_checkpoint": "checkpoints",
     "load_released": "model", "MagicPortraitModel": "model",
     "MagicPortraitFrames": "conditions", "FacerigMagicConditioner": "conditions", "MagicSource": "conditions",
+    "SmirkEncoder": "smirk", "load_smirk": "smirk", "smirk_crop": "smirk",
 }
 
 __all__ = sorted(_LAZY)
