@@ -36,6 +36,7 @@ _LAZY = {
     "read_checkpoint": "checkpoints",
     "load_released": "model", "MagicPortraitModel": "model",
     "MagicPortraitFrames": "conditions", "FacerigMagicConditioner": "conditions", "MagicSource": "conditions",
+    "ReleasedMagicConditioner": "conditions", "ReleasedMagicSource": "conditions", "transfer_codes": "conditions",
     "SmirkEncoder": "smirk", "load_smirk": "smirk", "smirk_crop": "smirk",
 }
 

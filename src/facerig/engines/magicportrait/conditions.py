@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facerig.errors import IncompatibleModel, InvalidInput
+from facerig.errors import AssetMissing, IncompatibleModel, InvalidInput
 from facerig.types import CropTransform, FaceParams
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,10 @@ __all__ = [
     "FacerigMagicConditioner",
     "MagicPortraitFrames",
     "MagicSource",
+    "ReleasedMagicConditioner",
+    "ReleasedMagicSource",
     "release_maps",
+    "transfer_codes",
 ]
 
 NORMAL_MODES = ("clamp", "signed")
@@ -281,6 +285,197 @@ class FacerigMagicConditioner:
         for s0 in range(0, tp.batch_size, RENDER_CHUNK):
             chunk = tp[list(range(s0, min(tp.batch_size, s0 + RENDER_CHUNK)))]
             d, n, rd, _, cover = self._render(chunk, state.crop)
+            ds.append(d)
+            ns.append(n)
+            rs.append(rd)
+            m = np.stack([_dilate(c[0].numpy() > 0.5, r) for c in cover])
+            ms.append(torch.from_numpy(m.astype(np.float32))[:, None])
+        return MagicPortraitFrames(reference=state.reference.clone(), depth=torch.cat(ds), normal=torch.cat(ns),
+                                   render=torch.cat(rs), mask=torch.cat(ms), crop=state.crop)
+
+
+# ------------------------------------------------------------------------------------------------
+# the release's conditioning (DECA / FLAME / SMIRK)
+
+
+def transfer_codes(source: dict[str, torch.Tensor], driver: dict[str, torch.Tensor],
+                   smirk_exp: torch.Tensor, smirk_jaw: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The release's transfer (``render_and_transfer.py`` + ``deca_with_smirk.decode(imgpath=...)``):
+    the source's DECA shape, texture, camera and light, the driver's DECA global pose, and SMIRK's
+    expression (50) and jaw (3) of the driver. ``source`` is a batch-1 DECA code dict, ``driver`` and
+    the SMIRK outputs have F rows; returns F rows."""
+    f = int(driver["pose"].shape[0])
+    if tuple(smirk_exp.shape) != (f, 50) or tuple(smirk_jaw.shape) != (f, 3):
+        raise InvalidInput("smirk outputs", f"expression ({f}, 50) and jaw ({f}, 3)",
+                           (tuple(smirk_exp.shape), tuple(smirk_jaw.shape)))
+    out = {k: v[:1].expand(f, *v.shape[1:]).clone() for k, v in source.items()}
+    out["pose"][:, :3] = driver["pose"][:, :3]
+    out["pose"][:, 3:] = smirk_jaw.to(out["pose"])
+    out["exp"] = smirk_exp.to(out["exp"]).clone()
+    return out
+
+
+@dataclass
+class ReleasedMagicSource:
+    """A prepared source (:meth:`ReleasedMagicConditioner.source_state`)."""
+
+    frame: np.ndarray
+    crop: CropTransform                  # frame -> aligned S x S crop (crop_process.py)
+    aligned: np.ndarray                  # (S, S, 3) uint8
+    reference: torch.Tensor              # (1, 3, S, S) in [0, 1]
+    points: np.ndarray                   # (478, 2) detected landmarks in crop pixels
+    deca_crop: CropTransform             # aligned crop -> DECA 224 crop
+    codes: dict[str, torch.Tensor]       # DECA codes of the source (batch 1)
+
+
+class ReleasedMagicConditioner:
+    """The conditioning the released MagicPortrait weights were trained on (module docstring).
+
+    ``flame``: FLAME ``generic_model.pkl`` (path) or a loaded FLAMEFaceModel; ``deca``: DECA's
+    ``deca_model.tar`` or a DecaEncoder; ``smirk``: ``SMIRK_em1.pt`` or a SmirkEncoder;
+    ``texture``: optional DECA ``FLAME_texture.npz`` (without it the FLAME model's albedo, logged).
+    ``source_state(image)``: MediaPipe landmarks -> the release's crop (crop_process.py geometry),
+    DECA codes of its DECA crop (scale 1.3). ``frames(state, driving_images)``: per driving frame
+    DECA's global pose and SMIRK's expression + jaw (:func:`transfer_codes`), rendered with the
+    source's shape / texture / camera / light in the source crop, no re-centring (the release calls
+    ``decode(..., align_ffhq=False)``). Missing files raise AssetMissing.
+    """
+
+    def __init__(self, flame: Any = None, deca: Any = None, smirk: Any = None, *, texture: Any = None,
+                 size: int = 512, device: Any = "cpu", normals: str = "clamp", mask_dilate: float = 1.0 / 32,
+                 detector: Any = None) -> None:
+        from pathlib import Path
+
+        from facerig.engines.rigface.conditions import load_flame_texture
+        from facerig.eval.deca import DecaEncoder, load_deca_encoder
+        from facerig.morphable.flame import FLAMEFaceModel
+
+        from .smirk import SmirkEncoder, load_smirk
+
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 8:
+            raise InvalidInput("size", "a crop side that is a multiple of 8 (512 for SD 1.5)", size)
+        if normals not in NORMAL_MODES:
+            raise InvalidInput("normals", f"one of {NORMAL_MODES}", normals)
+        self.size, self.normals, self.mask_dilate = int(size), normals, float(mask_dilate)
+        self.device = torch.device(device)
+        if flame is None:
+            env = os.environ.get("FACERIG_FLAME")
+            if not env:
+                raise AssetMissing("FLAME model (generic_model.pkl)", "the flame argument and FACERIG_FLAME (unset)",
+                                   "register at flame.is.tue.mpg.de, download FLAME 2020 and pass its path")
+            flame = env
+        self.flame = flame if isinstance(flame, FLAMEFaceModel) else FLAMEFaceModel.load(Path(os.fspath(flame)))
+        if deca is None:
+            raise AssetMissing("DECA weights (deca_model.tar)", "the deca argument (None)",
+                               "download DECA's released model yourself and pass its path")
+        self.deca = deca if isinstance(deca, DecaEncoder) else load_deca_encoder(Path(os.fspath(deca)))
+        if smirk is None:
+            raise AssetMissing("SMIRK weights (SMIRK_em1.pt)", "the smirk argument (None)",
+                               "download SMIRK's pretrained model yourself and pass its path")
+        self.smirk = smirk if isinstance(smirk, SmirkEncoder) else load_smirk(smirk)
+        self.texture = None if texture is None else load_flame_texture(texture)
+        if self.texture is None:
+            log.info("ReleasedMagicConditioner: no FLAME_texture.npz given; the render uses the FLAME model's "
+                     "albedo (the release rendered DECA's FLAME texture space)")
+        self.flame.to(self.device)
+        self.deca.to(self.device).eval()
+        self.smirk.to(self.device).eval()
+        self.detector = detector
+
+    def _detect(self, image: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+        from facerig.errors import NoFaceFound
+
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise InvalidInput(name, "an RGB uint8 image (H, W, 3)", f"{img.dtype} {img.shape}")
+        if self.detector is None:
+            from facerig.detect import FaceDetector
+
+            self.detector = FaceDetector()
+        try:
+            return img, np.asarray(self.detector.detect_one(img).points, np.float64)[:, :2]
+        except NoFaceFound:
+            raise NoFaceFound(name) from None
+
+    def _deca(self, crops: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        from facerig.eval.deca import split_deca_code
+
+        x = torch.from_numpy(np.stack(crops).astype(np.float32) / 255.0).permute(0, 3, 1, 2).to(self.device)
+        with torch.no_grad():
+            return {k: v.float() for k, v in split_deca_code(self.deca(x)).items()}
+
+    def source_state(self, image: Any) -> ReleasedMagicSource:
+        from facerig.detect.crops import deca_crop, warp_to_crop
+        from facerig.engines.rigface.conditions import DECA_SCALE, rigface_crop
+
+        img, pts = self._detect(image, "image")
+        h, w = img.shape[:2]
+        crop = rigface_crop(pts, self.size, frame_size=(h, w))
+        aligned = warp_to_crop(img, crop, border="constant", interpolation="cubic")
+        cpts = crop.apply(pts)
+        dct = deca_crop(cpts, size=224, scale=DECA_SCALE, frame_size=(self.size, self.size))
+        codes = self._deca([warp_to_crop(aligned, dct, interpolation="linear")])
+        return ReleasedMagicSource(img, crop, aligned, _image_to_01(aligned), cpts, dct, codes)
+
+    def driver_codes(self, driving_images: Sequence[Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(DECA codes (F rows), SMIRK expression (F, 50), SMIRK jaw (F, 3)) of the driving frames."""
+        from facerig.detect.crops import deca_crop, warp_to_crop
+        from facerig.engines.rigface.conditions import DECA_SCALE
+
+        from .smirk import smirk_crop
+
+        if isinstance(driving_images, np.ndarray) and driving_images.ndim == 3:
+            driving_images = [driving_images]
+        if not isinstance(driving_images, (Sequence, np.ndarray)) or len(driving_images) == 0:
+            raise InvalidInput("driving_images", "a non-empty sequence of RGB uint8 frames", type(driving_images).__name__)
+        d_crops, s_crops = [], []
+        for i, im in enumerate(driving_images):
+            img, pts = self._detect(im, f"driving_images[{i}]")
+            fs = img.shape[:2]
+            d_crops.append(warp_to_crop(img, deca_crop(pts, size=224, scale=DECA_SCALE, frame_size=fs),
+                                        interpolation="linear"))
+            s_crops.append(warp_to_crop(img, smirk_crop(pts, fs), border="constant", interpolation="linear"))
+        codes = self._deca(d_crops)
+        x = torch.from_numpy(np.stack(s_crops).astype(np.float32) / 255.0).permute(0, 3, 1, 2).to(self.device)
+        with torch.no_grad():
+            out = self.smirk.expression(x)
+        return codes, out["expression_params"].float(), out["jaw_params"].float()
+
+    def render_codes(self, state: ReleasedMagicSource, codes: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(depth, normal, render, coverage) of F code rows in the source crop."""
+        from facerig.engines.rigface.conditions import flame_albedo_texture
+        from facerig.render import camera as cam
+        from facerig.render.buffers import render_buffers
+
+        f = int(codes["shape"].shape[0])
+        with torch.no_grad():
+            pose = codes["pose"]
+            verts = self.flame.pose(codes["shape"], codes["exp"], pose[:, 3:], global_pose=pose[:, :3])[0]
+            tex = None if self.texture is None else flame_albedo_texture(self.texture, codes["tex"])
+            params = FaceParams(
+                model="flame", identity=codes["shape"], expression=codes["exp"],
+                expression_names=tuple(f"exp{i}" for i in range(codes["exp"].shape[1])),
+                rotation=torch.zeros(f, 3, device=verts.device), camera=codes["cam"], light=codes["light"],
+                jaw_pose=pose[:, 3:], texture=tex, crop=[state.deca_crop] * f)
+            frags: list[Any] = []
+            buf = render_buffers(self.flame, params, space="frame", vertices=verts, fragments_out=frags)
+            zv = cam.project(verts, params.camera, params.camera_kind, params.focal)[..., 2]
+            faces = self.flame.faces.to(device=verts.device, dtype=torch.long)
+            d, n, r = release_maps(verts, faces, zv, frags[0], buf.render, self.normals)
+        return d.float().cpu(), n.float().cpu(), r.float().cpu(), buf.mask.float().cpu()
+
+    def frames(self, state: ReleasedMagicSource, driving_images: Sequence[Any]) -> MagicPortraitFrames:
+        if not isinstance(state, ReleasedMagicSource):
+            raise InvalidInput("state", "a ReleasedMagicSource from ReleasedMagicConditioner.source_state",
+                               type(state).__name__)
+        drv, exp, jaw = self.driver_codes(driving_images)
+        codes = transfer_codes(state.codes, drv, exp, jaw)
+        ds, ns, rs, ms = [], [], [], []
+        r = max(0, int(round(self.mask_dilate * self.size)))
+        n_f = int(codes["shape"].shape[0])
+        for s0 in range(0, n_f, RENDER_CHUNK):
+            chunk = {k: v[s0 : s0 + RENDER_CHUNK] for k, v in codes.items()}
+            d, n, rd, cover = self.render_codes(state, chunk)
             ds.append(d)
             ns.append(n)
             rs.append(rd)
