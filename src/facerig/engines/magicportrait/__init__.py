@@ -35,6 +35,7 @@ _LAZY = {
     "animatediff_to_diffusers": "checkpoints", "diffusers_to_animatediff": "checkpoints",
     "read_checkpoint": "checkpoints",
     "load_released": "model", "MagicPortraitModel": "model",
+    "MagicPortraitPipeline": "pipeline", "context_windows": "pipeline", "release_scheduler": "pipeline",
 }
 
 __all__ = sorted(_LAZY)
