@@ -1,4 +1,4 @@
-"""The MagicPortrait engine (Wei et al.), first slice: the released checkpoints (docs/magicportrait.md).
+"""The MagicPortrait engine (Wei et al.): video reenactment on SD 1.5 (docs/magicportrait*.md).
 
 Light to import: the names below resolve lazily (diffusers loads on first use).
 
@@ -7,7 +7,11 @@ Light to import: the names below resolve lazily (diffusers loads on first use).
 * :func:`load_guidance_encoders`, :func:`load_reference_unet`, :func:`load_denoising_unet`,
   :func:`load_motion_adapter`, :func:`build_denoiser`, :func:`animatediff_to_diffusers`,
   :func:`diffusers_to_animatediff` (:mod:`.checkpoints`);
-* :func:`load_released`, :class:`MagicPortraitModel` (:mod:`.model`).
+* :func:`load_released`, :class:`MagicPortraitModel` (:mod:`.model`);
+* :class:`MagicPortraitPipeline`, :func:`context_windows`, :func:`release_scheduler` (:mod:`.pipeline`);
+* :class:`MagicPortraitFrames`, :class:`FacerigMagicConditioner`, :class:`ReleasedMagicConditioner`
+  (:mod:`.conditions`), :class:`SmirkEncoder`, :func:`load_smirk` (:mod:`.smirk`);
+* :class:`MagicPortraitEngine` (:mod:`.engine`, registered as ``magicportrait``).
 
 Low-level entry to the released checkpoints::
 
@@ -18,7 +22,7 @@ Low-level entry to the released checkpoints::
     v_cond = mp.predict(noisy, t, text_embeds, feats, bank)
     v_uncond = mp.predict(noisy, t, text_embeds, feats, bank, uncond=True)
 
-No engine is registered yet and there is no sampler (DDIM, guidance, context windows) or CLI.
+Whole clips: ``facerig reenact SRC DRV -o out.mp4 --engine magicportrait --weights CKPTS --base SD15``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ _LAZY = {
     "MagicPortraitFrames": "conditions", "FacerigMagicConditioner": "conditions", "MagicSource": "conditions",
     "ReleasedMagicConditioner": "conditions", "ReleasedMagicSource": "conditions", "transfer_codes": "conditions",
     "SmirkEncoder": "smirk", "load_smirk": "smirk", "smirk_crop": "smirk",
+    "MagicPortraitPipeline": "pipeline", "context_windows": "pipeline", "release_scheduler": "pipeline",
+    "MagicPortraitEngine": "engine", "clip_chunks": "engine", "RELEASED_FILES": "engine",
 }
 
 __all__ = sorted(_LAZY)
