@@ -35,6 +35,7 @@ _LAZY = {
     "animatediff_to_diffusers": "checkpoints", "diffusers_to_animatediff": "checkpoints",
     "read_checkpoint": "checkpoints",
     "load_released": "model", "MagicPortraitModel": "model",
+    "MagicPortraitTrainModule": "training", "fresh_motion_adapter": "training", "release_alphas_cumprod": "training",
 }
 
 __all__ = sorted(_LAZY)
