@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from facerig.engines.base import Engine, PoseRange, _check_image
+from facerig.engines.rigface.engine import _as_bool, _as_int, _env_or
 from facerig.errors import AssetMissing, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -91,23 +92,6 @@ def clip_chunks(n: int, max_chunk: int, overlap: int) -> list[tuple[int, int]]:
         if b == n:
             return out
         a = b - overlap
-
-
-def _env_or(option: Any, env: str) -> Any:
-    if option is not None and str(option) != "":
-        return option
-    v = os.environ.get(env, "")
-    return v or None
-
-
-def _as_int(name: str, v: Any, lo: int, hi: int) -> int:
-    try:
-        i = int(v)
-    except (TypeError, ValueError):
-        raise InvalidInput(name, f"an integer in {lo}..{hi}", v) from None
-    if isinstance(v, bool) or i != float(v) or not lo <= i <= hi:
-        raise InvalidInput(name, f"an integer in {lo}..{hi}", v)
-    return i
 
 
 def _as_float(name: str, v: Any, lo: float, hi: float) -> float:
@@ -170,8 +154,6 @@ class MagicPortraitEngine(Engine):
             raise InvalidInput("paste", f"one of {PASTE_MODES}", paste)
         self.paste = paste
         self.normals = normals
-        from facerig.engines.rigface.engine import _as_bool
-
         self.progress = _as_bool("progress", progress) if progress is not None else sys.stderr.isatty()
         from facerig.engines.sd.runtime import resolve_device, resolve_dtype
 
