@@ -10,7 +10,6 @@ from torch.utils.data import Dataset
 from facerig.engines.magicportrait.training import (
     MagicPortraitTrainModule,
     is_motion_param,
-    load_trained,
     stage1_model,
 )
 from facerig.engines.rigface.model import TINY_UNET_CONFIG

@@ -188,7 +188,8 @@ class MagicPortraitClipDataset(Dataset):
         r, clip = self.items[i]
         ref = (self.shards[r]["image"] + 1) / 2
         size = int(ref.shape[-1])
-        tg, maps = [], {n: [] for n in MAP_NAMES}  # type: dict[str, list[torch.Tensor]]
+        tg: list[torch.Tensor] = []
+        maps: dict[str, list[torch.Tensor]] = {n: [] for n in MAP_NAMES}
         for t in clip:
             tg.append((self.shards[t]["image"] + 1) / 2)
             m = self.maps_fn(self.shards, t, size)
@@ -273,7 +274,7 @@ class MagicPortraitTrainModule(nn.Module):
             text = torch.zeros(1, 4, cross, device=p0.device, dtype=p0.dtype)
             t = torch.zeros(1, device=p0.device, dtype=torch.long)
             states = self.model.recorder.capture(lambda: u(x, t, text), stop_early=False)
-            sum(st.float().sum() for st in states).backward()  # type: ignore[union-attr]
+            cast(torch.Tensor, sum(st.float().sum() for st in states)).backward()
         dead = [n for n, p in u.named_parameters() if p.requires_grad and p.grad is None]
         for p in u.parameters():
             p.grad = None
@@ -329,7 +330,7 @@ class MagicPortraitTrainModule(nn.Module):
         text = self.text_embeds
         with torch.set_grad_enabled(grad):
             maps = [batch[n].to(dev) for n in MAP_NAMES]
-            feats = guidance_features(dict(self.guidance_encoders.items()), *maps)
+            feats = guidance_features(cast(Any, dict(self.guidance_encoders.items())), *maps)
             bank = None
             if not drop:
                 ru = self.reference_unet
