@@ -7,7 +7,7 @@ For each clip under $FACERIG_SHARED/data/videos (a few, at most ``--frames`` fra
 drives three sources: its own first frame (**self**-reenactment), a shared portrait and the first
 frame of ANOTHER clip (**cross**-identity), in each motion mode (``relative``: deltas against the
 automatically chosen most neutral driving frame, the mouth opening = the driver's plus the source's
-excess over that frame: the default; ``absolute``; ``neutral-delta``: relative without that mouth rule;
+excess over the driver's reach, its 95th percentile: the default; ``absolute``; ``neutral-delta``: relative without that mouth rule;
 ``first``: plain deltas against the driver's FIRST frame, the behaviour before issue 10, as a
 baseline). fit_video without
 photometric fit, smoothing sigma 1, the warp engine renders every frame from the source and gets
@@ -193,7 +193,7 @@ def write_docs(path: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
          "drives its own first frame (self) and, cross-identity, a shared portrait and the first frame of "
          "another clip, in each motion mode: `relative` (default: deltas against the most neutral driving "
          "frame, the number in brackets; the mouth opening is the driver's own plus what the source opens "
-         "beyond that frame), `absolute` (the driver's expression and head rotation), `neutral-delta` (relative without "
+         "beyond the driver's reach, its 95th percentile), `absolute` (the driver's expression and head rotation), `neutral-delta` (relative without "
          "that mouth rule), `first` (plain deltas against the driver's FIRST frame: the behaviour before "
          "issue 10, for comparison). Mouth r: Pearson correlation over "
          "frames of the inner-lip opening / IOD detected (MediaPipe) on the output vs on the driver (target "

@@ -40,13 +40,13 @@ def test_align_absolute(model, make):
 
 
 def test_align_relative(model, make):
-    # an open-mouthed source (more open than the reference frame): plain deltas everywhere
+    # without the mouth rule: plain deltas everywhere
     src = set_expression(make(seed=10), {"mouthSmile": 0.3, "jawOpen": 0.4}, model)
     src = src.replace(rotation=ypr_to_axis_angle(torch.tensor([[5.0, -3.0, 2.0]])))
     drv = _driving(model, make)
     ref = 2
-    out = align_sequence(src, drv, model, motion="relative", ref_frame=ref)
-    assert out.meta["aligned"]["ref_frame"] == ref and out.meta["aligned"]["mouth_follow"] is True
+    out = align_sequence(src, drv, model, motion="relative", ref_frame=ref, follow_mouth=False)
+    assert out.meta["aligned"]["ref_frame"] == ref and out.meta["aligned"]["mouth_follow"] is False
     # the reference frame reproduces the source exactly
     assert torch.allclose(out.rotation[ref], src.rotation[0], atol=1e-6)
     assert torch.allclose(out.expression[ref], src.expression[0], atol=1e-6)
@@ -58,6 +58,15 @@ def test_align_relative(model, make):
     j = model.expression_names.index("jawOpen")
     assert torch.allclose(out.expression[:, j] - out.expression[ref, j], drv.expression[:, j] - drv.expression[ref, j])
     assert torch.allclose(out.expression[:, model.expression_names.index("mouthSmile_L")], torch.tensor(0.3))
+    # with it (the default), a source opening wider (0.95) than the driver's reach (~0.77) moves by
+    # the driver's deltas too; one within the driver's range (0.4) takes the driver's own opening
+    wide = set_expression(src, {"jawOpen": 0.95}, model)
+    fm = align_sequence(wide, drv, model, motion="relative", ref_frame=ref)
+    assert fm.meta["aligned"]["mouth_follow"] is True
+    assert torch.allclose(fm.expression[:, j] - fm.expression[ref, j], drv.expression[:, j] - drv.expression[ref, j],
+                          atol=1e-5)
+    assert torch.allclose(align_sequence(src, drv, model, ref_frame=ref).expression[:, j], drv.expression[:, j],
+                          atol=1e-5)
     # the older boolean spelling still works; the default reference is the most neutral frame: frame 1
     # (yaw -4, jawOpen 0.24) beats frame 0 (yaw -10, jawOpen 0.1)
     old = align_sequence(src, drv, model, relative=True)
@@ -118,7 +127,7 @@ def test_mouth_follows_a_driver_that_starts_mid_sentence(model, make):
 
 
 def test_a_source_with_parted_lips_keeps_them(model, make):
-    """Mouth rule = the driver's absolute opening + the source's excess over the reference frame."""
+    """Mouth rule = the driver's absolute opening + what the source opens beyond the driver's reach."""
     drv, jaw = _talking(model, make)
     names = model.expression_names
     j, up, lo = names.index("jawOpen"), names.index("mouthUpperUp_L"), names.index("mouthLowerDown_L")
@@ -126,15 +135,35 @@ def test_a_source_with_parted_lips_keeps_them(model, make):
     out = align_sequence(src, drv, model)
     ref = out.meta["aligned"]["ref_frame"]
     assert ref == 9
-    # teeth kept: the driver's (0) upper-lip raise plus the source's 0.2, at every frame
+    # teeth kept: the driver never raises the upper lip (0), so the source's 0.2 stays at every frame
     assert torch.allclose(out.expression[:, up], torch.tensor(0.2))
-    # jawOpen 0.02 is below the driver's reference (0.03): the driver's own opening
+    # jawOpen 0.02 is below the driver's reach: the driver's own opening
     assert torch.allclose(out.expression[:, j], jaw, atol=1e-5)
-    # an open source (jawOpen 0.5 > 0.03) moves by the driver's deltas, never less open than the driver
-    wide = align_sequence(set_expression(make(seed=10), {"jawOpen": 0.5}, model), drv, model)
-    assert torch.allclose(wide.expression[:, j], (0.5 + jaw - jaw[ref]).clamp(0, 1), atol=1e-5)
-    assert float(wide.expression[ref, j]) == pytest.approx(0.5, abs=1e-6)   # the reference reproduces it
+    # a source opening wider (0.9) than the driver ever does (reach ~0.6) keeps the excess on top
+    reach = float(torch.quantile(jaw.double(), 0.95))
+    wide = align_sequence(set_expression(make(seed=10), {"jawOpen": 0.9}, model), drv, model)
+    assert torch.allclose(wide.expression[:, j], (jaw + 0.9 - reach).clamp(0, 1), atol=1e-5)
+    assert float(wide.expression[:, j].min()) > 0.25                      # never closes: it is wider than the driver
     assert float(wide.expression[:, lo].min()) >= 0
+
+
+def test_a_source_photographed_mid_speech_follows_the_driver(model, make):
+    """Self-reenactment property: a source whose mouth is as open as some driving frame (a clip's own
+    open first frame) must close and open with the driver, not keep its opening as an offset over the
+    closed reference frame (the W009 failure: the output never closed, mouth r 0.51)."""
+    drv, jaw = _talking(model, make)
+    j, lo = model.expression_names.index("jawOpen"), model.expression_names.index("mouthLowerDown_L")
+    src = drv[[0]].replace(identity=make(seed=10).identity)        # the driver's own first frame: open (0.6)
+    assert float(src.expression[0, j]) > 0.5
+    out = align_sequence(src, drv, model)
+    assert out.meta["aligned"]["ref_frame"] == 9                     # the reference is still the closed frame
+    # ... yet the opening is the driver's (within the 95th-percentile reach: 0.6 is the driver's peak)
+    assert torch.allclose(out.expression[:, j], jaw, atol=5e-3)
+    assert torch.allclose(out.expression[:, lo], 0.5 * jaw, atol=5e-3)
+    assert float(out.expression[:, j].min()) < 0.05                  # it closes
+    # the old rule (excess over the reference frame) would have kept 0.57 on top: never below 0.6
+    old = (src.expression[0, j] + jaw - jaw[9]).clamp(0, 1)
+    assert float(old.min()) > 0.5
 
 
 @pytest.mark.parametrize("kw, needle", [

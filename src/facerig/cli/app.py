@@ -24,17 +24,19 @@ ModelPathOpt = Annotated[
 
 # options of the engines that load weights (rigface, diffusionrig), shared by edit and reenact
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="engine weights (rigface: the release root, "
-                                                "unet_id/ + unet_denoise/, or a facerig RigFace run)")]
-BaseOpt = Annotated[str | None, typer.Option("--base", help="Stable Diffusion 1.5 base for SD engines (rigface): "
+                                                "unet_id/ + unet_denoise/, or a facerig RigFace run; magicportrait: "
+                                                "the release's ckpts/ folder or a facerig pipeline folder)")]
+BaseOpt = Annotated[str | None, typer.Option("--base", help="Stable Diffusion 1.5 base for SD engines (rigface, magicportrait): "
                                              "diffusers folder or .safetensors/.ckpt (default: env FACERIG_SD15)")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="sampling steps of diffusion engines (rigface: UniPC, "
-                                              "default 50)")]
+                                              "default 50; magicportrait: DDIM, default 20)")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="device of diffusion engines: cpu | cuda | auto")]
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="compute dtype of diffusion engines: fp32 (default) | "
                                               "bf16 | fp16 (GPU)")]
 EngineOptOpt = Annotated[list[str] | None, typer.Option(
     "--engine-option", help="KEY=VALUE engine option, repeatable (rigface released weights: flame=PATH, "
-                            "deca=PATH, deep3d=PATH; or FACERIG_FLAME / FACERIG_DECA / FACERIG_DEEP3D)")]
+                            "deca=PATH, deep3d=PATH; or FACERIG_FLAME / FACERIG_DECA / FACERIG_DEEP3D; magicportrait released "
+                            "weights: flame=, deca=, smirk=PATH; also guidance_scale=, max_chunk=, paste=crop|face)")]
 
 
 def _engine_options(weights: str | None, base: str | None, steps: int | None, device: str | None,
@@ -121,7 +123,7 @@ def edit(
     take: Annotated[str | None, typer.Option(help="what to copy from --reference: expression,pose,light")] = None,
     batch: Annotated[Path | None, typer.Option("--batch", help="JSON list of edits (each {\"name\":..., \"preset\":..., "
                                                "\"yaw\":..., ...}), all of one fit; with an -o pattern/folder")] = None,
-    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | diffusionrig (--weights)")] = "warp",
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | magicportrait (--weights, --base) | diffusionrig (--weights)")] = "warp",
     face: Annotated[str, typer.Option(help="which face: largest, or an index (0 = largest)")] = "largest",
     model: ModelOpt = "builtin",
     model_path: ModelPathOpt = None,
@@ -187,7 +189,7 @@ def reenact(
     legacy_motion: Annotated[bool | None, typer.Option(
         "--relative/--absolute", hidden=True, help="older spelling of --motion relative / --motion absolute")] = None,
     smooth: Annotated[float, typer.Option(help="temporal smoothing sigma in frames (0: off)")] = 1.0,
-    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | diffusionrig (--weights)")] = "warp",
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | magicportrait (--weights, --base) | diffusionrig (--weights)")] = "warp",
     face: Annotated[str, typer.Option(help="which face of the source: largest, or an index")] = "largest",
     model: ModelOpt = "builtin",
     model_path: ModelPathOpt = None,

@@ -19,6 +19,7 @@ _REGISTRY: dict[str, str | type] = {
     "warp": "facerig.engines.warp.engine:WarpEngine",
     "diffusionrig": "facerig.engines.diffusionrig.engine:DiffusionRigEngine",
     "rigface": "facerig.engines.rigface.engine:RigFaceEngine",
+    "magicportrait": "facerig.engines.magicportrait.engine:MagicPortraitEngine",
 }
 
 

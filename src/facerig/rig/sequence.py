@@ -12,13 +12,18 @@ come from the driving frame. Two motion modes (:data:`MOTION_MODES`):
   pose composed like the rotation), so a driving actor's resting face and head pose do not replace
   the source's. ``ref`` is the most neutral driving frame (:func:`neutral_frame`: smallest mouth
   opening / expression energy, closest to frontal) unless given. The mouth follows the driver
-  fully: each mouth-opening coefficient (:data:`MOUTH_OPENING`) is ``max(src + drv_t - drv_ref,
-  drv_t) = drv_t + max(src - drv_ref, 0)``: the driver's absolute opening plus whatever the source
-  opens beyond the driver's reference. A closed source mouth therefore takes the driver's own
-  opening (a clamp at a closed mouth cannot damp it, and a driver that never fully closes is
-  followed), while a source that already parts its lips (a smile with teeth, an open mouth) keeps
-  that and moves with the driver's deltas. The jaw pose takes the driver's absolute value while
-  the source's jaw is no more open than the reference's, else the relative composition.
+  fully: each mouth-opening coefficient (:data:`MOUTH_OPENING`) is ``drv_t + max(src - reach, 0)``
+  with ``reach`` the driver's 95th percentile of that coefficient over frames: the driver's
+  absolute opening plus only what the source opens beyond anything the driver does. A closed
+  source mouth therefore takes the driver's own opening (a clamp at a closed mouth cannot damp it,
+  and a driver that never fully closes is followed); a source photographed mid-speech (opening
+  within the driver's range) closes and opens with the driver instead of keeping its opening as an
+  offset that never closes (the rule before 2026-12-02 added ``max(src - drv_ref, 0)``: the
+  self-reenactment of a clip whose first frame is open kept the mouth open throughout, and the warp
+  opens an already-open mouth further only weakly, so the opening barely moved: mouth r 0.51);
+  a source opening wider than the driver ever does keeps the excess. The jaw pose takes the
+  driver's absolute value while the source's jaw is no more open than the driver's reach, else the
+  relative composition.
 
 Every frame is anchored like :func:`facerig.rig.pose.set_pose`: the source's eye-mouth anchor (on
 the source's identity and expression, so expression changes do not shake the head) projects to the
@@ -52,6 +57,7 @@ MOUTH_OPENING = ("jawOpen", "mouthClose", "mouthFunnel", "mouthPucker", "mouthLo
 #: gaze is not expression: ignored by the neutrality score
 _GAZE = ("eyeLookDown", "eyeLookIn", "eyeLookOut", "eyeLookUp")
 _JAW_RAD_PER_UNIT = 0.35        # models without jawOpen: this jaw-pose angle (rad, ~20 deg) counts as 1
+_REACH_Q = 0.95                 # the driver's reach on a mouth coefficient: this quantile over frames
 
 
 def _compose_relative(drv: torch.Tensor, src: torch.Tensor, ref: int) -> torch.Tensor:
@@ -59,6 +65,12 @@ def _compose_relative(drv: torch.Tensor, src: torch.Tensor, ref: int) -> torch.T
     rd = axis_angle_to_matrix(drv.double())
     rs = axis_angle_to_matrix(src.double())
     return matrix_to_axis_angle(rd @ rd[ref:ref + 1].transpose(-1, -2) @ rs)
+
+
+def _reach(x: torch.Tensor) -> torch.Tensor:
+    """(T, K) -> (1, K): how far the driver goes on each coefficient, the 95th percentile over
+    frames (the max but for a stray fitted frame)."""
+    return torch.quantile(x, _REACH_Q, dim=0, keepdim=True) if x.shape[0] > 1 else x[:1]
 
 
 def mouth_opening(params: FaceParams, model: Any) -> torch.Tensor:
@@ -145,10 +157,10 @@ def align_sequence(source: FaceParams, driving: FaceParams, model: Any, motion: 
             idx = [names.index(n) for n in MOUTH_OPENING if n in names]
             if idx:
                 d_m = driving.expression[:, idx].double()
-                excess = (source.expression[:, idx].double() - d_m[ref:ref + 1]).clamp_min(0)
+                excess = (source.expression[:, idx].double() - _reach(d_m)).clamp_min(0)
                 exp[:, idx] = d_m + excess
             src_jaw = float(source.jaw_pose.double().norm(dim=-1)[0])
-            if src_jaw <= float(driving.jaw_pose[ref].double().norm()) + 1e-9:
+            if src_jaw <= float(_reach(driving.jaw_pose.double().norm(dim=-1, keepdim=True))[0, 0]) + 1e-9:
                 jaw = driving.jaw_pose.double()
         exp = _clamp(source, model, exp)
     else:

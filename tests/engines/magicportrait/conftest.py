@@ -137,11 +137,39 @@ def write_release(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+#: 4 widths = 3 down-samplings: guidance features at the latent size of the 8x tiny VAE
+GUIDANCE8 = {"guidance_embedding_channels": 16, "guidance_input_channels": 3,
+             "block_out_channels": (8, 32, 32, 32), "attention_num_heads": 8}
+
+
+def write_release8(folder: Path, seed: int = 0) -> Path:
+    """The tiny release with guidance encoders whose features match the tiny 8x VAE's latent size."""
+    write_release(folder, seed)
+    for i, t in enumerate(("depth", "normal", "render")):
+        keys = released_guidance_keys(GUIDANCE8["block_out_channels"], GUIDANCE8["guidance_embedding_channels"])
+        g = torch.Generator().manual_seed(seed + 10 + i)
+        torch.save({k: torch.randn(*s, generator=g) * 0.2 for k, s in keys.items()}, folder / f"guidance_encoder_{t}.pth")
+    return folder
+
+
+def tiny_pipeline(root: Path, seed: int = 0):
+    """A whole tiny MagicPortraitPipeline (tiny release + tiny SD base written under ``root``), 64 px."""
+    from facerig.engines.magicportrait.pipeline import MagicPortraitPipeline
+    from facerig.engines.sd.base import write_tiny_sd_base
+
+    rel = write_release8(root / "ckpts", seed)
+    base = write_tiny_sd_base(root / "sd", seed)
+    return MagicPortraitPipeline.from_released(rel, base, unet_config=TINY_UNET_CONFIG, guidance_config=GUIDANCE8,
+                                               motion_heads=TINY_MOTION["num_attention_heads"],
+                                               motion_norm_groups=TINY_MOTION["norm_num_groups"])
+
+
 @pytest.fixture(scope="session")
 def layout() -> SimpleNamespace:
     return SimpleNamespace(released_guidance_keys=released_guidance_keys, released_motion_state=released_motion_state,
                            stock_unet_state=stock_unet_state, write_release=write_release,
-                           TINY_GUIDANCE=TINY_GUIDANCE, TINY_MOTION=TINY_MOTION, TINY_UNET_CONFIG=TINY_UNET_CONFIG)
+                           TINY_GUIDANCE=TINY_GUIDANCE, TINY_MOTION=TINY_MOTION, TINY_UNET_CONFIG=TINY_UNET_CONFIG,
+                           GUIDANCE8=GUIDANCE8, write_release8=write_release8, tiny_pipeline=tiny_pipeline)
 
 
 @pytest.fixture(scope="session")

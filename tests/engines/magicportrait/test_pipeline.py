@@ -14,29 +14,11 @@ import torch
 from facerig.engines.magicportrait.pipeline import MagicPortraitPipeline, context_windows, release_scheduler
 from facerig.errors import InvalidInput
 
-#: 4 widths = 3 down-samplings: guidance features at the latent size of the 8x tiny VAE
-GUIDANCE8 = {"guidance_embedding_channels": 16, "guidance_input_channels": 3,
-             "block_out_channels": (8, 32, 32, 32), "attention_num_heads": 8}
 S = 64
 
 
-def write_release8(layout, folder: Path, seed: int = 0) -> Path:
-    layout.write_release(folder, seed)
-    for i, t in enumerate(("depth", "normal", "render")):
-        keys = layout.released_guidance_keys(GUIDANCE8["block_out_channels"], GUIDANCE8["guidance_embedding_channels"])
-        g = torch.Generator().manual_seed(seed + 10 + i)
-        torch.save({k: torch.randn(*s, generator=g) * 0.2 for k, s in keys.items()}, folder / f"guidance_encoder_{t}.pth")
-    return folder
-
-
 def tiny_pipeline(layout, root: Path, seed: int = 0) -> MagicPortraitPipeline:
-    from facerig.engines.sd.base import write_tiny_sd_base
-
-    rel = write_release8(layout, root / "ckpts", seed)
-    base = write_tiny_sd_base(root / "sd", seed)
-    return MagicPortraitPipeline.from_released(rel, base, unet_config=layout.TINY_UNET_CONFIG, guidance_config=GUIDANCE8,
-                                               motion_heads=layout.TINY_MOTION["num_attention_heads"],
-                                               motion_norm_groups=layout.TINY_MOTION["norm_num_groups"])
+    return layout.tiny_pipeline(root, seed)
 
 
 def clip(n: int, seed: int = 0, s: int = S) -> SimpleNamespace:

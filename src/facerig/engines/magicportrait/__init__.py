@@ -44,6 +44,7 @@ _LAZY = {
     "SmirkEncoder": "smirk", "load_smirk": "smirk", "smirk_crop": "smirk",
     "MagicPortraitPipeline": "pipeline", "context_windows": "pipeline", "release_scheduler": "pipeline",
     "MagicPortraitEngine": "engine", "clip_chunks": "engine", "RELEASED_FILES": "engine",
+    "MagicPortraitTrainModule": "training", "fresh_motion_adapter": "training", "release_alphas_cumprod": "training",
 }
 
 __all__ = sorted(_LAZY)

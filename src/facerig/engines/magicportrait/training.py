@@ -1,37 +1,45 @@
-"""Training MagicPortrait, stage 1 (frame pairs) and stage 2 (clips): docs/magicportrait-training.md.
+"""MagicPortrait training objective, stages 1 and 2 (docs/magicportrait-training.md).
 
-The authors' snapshot has no training code; this follows the lineage (Champ, Moore-AnimateAnyone):
+* :class:`MagicPortraitTrainModule` -- ``forward(batch, generator) -> loss`` for
+  :class:`facerig.train.trainer.Trainer`. Latents: ``target_latent`` (B, 4, F, h, w) and
+  ``reference_latent`` (B, 4, h, w), both already times the VAE scaling factor (or images
+  ``target`` (B, F, 3, S, S) / ``reference`` (B, 3, S, S) in [-1, 1] with a ``vae``); maps
+  ``depth`` / ``normal`` / ``render`` (B, F, 3, S, S) in [0, 1]. Timesteps and noise come from the
+  generator on the release's schedule (linear betas 0.00085..0.012 rescaled to zero terminal SNR);
+  the target is v (v-prediction). The reference UNet runs at t = 0 on the reference latent and its
+  post-norm1 states feed the denoiser's readers; the summed guidance features are added after
+  ``conv_in``; MSE on v.
+* Stage 1 (``stage=1``): the 2D denoiser (``UNet2DConditionModel``, F = 1), the reference UNet and
+  the guidance encoders train; the parameters no loss can reach (the reference UNet's layers after
+  its last recorded norm1, the guidance encoders' dead attentions) are frozen, else DDP refuses them.
+* Stage 2 (``stage=2``): a ``UNetMotionModel`` (:func:`~.checkpoints.build_denoiser`); only its
+  ``motion_modules`` train, everything else is frozen (and run without autograd).
+* ``reference_drop`` (default 0.1, the lineage's ``uncond_ratio`` of Champ's training configs): the
+  probability that a sample's readers ignore the reference, as the unconditional half of
+  classifier-free guidance does at inference.
 
-* stage 1: (reference, target) frame pairs of one person; the denoiser's spatial weights, the
-  reference UNet (less its dead tail) and the three guidance encoders are trained; the temporal
-  (motion) modules are present in the ``UNetMotionModel`` but have ZERO output projections (an exact
-  identity, so the denoiser is the 2D UNet) and are frozen: they are untouched by stage 1;
-* stage 2: clips of F consecutive frames + a reference frame; only the motion modules are trained
-  (fresh zero-output modules, or AnimateDiff's ``motion_module.pth`` via :func:`load_motion_adapter`),
-  everything else frozen, initialised from a stage-1 run.
+Runs (:func:`train_magicportrait`, ``facerig train magicportrait --stage 1|2``):
 
-Objective (:class:`MagicPortraitTrainModule`): v-prediction MSE on the release's schedule (linear
-betas rescaled to zero terminal SNR, :func:`~.pipeline.release_scheduler`), the reference UNet at
-t = 0 on the scaled reference latent -> the readers' bank, guidance features added after conv_in.
-With probability ``reference_drop`` (per batch) the reference is dropped (readers see their own
-tokens only: the unconditional half the sampler's CFG uses).
-
-Output: ``OUT/final`` is a :meth:`~.pipeline.MagicPortraitPipeline.save_pretrained` folder
-(``model_index.json``), loadable by ``MagicPortraitPipeline.from_pretrained`` and :func:`load_trained`.
+* :class:`MagicPortraitClipDataset` -- stage-1 (reference, target) pairs of one identity
+  (:class:`facerig.train.data.PairSampler`) or stage-2 clips of F consecutive samples of one identity
+  + a reference, from prepared shards; maps of each target frame from ``maps_fn`` (default
+  :func:`conditioner_maps`: :class:`~.conditions.FacerigMagicConditioner` on that frame's own
+  aligned crop, so maps and target image register; NOT one common crop per clip yet).
+* export: ``OUT/final`` is a :meth:`~.pipeline.MagicPortraitPipeline.save_pretrained` folder
+  (``model_index.json``); a stage-1 denoiser is inflated with fresh zero-output motion modules (an
+  exact identity) so that both stages export the same layout; :func:`load_trained` reads it back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,94 +47,201 @@ from torch.utils.data import Dataset
 
 from facerig.errors import AssetMissing, InvalidInput
 
-__all__ = [
-    "MODEL_KEYS",
-    "MagicPortraitClipDataset",
-    "MagicPortraitTrainModule",
-    "conditioner_maps",
-    "fresh_motion_adapter",
-    "is_motion_param",
-    "load_trained",
-    "release_alphas_cumprod",
-    "train_magicportrait",
-    "zero_motion_outputs",
-]
+from .guidance import guidance_features
+from .model import MagicPortraitModel
 
-log = logging.getLogger(__name__)
-
-MAP_NAMES = ("depth", "normal", "render")
+__all__ = ["MODEL_KEYS", "MagicPortraitClipDataset", "MagicPortraitTrainModule", "conditioner_maps",
+           "fresh_motion_adapter", "inflate", "load_trained", "release_alphas_cumprod", "stage1_model",
+           "train_magicportrait"]
 
 
-def release_alphas_cumprod() -> torch.Tensor:
-    """The release's training schedule: linear betas 0.00085..0.012 over 1000 steps rescaled to zero
-    terminal SNR (the scheduler :func:`~.pipeline.release_scheduler` samples with), float64."""
-    from .pipeline import release_scheduler
+def release_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """The release's training schedule: linear betas rescaled to zero terminal SNR (diffusers'
+    ``rescale_zero_terminal_snr``), float64 alpha-bars; the last one is 0."""
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 
-    return torch.as_tensor(release_scheduler().alphas_cumprod, dtype=torch.float64)
-
-
-def is_motion_param(name: str) -> bool:
-    """A parameter of the denoiser's temporal (AnimateDiff) modules."""
-    return "motion_modules." in name
+    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float32)
+    betas = rescale_zero_terminal_snr(betas).double()
+    return torch.cumprod(1.0 - betas, 0)
 
 
-def zero_motion_outputs(denoiser: Any) -> int:
-    """Zero the output projections of every temporal module (AnimateDiff's initialisation: the
-    module is then an exact identity); returns how many were zeroed."""
-    n = 0
-    with torch.no_grad():
-        for name, mod in denoiser.named_modules():
-            if is_motion_param(name + ".") and name.endswith("proj_out") and isinstance(mod, nn.Linear):
-                mod.weight.zero_()
-                if mod.bias is not None:
-                    mod.bias.zero_()
-                n += 1
-    return n
-
-
-def fresh_motion_adapter(unet_config: Mapping[str, Any], *, heads: int = 8, norm_groups: int = 32,
-                         max_len: int = 32) -> Any:
-    """A MotionAdapter for the UNet config with zero output projections (identity modules)."""
+def fresh_motion_adapter(unet_config: Mapping[str, Any], *, num_attention_heads: int = 8, norm_num_groups: int = 32,
+                         max_seq_length: int = 32, seed: int = 0) -> Any:
+    """A new diffusers ``MotionAdapter`` for the UNet config (released shape: 8 heads, 32 groups,
+    sinusoids of length 32, a mid-block module) whose temporal outputs (``proj_out``) are zero, so
+    the inflated denoiser starts as the 2D one frame by frame (AnimateDiff's zero initialisation)."""
     from diffusers import MotionAdapter
 
-    from .checkpoints import per_frame_motion_norm
+    torch.manual_seed(seed)
+    adapter: Any = MotionAdapter(block_out_channels=tuple(unet_config["block_out_channels"]),
+                            motion_layers_per_block=int(unet_config.get("layers_per_block", 2)),
+                            motion_num_attention_heads=int(num_attention_heads),
+                            motion_norm_num_groups=int(norm_num_groups), motion_max_seq_length=int(max_seq_length),
+                            use_motion_mid_block=True)
+    for name, m in adapter.named_modules():
+        if name.endswith("proj_out") and isinstance(m, nn.Linear):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+    return adapter
 
-    ad = MotionAdapter(block_out_channels=tuple(unet_config["block_out_channels"]),
-                       motion_layers_per_block=int(unet_config.get("layers_per_block", 2)),
-                       motion_num_attention_heads=int(heads), motion_norm_num_groups=int(norm_groups),
-                       motion_max_seq_length=int(max_len), use_motion_mid_block=True)
-    per_frame_motion_norm(ad)
-    zero_motion_outputs(ad)
-    return ad
+
+def _probe_dead(model: MagicPortraitModel) -> list[str]:
+    """Reference-UNet parameter names that no recorded state depends on."""
+    ref = model.reference_unet
+    p = next(ref.parameters())
+    for q in ref.parameters():
+        q.grad = None
+    x = torch.zeros(1, 4, 8, 8, device=p.device, dtype=p.dtype)
+    text = torch.zeros(1, 4, int(ref.config.cross_attention_dim), device=p.device, dtype=p.dtype)
+    with torch.enable_grad():
+        states = model.recorder.capture(lambda: ref(x, torch.zeros(1, dtype=torch.long), text))
+        sum(s.float().sum() for s in states).backward()  # type: ignore[union-attr]
+    dead = [n for n, q in ref.named_parameters() if q.requires_grad and q.grad is None]
+    for q in ref.parameters():
+        q.grad = None
+    return dead
 
 
-def load_motion_weights(denoiser: Any, path: str | os.PathLike[str], unet_config: Any, *, heads: int = 8,
-                        norm_groups: int = 32) -> None:
-    """AnimateDiff's ``motion_module.pth`` into the denoiser's temporal modules (strict on them)."""
-    from .checkpoints import load_motion_adapter
+class MagicPortraitTrainModule(nn.Module):
+    """The v-prediction objective of either stage (see the module docstring)."""
 
-    ad = load_motion_adapter(path, unet_config, num_attention_heads=heads, norm_num_groups=norm_groups)
-    mine = {k for k in denoiser.state_dict() if is_motion_param(k)}
-    theirs = ad.state_dict()
-    if set(theirs) != mine:
-        from facerig.errors import CheckpointMismatch
+    alphas_cumprod: torch.Tensor
+    text_embeds: torch.Tensor
 
-        raise CheckpointMismatch(str(path), sorted(mine - set(theirs))[:5], sorted(set(theirs) - mine)[:5], {},
-                                 layout="the denoiser's motion modules")
-    denoiser.load_state_dict(theirs, strict=False)
+    def __init__(self, model: MagicPortraitModel, text_embeds: torch.Tensor, vae: Any = None, *, stage: int,
+                 alphas_cumprod: torch.Tensor | None = None, reference_drop: float = 0.1, freeze_dead: bool = True):
+        super().__init__()
+        if not isinstance(model, MagicPortraitModel):
+            raise InvalidInput("model", "a MagicPortraitModel", type(model).__name__)
+        if stage not in (1, 2):
+            raise InvalidInput("stage", "1 (image pairs) or 2 (clips, motion modules only)", stage)
+        if not isinstance(text_embeds, torch.Tensor) or text_embeds.ndim != 3 or text_embeds.shape[0] != 1:
+            raise InvalidInput("text_embeds", "the prompt's (1, 77, D) embedding", getattr(text_embeds, "shape", None))
+        if not 0.0 <= float(reference_drop) < 1.0:
+            raise InvalidInput("reference_drop", "a probability in [0, 1)", reference_drop)
+        motion = any(".motion_modules." in n for n, _ in model.denoiser.named_parameters())
+        if stage == 2 and not motion:
+            raise InvalidInput("model", "a denoiser with motion modules for stage 2 (build_denoiser)", "a 2D UNet")
+        if stage == 1 and motion:
+            raise InvalidInput("model", "the 2D denoiser (UNet2DConditionModel) for stage 1", "a UNetMotionModel")
+        self.stage = int(stage)
+        self.mp = [model]  # the wiring (hooks, bank); its networks are registered below
+        model.bank.round_to = None  # no fp16 rounding of the bank in training (it would cut its gradient precision)
+        self.reference_unet = model.reference_unet
+        self.denoiser = model.denoiser
+        self.guidance_encoders = nn.ModuleDict(model.guidance_encoders)
+        self.reference_drop = float(reference_drop)
+        self.register_buffer("text_embeds", text_embeds.detach().clone(), persistent=False)
+        ac = release_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        self.register_buffer("alphas_cumprod", ac, persistent=False)
+        self._vae = [vae]
+        if vae is not None:
+            vae.requires_grad_(False)
+            vae.eval()
+        self.frozen: list[str] = []
+        if stage == 2:
+            for n, q in self.named_parameters():
+                if ".motion_modules." not in n:
+                    q.requires_grad_(False)
+        elif freeze_dead:
+            dead = _probe_dead(model)
+            params = dict(self.reference_unet.named_parameters())
+            for n in dead:
+                params[n].requires_grad_(False)
+            self.frozen = [f"reference_unet.{n}" for n in dead]
+            for t, enc in self.guidance_encoders.items():
+                gp = dict(enc.named_parameters())
+                for k in cast(Any, enc).dead_keys():
+                    if k in gp:
+                        gp[k].requires_grad_(False)
+                        self.frozen.append(f"guidance_encoders.{t}.{k}")
+
+    @property
+    def model(self) -> MagicPortraitModel:
+        return self.mp[0]
+
+    @property
+    def vae(self) -> Any:
+        return self._vae[0]
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, q in self.named_parameters() if q.requires_grad]
+
+    def _latents(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "target_latent" in batch and "reference_latent" in batch:
+            return batch["target_latent"], batch["reference_latent"]
+        if self.vae is None or "target" not in batch or "reference" not in batch:
+            raise InvalidInput("batch", "target_latent + reference_latent, or target + reference images with a vae",
+                               sorted(batch))
+        from facerig.engines.sd.latents import encode_images
+
+        tgt = batch["target"]
+        b, f = tgt.shape[:2]
+        with torch.no_grad():
+            z = encode_images(self.vae, tgt.flatten(0, 1), scaled=True).float()
+            r = encode_images(self.vae, batch["reference"], scaled=True).float()
+        return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4), r
+
+    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.loss(batch, generator)
+
+    def loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
+             timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+             drop: torch.Tensor | None = None) -> torch.Tensor:
+        x0, ref = self._latents(batch)
+        if x0.ndim != 5 or ref.ndim != 4 or ref.shape[0] != x0.shape[0]:
+            raise InvalidInput("batch", "target latents (B, 4, F, h, w) and reference latents (B, 4, h, w)",
+                               (tuple(x0.shape), tuple(ref.shape)))
+        b, _, f = x0.shape[:3]
+        if self.stage == 1 and f != 1:
+            raise InvalidInput("batch", "one target frame per sample in stage 1", f)
+        dev = x0.device
+        t = timesteps if timesteps is not None else torch.randint(
+            0, self.alphas_cumprod.shape[0], (b,), generator=generator)
+        t = t.to(dev)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+        noise = noise.to(dev)
+        if drop is None:
+            drop = torch.rand(b, generator=generator) < self.reference_drop
+        a = self.alphas_cumprod.to(dev)[t].float().view(b, 1, 1, 1, 1)
+        x0 = x0.float()
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        v = a.sqrt() * noise - (1 - a).sqrt() * x0
+        maps = [batch[k].permute(0, 2, 1, 3, 4) for k in ("depth", "normal", "render")]  # (B, 3, F, H, W)
+        mp = self.model
+        p = next(self.denoiser.parameters())
+        text = self.text_embeds.to(dev, p.dtype).expand(b, -1, -1)
+        grad = self.stage == 1
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            states = mp.recorder.capture(lambda: self.reference_unet(ref.to(p.dtype), torch.zeros(b, dtype=torch.long,
+                                                                                                  device=dev), text))
+            feats = guidance_features(cast(Mapping[str, Any], self.guidance_encoders), *maps)
+        mp.bank.set(states)
+        mp.bank.set_drop(drop)
+        mp.bank.frames = f
+        mp._features = feats
+        try:
+            if self.stage == 1:
+                pred = self.denoiser(x_t[:, :, 0].to(p.dtype), t, text).sample.unsqueeze(2)
+            else:
+                pred = self.denoiser(x_t.to(p.dtype), t, text.repeat_interleave(f, dim=0)).sample
+        finally:
+            mp._features = None
+            mp.bank.set_drop(None)
+            mp.bank.frames = 1
+            mp.bank.clear()
+        return F.mse_loss(pred.float(), v)
 
 
 # ---- data --------------------------------------------------------------------------------------
-def _uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
+MAP_NAMES = ("depth", "normal", "render")
 _CONDITIONERS: dict[tuple[int, int], Any] = {}
 
 
 def conditioner_maps(shards: Any, index: int, size: int) -> dict[str, torch.Tensor]:
     """The default ``maps_fn``: depth / normal / render (3, S, S) in [0, 1] of sample ``index`` from
-    :class:`~.conditions.FacerigMagicConditioner` on its own aligned crop (the frame's own params as
+    :class:`~.conditions.FacerigMagicConditioner` on its own aligned crop (the frame's params as
     source and target, so the maps register with the frame's image)."""
     from .conditions import FacerigMagicConditioner
 
@@ -142,13 +257,13 @@ def conditioner_maps(shards: Any, index: int, size: int) -> dict[str, torch.Tens
 
 
 class MagicPortraitClipDataset(Dataset):
-    """Items ``{"reference": (3, S, S), "target": (3, F, S, S), "depth"/"normal"/"render": (3, F, S, S)}``
-    in [0, 1] from prepared shards. ``frames`` = 1: stage-1 pairs (reference, target) of one identity
-    (:class:`facerig.train.data.PairSampler`, ``pairs_per_source`` epochs, fixed at construction);
-    ``frames`` > 1: stage-2 clips of ``frames`` consecutive samples of one identity (shard order =
-    frame order for videos) with a reference drawn (seeded) among that identity's other samples.
-    ``maps_fn(shards, index, size) -> {depth, normal, render}``: the target maps (default
-    :func:`conditioner_maps`)."""
+    """Items ``{"reference": (3, S, S), "target": (F, 3, S, S)}`` in [-1, 1] and
+    ``depth`` / ``normal`` / ``render`` (F, 3, S, S) in [0, 1] (the objective's batch layout) from
+    prepared shards. ``frames`` = 1: stage-1 pairs of one identity (``pairs_per_source`` PairSampler
+    epochs, fixed at construction so a resumed run sees the same pairs); ``frames`` > 1: clips of
+    ``frames`` consecutive samples of one identity (shard order = frame order for videos) with a
+    reference drawn (seeded) among the identity's other samples.
+    ``maps_fn(shards, index, size) -> {depth, normal, render}`` (default :func:`conditioner_maps`)."""
 
     def __init__(self, shards: Any, *, frames: int = 1, pairs_per_source: int = 1, min_frame_gap: int = 30,
                  clip_stride: int = 1, seed: int = 0,
@@ -166,15 +281,14 @@ class MagicPortraitClipDataset(Dataset):
                 sampler.set_epoch(epoch)
                 self.items.extend((s, [t]) for s, t in sampler)
         else:
-            rows = shards.samples
             by: dict[str, list[int]] = {}
-            for i, r in enumerate(rows):
+            for i, r in enumerate(shards.samples):
                 by.setdefault(str(r["identity"]), []).append(i)
             rng = random.Random(seed)
             for ident in sorted(by):
                 idx = by[ident]
-                for s in range(0, len(idx) - self.frames + 1, max(1, int(clip_stride))):
-                    clip = idx[s:s + self.frames]
+                for s0 in range(0, len(idx) - self.frames + 1, max(1, int(clip_stride))):
+                    clip = idx[s0:s0 + self.frames]
                     others = [j for j in idx if j not in clip] or clip
                     self.items.append((rng.choice(others), clip))
         if not self.items:
@@ -186,162 +300,21 @@ class MagicPortraitClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         r, clip = self.items[i]
-        ref = (self.shards[r]["image"] + 1) / 2
+        ref = self.shards[r]["image"]
         size = int(ref.shape[-1])
         tg: list[torch.Tensor] = []
         maps: dict[str, list[torch.Tensor]] = {n: [] for n in MAP_NAMES}
         for t in clip:
-            tg.append((self.shards[t]["image"] + 1) / 2)
+            tg.append(self.shards[t]["image"])
             m = self.maps_fn(self.shards, t, size)
             for n in MAP_NAMES:
                 maps[n].append(torch.as_tensor(m[n]).float())
-        out = {"reference": ref.clamp(0, 1), "target": torch.stack(tg, 1).clamp(0, 1)}
-        out.update({n: torch.stack(v, 1) for n, v in maps.items()})
+        out = {"reference": ref, "target": torch.stack(tg, 0)}
+        out.update({n: torch.stack(v, 0) for n, v in maps.items()})
         return out
 
 
-# ---- the objective -----------------------------------------------------------------------------
-class MagicPortraitTrainModule(nn.Module):
-    """The v-prediction objective of one stage (see the module docstring).
-
-    ``model``: a :class:`~.model.MagicPortraitModel`; ``text_embeds``: the fixed prompt's (1, 77, D)
-    embedding; ``vae`` (frozen, not in the state dict): needed only for batches of images (else give
-    ``reference_latent`` (B, 4, h, w) and ``target_latent`` (B, 4, F, h, w), both scaled).
-    ``reference_drop``: per-batch probability of dropping the reference (CFG's unconditional half).
-    """
-
-    alphas_cumprod: torch.Tensor
-    text_embeds: torch.Tensor
-
-    def __init__(self, model: Any, text_embeds: torch.Tensor, vae: Any = None, *, stage: int,
-                 reference_drop: float = 0.1, alphas_cumprod: torch.Tensor | None = None,
-                 freeze_dead_tail: bool = True):
-        super().__init__()
-        for attr in ("reference_unet", "denoiser", "guidance_encoders", "recorder"):
-            if not hasattr(model, attr):
-                raise InvalidInput("model", "a MagicPortraitModel", type(model).__name__)
-        if stage not in (1, 2):
-            raise InvalidInput("stage", "1 or 2", stage)
-        if not 0.0 <= float(reference_drop) < 1.0:
-            raise InvalidInput("reference_drop", "a probability in [0, 1)", reference_drop)
-        if not isinstance(text_embeds, torch.Tensor) or text_embeds.ndim != 3 or text_embeds.shape[0] != 1:
-            raise InvalidInput("text_embeds", "the prompt's (1, 77, D) embedding", getattr(text_embeds, "shape", None))
-        self.stage, self.reference_drop = int(stage), float(reference_drop)
-        self.reference_unet = model.reference_unet
-        self.denoiser = model.denoiser
-        self.guidance_encoders = nn.ModuleDict(dict(model.guidance_encoders))
-        self._model = [model]  # a list: the dataclass is not a module
-        self.register_buffer("text_embeds", text_embeds.detach().clone(), persistent=False)
-        ac = release_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        self.register_buffer("alphas_cumprod", ac, persistent=False)
-        self._vae = [vae]
-        if vae is not None:
-            vae.requires_grad_(False)
-            vae.eval()
-        self.frozen: list[str] = []
-        if self.stage == 1:
-            self.requires_grad_(True)
-            for n, p in self.denoiser.named_parameters():
-                p.requires_grad_(not is_motion_param(n))
-            if freeze_dead_tail:
-                self.frozen = self._dead_tail()
-                params = dict(self.reference_unet.named_parameters())
-                for n in self.frozen:
-                    params[n].requires_grad_(False)
-        else:
-            self.requires_grad_(False)
-            for n, p in self.denoiser.named_parameters():
-                p.requires_grad_(is_motion_param(n))
-
-    @property
-    def model(self) -> Any:
-        return self._model[0]
-
-    @property
-    def vae(self) -> Any:
-        return self._vae[0]
-
-    def _dead_tail(self) -> list[str]:
-        """The reference UNet's parameters no recorded state depends on (a backward probe)."""
-        u = self.reference_unet
-        p0 = next(u.parameters())
-        cross = int(u.config.cross_attention_dim)
-        s = int(u.config.sample_size)
-        with torch.enable_grad():
-            for p in u.parameters():
-                p.grad = None
-            x = torch.zeros(1, 4, s, s, device=p0.device, dtype=p0.dtype)
-            text = torch.zeros(1, 4, cross, device=p0.device, dtype=p0.dtype)
-            t = torch.zeros(1, device=p0.device, dtype=torch.long)
-            states = self.model.recorder.capture(lambda: u(x, t, text), stop_early=False)
-            cast(torch.Tensor, sum(st.float().sum() for st in states)).backward()
-        dead = [n for n, p in u.named_parameters() if p.requires_grad and p.grad is None]
-        for p in u.parameters():
-            p.grad = None
-        return dead
-
-    def _latents(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        if "reference_latent" in batch and "target_latent" in batch:
-            return batch["reference_latent"], batch["target_latent"]
-        if self.vae is None:
-            raise InvalidInput("batch", "reference_latent/target_latent or a module with a vae", sorted(batch))
-        missing = [k for k in ("reference", "target") if k not in batch]
-        if missing:
-            raise InvalidInput("batch", "images 'reference' (B, 3, S, S) and 'target' (B, 3, F, S, S)",
-                               f"missing {missing}")
-        from facerig.engines.sd.latents import encode_images
-
-        ref, tgt = batch["reference"], batch["target"]
-        if tgt.ndim != 5:
-            raise InvalidInput("batch['target']", "(B, 3, F, S, S) in [0, 1]", tuple(tgt.shape))
-        b, _, f = tgt.shape[:3]
-        with torch.no_grad():
-            rl = encode_images(self.vae, ref * 2 - 1, scaled=True)
-            frames = tgt.permute(0, 2, 1, 3, 4).reshape(b * f, *tgt.shape[1:2], *tgt.shape[3:])
-            tl = encode_images(self.vae, frames * 2 - 1, scaled=True)
-        tl = tl.reshape(b, f, *tl.shape[1:]).permute(0, 2, 1, 3, 4)
-        return rl, tl
-
-    def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.loss(batch, generator)
-
-    def loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
-             timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-             drop: bool | None = None) -> torch.Tensor:
-        from .guidance import guidance_features
-
-        ref_lat, x0 = self._latents(batch)
-        p = next(self.denoiser.parameters())
-        ref_lat, x0 = ref_lat.to(p.device, p.dtype), x0.to(p.device, torch.float32)
-        b, dev = x0.shape[0], x0.device
-        t = timesteps if timesteps is not None else torch.randint(0, self.alphas_cumprod.shape[0], (b,),
-                                                                  generator=generator, device="cpu")
-        t = torch.as_tensor(t).to(dev).long().expand(b)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device="cpu", dtype=torch.float32)
-        noise = noise.to(dev, torch.float32)
-        if drop is None:
-            drop = bool(self.reference_drop > 0 and
-                        torch.rand((), generator=generator).item() < self.reference_drop)
-        a = self.alphas_cumprod.to(dev)[t].float().view(b, 1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        v = a.sqrt() * noise - (1 - a).sqrt() * x0
-        grad = self.stage == 1 and torch.is_grad_enabled()
-        text = self.text_embeds
-        with torch.set_grad_enabled(grad):
-            maps = [batch[n].to(dev) for n in MAP_NAMES]
-            feats = guidance_features(cast(Any, dict(self.guidance_encoders.items())), *maps)
-            bank = None
-            if not drop:
-                ru = self.reference_unet
-                t0 = torch.zeros(b, device=dev, dtype=torch.long)
-                txt = text.to(dev, p.dtype).expand(b, -1, -1)
-                bank = self.model.recorder.capture(lambda: ru(ref_lat, t0, txt))
-        pred = self.model.predict(x_t.to(p.dtype), t, text, feats, bank, uncond=drop)
-        return F.mse_loss(pred.float(), v)
-
-
-# ---- model construction ------------------------------------------------------------------------
+# ---- models of a run ---------------------------------------------------------------------------
 MODEL_KEYS = ("init", "unet", "guidance", "motion_heads", "motion_norm_groups", "motion_module", "frames",
               "image_size", "pairs_per_source", "min_frame_gap", "clip_stride", "reference_drop")
 
@@ -352,51 +325,52 @@ def _seeded(seed: int, build: Callable[[], Any]) -> Any:
         return build()
 
 
-def stage1_model(mc: Mapping[str, Any], base: Any, seed: int = 0) -> Any:
-    """The stage-1 MagicPortraitModel of a recipe's ``model`` section: ``init`` = ``config`` (fresh
-    UNets of ``model.unet`` + guidance encoders of ``model.guidance``), ``sd`` (both UNets from the
-    base's SD UNet, fresh guidance encoders), a released ckpts folder or a facerig pipeline folder
-    (fine-tuning; its motion modules are reset to identity). bank dtype: None (fp32 states)."""
+def stage1_model(mc: Mapping[str, Any], base: Any, seed: int = 0) -> MagicPortraitModel:
+    """The stage-1 model (2D denoiser) of a recipe's ``model`` section: ``init`` = ``config``
+    (fresh UNets of ``model.unet``), ``sd`` (both UNets from the base's ``unet/``); fresh guidance
+    encoders of ``model.guidance`` (default: the release's config). The bank is not rounded."""
     from diffusers import UNet2DConditionModel
 
-    from .checkpoints import build_denoiser, strip_reference_tail
+    from .checkpoints import strip_reference_tail
     from .guidance import GuidanceEncoder
-    from .model import MagicPortraitModel
-    from .pipeline import MagicPortraitPipeline
 
     init = str(mc.get("init", "sd"))
-    heads, groups = int(mc.get("motion_heads", 8)), int(mc.get("motion_norm_groups", 32))
-    if init in ("config", "sd"):
-        if init == "sd":
-            if base is None or not getattr(base, "unet_config", None):
-                raise AssetMissing("the SD 1.5 UNet (unet/ of the base) for model.init 'sd'", str(getattr(base, "source", None)),
-                                   "give --base a diffusers folder with unet/")
-            udir = Path(base.source) / "unet"
-            ref = strip_reference_tail(UNet2DConditionModel.from_pretrained(udir))
-            den2d = UNet2DConditionModel.from_pretrained(udir)
-        else:
-            if "unet" not in mc:
-                raise InvalidInput("model.unet", "a UNet config for init 'config'", None)
-            ref = strip_reference_tail(_seeded(seed + 1, lambda: UNet2DConditionModel(**dict(mc["unet"]))))
-            den2d = _seeded(seed + 2, lambda: UNet2DConditionModel(**dict(mc["unet"])))
-        cfg = dict(den2d.config)
-        ad = _seeded(seed + 3, lambda: fresh_motion_adapter(cfg, heads=heads, norm_groups=groups))
-        den = build_denoiser(den2d, ad)
-        gcfg = dict(mc.get("guidance", {}))
-        encs = {t: _seeded(seed + 10 + i, lambda: GuidanceEncoder(**gcfg)) for i, t in enumerate(MAP_NAMES)}
-        model = MagicPortraitModel(ref, den, encs, bank_dtype=None)
+    if init == "sd":
+        udir = Path(str(getattr(base, "source", ""))) / "unet"
+        if base is None or not udir.is_dir():
+            raise AssetMissing("the SD 1.5 UNet (unet/ of the base) for model.init 'sd'", str(udir),
+                               "give --base a diffusers folder with unet/, or model.init: config")
+        ref = strip_reference_tail(UNet2DConditionModel.from_pretrained(udir))
+        den = UNet2DConditionModel.from_pretrained(udir)
+    elif init == "config":
+        if "unet" not in mc:
+            raise InvalidInput("model.unet", "a UNet config for init 'config'", None)
+        ref = strip_reference_tail(_seeded(seed + 1, lambda: UNet2DConditionModel(**dict(mc["unet"]))))
+        den = _seeded(seed + 2, lambda: UNet2DConditionModel(**dict(mc["unet"])))
     else:
-        if (Path(init) / "model_index.json").is_file() or (Path(init) / "final" / "model_index.json").is_file():
-            model = load_trained(init)
-        else:
-            model = MagicPortraitPipeline.from_released(init, base, motion_heads=heads, motion_norm_groups=groups).model
-        zero_motion_outputs(model.denoiser)
-        model.bank.round_to = model.bank_dtype = None
-    return model
+        raise InvalidInput("model.init", "'sd' or 'config'", init)
+    gcfg = dict(mc.get("guidance", {}))
+    encs = {t: _seeded(seed + 10 + i, lambda: GuidanceEncoder(**gcfg)) for i, t in enumerate(MAP_NAMES)}
+    return MagicPortraitModel(ref, den, encs, bank_dtype=None)
+
+
+def inflate(model: MagicPortraitModel, *, heads: int = 8, norm_groups: int = 32, seed: int = 0) -> MagicPortraitModel:
+    """A stage-1 model with its 2D denoiser inflated to a ``UNetMotionModel`` with fresh zero-output
+    motion modules (an exact identity per frame); a model that already has motion modules is returned."""
+    from diffusers import UNetMotionModel
+
+    from .checkpoints import build_denoiser
+
+    if isinstance(model.denoiser, UNetMotionModel):
+        return model
+    ad = _seeded(seed, lambda: fresh_motion_adapter(dict(model.denoiser.config), num_attention_heads=heads,
+                                                    norm_num_groups=norm_groups, seed=seed))
+    den = build_denoiser(model.denoiser, ad)
+    return MagicPortraitModel(model.reference_unet, den, model.guidance_encoders, bank_dtype=model.bank_dtype)
 
 
 def load_trained(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> Any:
+                 dtype: torch.dtype = torch.float32) -> MagicPortraitModel:
     """The MagicPortraitModel of a training run (``RUN/final``) or of a pipeline folder."""
     from .pipeline import MagicPortraitPipeline
 
@@ -404,6 +378,21 @@ def load_trained(run_dir: str | os.PathLike[str], device: str | torch.device = "
     if not (d / "model_index.json").is_file() and (d / "final" / "model_index.json").is_file():
         d = d / "final"
     return MagicPortraitPipeline.from_pretrained(d, device=device, dtype=dtype).model
+
+
+def _load_motion_weights(denoiser: Any, path: str, heads: int, norm_groups: int) -> None:
+    """AnimateDiff's ``motion_module.pth`` into the denoiser's temporal modules (strict on them)."""
+    from facerig.errors import CheckpointMismatch
+
+    from .checkpoints import load_motion_adapter
+
+    ad = load_motion_adapter(path, dict(denoiser.config), num_attention_heads=heads, norm_num_groups=norm_groups)
+    mine = {k for k in denoiser.state_dict() if ".motion_modules." in f".{k}"}
+    theirs = ad.state_dict()
+    if set(theirs) != mine:
+        raise CheckpointMismatch(str(path), sorted(mine - set(theirs))[:5], sorted(set(theirs) - mine)[:5], {},
+                                 layout="the denoiser's motion modules")
+    denoiser.load_state_dict(theirs, strict=False)
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -416,15 +405,14 @@ def train_magicportrait(
     base: str | os.PathLike | None = None,
     init: str | os.PathLike | None = None,
     max_steps: int | None = None,
-    resume: bool | str | None = None,
+    resume: bool | None = None,
     identities: Sequence[str] | None = None,
     maps_fn: Callable[[Any, int, int], Mapping[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Train one stage on prepared shards with a recipe (``configs/magicportrait/*.yaml`` or a path);
-    returns ``OUTPUT/final`` (a MagicPortraitPipeline folder). ``base``: SD 1.5 diffusers folder
-    (VAE, text encoder, tokenizer; default ``$FACERIG_SD15``). ``init``: stage 2's stage-1 run (or
-    pipeline folder); for stage 1 it overrides ``model.init``. ``resume``: continue from the run's
-    latest checkpoint."""
+    returns ``OUTPUT/final`` (a MagicPortraitPipeline folder). ``base``: the SD 1.5 diffusers folder
+    (default ``$FACERIG_SD15``). ``init``: stage 2's stage-1 run (required there). ``resume``:
+    continue from the run's latest checkpoint."""
     from facerig.engines.sd.base import load_sd_base
     from facerig.engines.sd.prompt import encode_prompt
     from facerig.train.config import load_recipe
@@ -436,10 +424,9 @@ def train_magicportrait(
     if stage not in (1, 2):
         raise InvalidInput("--stage", "1 or 2", stage)
     recipe = load_recipe(config, engine="magicportrait")
-    if recipe.engine != "magicportrait":
-        raise InvalidInput("--config", "a magicportrait recipe", recipe.engine)
-    if recipe.stage != stage:
-        raise InvalidInput("--config", f"a stage-{stage} recipe", f"{recipe.name} (stage {recipe.stage})")
+    if recipe.engine != "magicportrait" or recipe.stage != stage:
+        raise InvalidInput("--config", f"a magicportrait stage-{stage} recipe", f"{recipe.name} ({recipe.engine}, "
+                           f"stage {recipe.stage})")
     mc = dict(recipe.model)
     extra = sorted(set(mc) - set(MODEL_KEYS))
     if extra:
@@ -448,19 +435,18 @@ def train_magicportrait(
     if max_steps is not None:
         tc = dataclasses.replace(tc, max_steps=int(max_steps), save_every=min(tc.save_every, int(max_steps)),
                                  sample_every=0)
+    heads, groups = int(mc.get("motion_heads", 8)), int(mc.get("motion_norm_groups", 32))
     sd = load_sd_base(base)
     if stage == 1:
         if init is not None:
-            mc["init"] = str(init)
+            raise InvalidInput("--init", "no init for stage 1 (set model.init in the recipe)", str(init))
         model = stage1_model(mc, sd, tc.seed)
     else:
         if init is None:
             raise InvalidInput("--init", "the stage-1 run folder for stage 2", None)
         model = load_trained(init)
-        model.bank.round_to = model.bank_dtype = None
         if mc.get("motion_module"):
-            load_motion_weights(model.denoiser, mc["motion_module"], dict(model.denoiser.config),
-                                heads=int(mc.get("motion_heads", 8)), norm_groups=int(mc.get("motion_norm_groups", 32)))
+            _load_motion_weights(model.denoiser, str(mc["motion_module"]), heads, groups)
     size = int(mc.get("image_size", 512))
     if size != 8 * int(model.denoiser.config.sample_size):
         raise InvalidInput("model.image_size", f"8 x the UNet's sample_size ({8 * int(model.denoiser.config.sample_size)})",
@@ -477,14 +463,15 @@ def train_magicportrait(
         tc = dataclasses.replace(tc, batch_size=len(ds))
     outp = Path(output)
     outp.mkdir(parents=True, exist_ok=True)
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     (outp / "magicportrait_run.json").write_text(json.dumps(
         {"recipe": recipe.name, "stage": stage, "data": str(data), "items": len(ds), "frames": frames,
-         "init": str(init if init is not None else mc.get("init")), "trainable_parameters": trainable,
-         "frozen_dead_tail": module.frozen}, indent=1))
+         "init": str(init if init is not None else mc.get("init")),
+         "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+         "frozen": module.frozen}, indent=1))
 
     def export(mod: nn.Module, dest: Path) -> None:
-        MagicPortraitPipeline.from_parts(cast(MagicPortraitTrainModule, mod).model, sd).save_pretrained(dest)
+        m = inflate(cast(MagicPortraitTrainModule, mod).model, heads=heads, norm_groups=groups, seed=tc.seed)
+        MagicPortraitPipeline.from_parts(m, sd).save_pretrained(dest)
 
     trainer = Trainer(module, ds, tc, outp, export_fn=export)
     latest = outp / "checkpoints" / "latest"
