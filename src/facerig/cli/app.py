@@ -400,17 +400,27 @@ def prepare(
 
 @app.command()
 def train(
-    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig | rigface")],
+    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig | rigface | magicportrait")],
     data: Annotated[Path, typer.Option("--data", help="shard folder written by `facerig prepare`")],
     output: Annotated[Path, typer.Option("-o", "--output", help="run folder (checkpoints/, final/)")],
     config: Annotated[str, typer.Option("--config", help="recipe: tiny_cpu | paper_stage1 (diffusionrig) | paper (rigface) | a YAML path")] = "tiny_cpu",
     max_steps: Annotated[int | None, typer.Option(help="override the recipe's max_steps (smoke runs)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run's latest checkpoint")] = False,
-    base: Annotated[str | None, typer.Option("--base", help="rigface: SD 1.5 diffusers folder (default $FACERIG_SD15)")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="rigface, magicportrait: SD 1.5 diffusers folder (default $FACERIG_SD15)")] = None,
+    stage: Annotated[int, typer.Option("--stage", help="magicportrait: 1 (frame pairs) | 2 (clips, motion modules)")] = 1,
+    init: Annotated[str | None, typer.Option("--init", help="magicportrait: stage 2's stage-1 run folder")] = None,
 ) -> None:
     """Train an engine's model on prepared shards (stage 1 for diffusionrig; frame pairs for rigface)."""
     from facerig.errors import InvalidInput
 
+    if engine == "magicportrait":
+        from facerig.engines.magicportrait.training import train_magicportrait
+
+        cfg = f"tiny_cpu_stage{stage}" if config == "tiny_cpu" else config
+        out = train_magicportrait(cfg, data, output, stage=stage, base=base, init=init, max_steps=max_steps,
+                                  resume=resume)
+        print(f"trained -> {out}")
+        return
     if engine == "rigface":
         from facerig.engines.rigface.training import train_rigface
 
@@ -418,7 +428,7 @@ def train(
         print(f"trained -> {out}")
         return
     if engine != "diffusionrig":
-        raise InvalidInput("engine", "diffusionrig or rigface", engine)
+        raise InvalidInput("engine", "diffusionrig, rigface or magicportrait", engine)
     from facerig.engines.diffusionrig.engine import train_diffusionrig
 
     out = train_diffusionrig(config, data, output, max_steps=max_steps, resume=resume)

@@ -18,25 +18,41 @@
   probability that a sample's readers ignore the reference, as the unconditional half of
   classifier-free guidance does at inference.
 
-Not here yet: the shard datasets, the recipes, ``facerig train magicportrait`` and an export
-layout (see the docs page).
+Runs (:func:`train_magicportrait`, ``facerig train magicportrait --stage 1|2``):
+
+* :class:`MagicPortraitClipDataset` -- stage-1 (reference, target) pairs of one identity
+  (:class:`facerig.train.data.PairSampler`) or stage-2 clips of F consecutive samples of one identity
+  + a reference, from prepared shards; maps of each target frame from ``maps_fn`` (default
+  :func:`conditioner_maps`: :class:`~.conditions.FacerigMagicConditioner` on that frame's own
+  aligned crop, so maps and target image register; NOT one common crop per clip yet).
+* export: ``OUT/final`` is a :meth:`~.pipeline.MagicPortraitPipeline.save_pretrained` folder
+  (``model_index.json``); a stage-1 denoiser is inflated with fresh zero-output motion modules (an
+  exact identity) so that both stages export the same layout; :func:`load_trained` reads it back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import json
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from facerig.errors import InvalidInput
+from facerig.errors import AssetMissing, InvalidInput
 
 from .guidance import guidance_features
 from .model import MagicPortraitModel
 
-__all__ = ["MagicPortraitTrainModule", "fresh_motion_adapter", "release_alphas_cumprod"]
+__all__ = ["MODEL_KEYS", "MagicPortraitClipDataset", "MagicPortraitTrainModule", "conditioner_maps",
+           "fresh_motion_adapter", "inflate", "load_trained", "release_alphas_cumprod", "stage1_model",
+           "train_magicportrait"]
 
 
 def release_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
@@ -216,3 +232,248 @@ class MagicPortraitTrainModule(nn.Module):
             mp.bank.frames = 1
             mp.bank.clear()
         return F.mse_loss(pred.float(), v)
+
+
+# ---- data --------------------------------------------------------------------------------------
+MAP_NAMES = ("depth", "normal", "render")
+_CONDITIONERS: dict[tuple[int, int], Any] = {}
+
+
+def conditioner_maps(shards: Any, index: int, size: int) -> dict[str, torch.Tensor]:
+    """The default ``maps_fn``: depth / normal / render (3, S, S) in [0, 1] of sample ``index`` from
+    :class:`~.conditions.FacerigMagicConditioner` on its own aligned crop (the frame's params as
+    source and target, so the maps register with the frame's image)."""
+    from .conditions import FacerigMagicConditioner
+
+    model = shards.face_model
+    key = (id(model), int(size))
+    if key not in _CONDITIONERS:
+        _CONDITIONERS[key] = FacerigMagicConditioner(model, size)
+    cond = _CONDITIONERS[key]
+    p = shards.params(index)
+    with torch.no_grad():
+        fr = cond.frames(cond.source_state(shards.image(index), p), [p])
+    return {n: getattr(fr, n)[0].float().clamp(0, 1) for n in MAP_NAMES}
+
+
+class MagicPortraitClipDataset(Dataset):
+    """Items ``{"reference": (3, S, S), "target": (F, 3, S, S)}`` in [-1, 1] and
+    ``depth`` / ``normal`` / ``render`` (F, 3, S, S) in [0, 1] (the objective's batch layout) from
+    prepared shards. ``frames`` = 1: stage-1 pairs of one identity (``pairs_per_source`` PairSampler
+    epochs, fixed at construction so a resumed run sees the same pairs); ``frames`` > 1: clips of
+    ``frames`` consecutive samples of one identity (shard order = frame order for videos) with a
+    reference drawn (seeded) among the identity's other samples.
+    ``maps_fn(shards, index, size) -> {depth, normal, render}`` (default :func:`conditioner_maps`)."""
+
+    def __init__(self, shards: Any, *, frames: int = 1, pairs_per_source: int = 1, min_frame_gap: int = 30,
+                 clip_stride: int = 1, seed: int = 0,
+                 maps_fn: Callable[[Any, int, int], Mapping[str, torch.Tensor]] | None = None):
+        from facerig.train.data import PairSampler
+
+        if int(frames) < 1:
+            raise InvalidInput("frames", "an integer >= 1", frames)
+        self.shards, self.frames = shards, int(frames)
+        self.maps_fn = maps_fn or conditioner_maps
+        self.items: list[tuple[int, list[int]]] = []
+        if self.frames == 1:
+            sampler = PairSampler(shards, min_frame_gap=min_frame_gap, seed=seed)
+            for epoch in range(int(pairs_per_source)):
+                sampler.set_epoch(epoch)
+                self.items.extend((s, [t]) for s, t in sampler)
+        else:
+            by: dict[str, list[int]] = {}
+            for i, r in enumerate(shards.samples):
+                by.setdefault(str(r["identity"]), []).append(i)
+            rng = random.Random(seed)
+            for ident in sorted(by):
+                idx = by[ident]
+                for s0 in range(0, len(idx) - self.frames + 1, max(1, int(clip_stride))):
+                    clip = idx[s0:s0 + self.frames]
+                    others = [j for j in idx if j not in clip] or clip
+                    self.items.append((rng.choice(others), clip))
+        if not self.items:
+            raise InvalidInput("data", f"identities with enough samples ({max(2, self.frames)} or more)",
+                               f"{len(shards)} samples")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        r, clip = self.items[i]
+        ref = self.shards[r]["image"]
+        size = int(ref.shape[-1])
+        tg: list[torch.Tensor] = []
+        maps: dict[str, list[torch.Tensor]] = {n: [] for n in MAP_NAMES}
+        for t in clip:
+            tg.append(self.shards[t]["image"])
+            m = self.maps_fn(self.shards, t, size)
+            for n in MAP_NAMES:
+                maps[n].append(torch.as_tensor(m[n]).float())
+        out = {"reference": ref, "target": torch.stack(tg, 0)}
+        out.update({n: torch.stack(v, 0) for n, v in maps.items()})
+        return out
+
+
+# ---- models of a run ---------------------------------------------------------------------------
+MODEL_KEYS = ("init", "unet", "guidance", "motion_heads", "motion_norm_groups", "motion_module", "frames",
+              "image_size", "pairs_per_source", "min_frame_gap", "clip_stride", "reference_drop")
+
+
+def _seeded(seed: int, build: Callable[[], Any]) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()
+
+
+def stage1_model(mc: Mapping[str, Any], base: Any, seed: int = 0) -> MagicPortraitModel:
+    """The stage-1 model (2D denoiser) of a recipe's ``model`` section: ``init`` = ``config``
+    (fresh UNets of ``model.unet``), ``sd`` (both UNets from the base's ``unet/``); fresh guidance
+    encoders of ``model.guidance`` (default: the release's config). The bank is not rounded."""
+    from diffusers import UNet2DConditionModel
+
+    from .checkpoints import strip_reference_tail
+    from .guidance import GuidanceEncoder
+
+    init = str(mc.get("init", "sd"))
+    if init == "sd":
+        udir = Path(str(getattr(base, "source", ""))) / "unet"
+        if base is None or not udir.is_dir():
+            raise AssetMissing("the SD 1.5 UNet (unet/ of the base) for model.init 'sd'", str(udir),
+                               "give --base a diffusers folder with unet/, or model.init: config")
+        ref = strip_reference_tail(UNet2DConditionModel.from_pretrained(udir))
+        den = UNet2DConditionModel.from_pretrained(udir)
+    elif init == "config":
+        if "unet" not in mc:
+            raise InvalidInput("model.unet", "a UNet config for init 'config'", None)
+        ref = strip_reference_tail(_seeded(seed + 1, lambda: UNet2DConditionModel(**dict(mc["unet"]))))
+        den = _seeded(seed + 2, lambda: UNet2DConditionModel(**dict(mc["unet"])))
+    else:
+        raise InvalidInput("model.init", "'sd' or 'config'", init)
+    gcfg = dict(mc.get("guidance", {}))
+    encs = {t: _seeded(seed + 10 + i, lambda: GuidanceEncoder(**gcfg)) for i, t in enumerate(MAP_NAMES)}
+    return MagicPortraitModel(ref, den, encs, bank_dtype=None)
+
+
+def inflate(model: MagicPortraitModel, *, heads: int = 8, norm_groups: int = 32, seed: int = 0) -> MagicPortraitModel:
+    """A stage-1 model with its 2D denoiser inflated to a ``UNetMotionModel`` with fresh zero-output
+    motion modules (an exact identity per frame); a model that already has motion modules is returned."""
+    from diffusers import UNetMotionModel
+
+    from .checkpoints import build_denoiser
+
+    if isinstance(model.denoiser, UNetMotionModel):
+        return model
+    ad = _seeded(seed, lambda: fresh_motion_adapter(dict(model.denoiser.config), num_attention_heads=heads,
+                                                    norm_num_groups=norm_groups, seed=seed))
+    den = build_denoiser(model.denoiser, ad)
+    return MagicPortraitModel(model.reference_unet, den, model.guidance_encoders, bank_dtype=model.bank_dtype)
+
+
+def load_trained(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> MagicPortraitModel:
+    """The MagicPortraitModel of a training run (``RUN/final``) or of a pipeline folder."""
+    from .pipeline import MagicPortraitPipeline
+
+    d = Path(run_dir)
+    if not (d / "model_index.json").is_file() and (d / "final" / "model_index.json").is_file():
+        d = d / "final"
+    return MagicPortraitPipeline.from_pretrained(d, device=device, dtype=dtype).model
+
+
+def _load_motion_weights(denoiser: Any, path: str, heads: int, norm_groups: int) -> None:
+    """AnimateDiff's ``motion_module.pth`` into the denoiser's temporal modules (strict on them)."""
+    from facerig.errors import CheckpointMismatch
+
+    from .checkpoints import load_motion_adapter
+
+    ad = load_motion_adapter(path, dict(denoiser.config), num_attention_heads=heads, norm_num_groups=norm_groups)
+    mine = {k for k in denoiser.state_dict() if ".motion_modules." in f".{k}"}
+    theirs = ad.state_dict()
+    if set(theirs) != mine:
+        raise CheckpointMismatch(str(path), sorted(mine - set(theirs))[:5], sorted(set(theirs) - mine)[:5], {},
+                                 layout="the denoiser's motion modules")
+    denoiser.load_state_dict(theirs, strict=False)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+def train_magicportrait(
+    config: str | os.PathLike,
+    data: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    stage: int,
+    base: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
+    max_steps: int | None = None,
+    resume: bool | None = None,
+    identities: Sequence[str] | None = None,
+    maps_fn: Callable[[Any, int, int], Mapping[str, torch.Tensor]] | None = None,
+) -> Path:
+    """Train one stage on prepared shards with a recipe (``configs/magicportrait/*.yaml`` or a path);
+    returns ``OUTPUT/final`` (a MagicPortraitPipeline folder). ``base``: the SD 1.5 diffusers folder
+    (default ``$FACERIG_SD15``). ``init``: stage 2's stage-1 run (required there). ``resume``:
+    continue from the run's latest checkpoint."""
+    from facerig.engines.sd.base import load_sd_base
+    from facerig.engines.sd.prompt import encode_prompt
+    from facerig.train.config import load_recipe
+    from facerig.train.data import ShardDataset
+    from facerig.train.trainer import Trainer
+
+    from .pipeline import PROMPT, MagicPortraitPipeline
+
+    if stage not in (1, 2):
+        raise InvalidInput("--stage", "1 or 2", stage)
+    recipe = load_recipe(config, engine="magicportrait")
+    if recipe.engine != "magicportrait" or recipe.stage != stage:
+        raise InvalidInput("--config", f"a magicportrait stage-{stage} recipe", f"{recipe.name} ({recipe.engine}, "
+                           f"stage {recipe.stage})")
+    mc = dict(recipe.model)
+    extra = sorted(set(mc) - set(MODEL_KEYS))
+    if extra:
+        raise InvalidInput("model", f"only the keys {list(MODEL_KEYS)}", f"unknown {extra}")
+    tc = recipe.train
+    if max_steps is not None:
+        tc = dataclasses.replace(tc, max_steps=int(max_steps), save_every=min(tc.save_every, int(max_steps)),
+                                 sample_every=0)
+    heads, groups = int(mc.get("motion_heads", 8)), int(mc.get("motion_norm_groups", 32))
+    sd = load_sd_base(base)
+    if stage == 1:
+        if init is not None:
+            raise InvalidInput("--init", "no init for stage 1 (set model.init in the recipe)", str(init))
+        model = stage1_model(mc, sd, tc.seed)
+    else:
+        if init is None:
+            raise InvalidInput("--init", "the stage-1 run folder for stage 2", None)
+        model = load_trained(init)
+        if mc.get("motion_module"):
+            _load_motion_weights(model.denoiser, str(mc["motion_module"]), heads, groups)
+    size = int(mc.get("image_size", 512))
+    if size != 8 * int(model.denoiser.config.sample_size):
+        raise InvalidInput("model.image_size", f"8 x the UNet's sample_size ({8 * int(model.denoiser.config.sample_size)})",
+                           size)
+    frames = 1 if stage == 1 else int(mc.get("frames", 12))
+    shards = ShardDataset(data, size=size, identities=identities)
+    ds = MagicPortraitClipDataset(shards, frames=frames, pairs_per_source=int(mc.get("pairs_per_source", 1)),
+                                  min_frame_gap=int(mc.get("min_frame_gap", 30)),
+                                  clip_stride=int(mc.get("clip_stride", 1)), seed=tc.seed, maps_fn=maps_fn)
+    text = encode_prompt(sd.text_encoder, sd.tokenizer, PROMPT)
+    module = MagicPortraitTrainModule(model, text, sd.vae, stage=stage,
+                                      reference_drop=float(mc.get("reference_drop", 0.1)))
+    if len(ds) < tc.batch_size:
+        tc = dataclasses.replace(tc, batch_size=len(ds))
+    outp = Path(output)
+    outp.mkdir(parents=True, exist_ok=True)
+    (outp / "magicportrait_run.json").write_text(json.dumps(
+        {"recipe": recipe.name, "stage": stage, "data": str(data), "items": len(ds), "frames": frames,
+         "init": str(init if init is not None else mc.get("init")),
+         "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+         "frozen": module.frozen}, indent=1))
+
+    def export(mod: nn.Module, dest: Path) -> None:
+        m = inflate(cast(MagicPortraitTrainModule, mod).model, heads=heads, norm_groups=groups, seed=tc.seed)
+        MagicPortraitPipeline.from_parts(m, sd).save_pretrained(dest)
+
+    trainer = Trainer(module, ds, tc, outp, export_fn=export)
+    latest = outp / "checkpoints" / "latest"
+    trainer.run(resume="latest" if resume and latest.exists() else None)
+    return outp / "final"
