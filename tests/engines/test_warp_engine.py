@@ -400,6 +400,65 @@ def test_glasses_frame_stays_rigid_under_a_brow_raise(astronaut):
     assert np.median(rigid) < 0.3 * np.median(bent)
 
 
+def test_glasses_taper_samples_stay_off_the_frame_and_never_repeat():
+    """Skin above a rigid bar whose motion points at it (raised brows) is stretched: every sample
+    lands off the bar and samples move monotonically down each column (a clamp to the nearest
+    skin pixel repeated one row: streaks). Offsets away from the bar are kept whole."""
+    from facerig.engines.warp.glasses import glasses_taper
+
+    h, w = 80, 40
+    frame = np.zeros((h, w), np.float32)
+    frame[50:56] = 1.0
+    for d in (3.0, 8.0, 15.0):
+        off = np.zeros((h, w, 2), np.float32)
+        off[..., 1] = d                      # every pixel samples d px below itself
+        lam = glasses_taper(frame, off)
+        ys = np.arange(h, dtype=np.float32)[:, None] + 0.5 + lam * d
+        above = slice(0, 50)
+        assert (ys[above] < 50.0).all()      # never on the bar
+        step = np.diff(ys[above], axis=0)
+        assert step.min() > 0.4              # monotone: no row is drawn twice
+        assert lam[:50 - int(2 * d) - 2].min() == 1.0  # far from the bar the motion is whole
+        assert (lam[50:56] == 0).all()       # the bar itself is rigid
+    off = np.zeros((h, w, 2), np.float32)
+    off[..., 1] = -8.0                       # skin moving towards the bar (lowered brows)
+    assert glasses_taper(frame, off)[:48].min() == 1.0
+    with pytest.raises(ValueError, match="stretch"):
+        glasses_taper(frame, off, stretch=1.0)
+
+
+def test_raised_brows_above_glasses_do_not_sample_the_frame(astronaut):
+    """Rendered: the pixels above the drawn frame's top bar take no colour from the frame after a
+    brow raise, and their sample rows move monotonically (the streak test on a real photo)."""
+    from facerig.edit import _fit_one
+    from facerig.morphable import load_face_model
+
+    model = load_face_model("builtin")
+    p0 = _fit_one(astronaut, model, "largest", "astronaut")
+    img = _draw_glasses(astronaut, np.asarray(p0.meta["landmarks_px"], np.float64))
+    params = _fit_one(img, model, "largest", "astronaut with glasses")
+    target = EditSpec(expression={"browInnerUp": 1.0, "browOuterUp_L": 1.0, "browOuterUp_R": 1.0}).apply(params, model)
+    eng = get_engine("warp")
+    state = eng.prepare(img, params, model)
+    eng.render_frame(state, target, return_layers=True)
+    fld = eng.last_layers["field"][..., :2]
+    g = state.glasses.frame
+    h, w = g.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    sx = np.clip(np.floor(xs + 0.5 + fld[..., 0]).astype(int), 0, w - 1)
+    sy = np.clip(np.floor(ys + 0.5 + fld[..., 1]).astype(int), 0, h - 1)
+    fy, fx = np.nonzero(g > 0.5)
+    top = int(np.percentile(fy, 2))
+    band = np.zeros((h, w), bool)
+    band[max(0, top - int(0.08 * state.face_px)):top - 2, int(np.percentile(fx, 10)):int(np.percentile(fx, 90))] = True
+    band &= cv2.dilate((g > 0.05).astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+    moved = band & (np.abs(fld[..., 1]) > 0.5)
+    assert moved.sum() > 50                  # the brows above the bar do move
+    assert (g[sy, sx][band] > 0.3).mean() < 0.01
+    dy = np.diff(ys + fld[..., 1], axis=0)[band[1:] & band[:-1]]
+    assert np.percentile(dy, 1) > 0.3        # no run of repeated sample rows
+
+
 @pytest.mark.shared_data
 def test_wider_eyes_do_not_paint_white_over_the_iris():
     """The top of the iris that the photo's upper lid covered is iris after widening the eyes, not

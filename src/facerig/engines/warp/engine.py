@@ -60,7 +60,7 @@ from facerig.engines.warp.field import (
     use_kernels,
 )
 from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask
-from facerig.engines.warp.glasses import detect_glasses
+from facerig.engines.warp.glasses import detect_glasses, glasses_taper
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import (
     MouthSource,
@@ -544,12 +544,12 @@ class WarpEngine(Engine):
         gaps = self._lid_gap_ratios(st, vt)
         closing = [eye for eye, r in gaps.items() if r < 0.35]  # shut (or nearly)
         eye_hidden = np.zeros(src.shape[0], bool)
+        eye_lab = np.zeros(src.shape[0], np.uint8)  # which source opening each covered pixel shows
         if closing and st.eye_open is not None:
             sx_i = np.clip(np.rint(src[:, 0] - 0.5).astype(np.int64), 0, w - 1)
             sy_i = np.clip(np.rint(src[:, 1] - 0.5).astype(np.int64), 0, h - 1)
-            lab = st.eye_open[sy_i, sx_i]
-            for eye in closing:
-                eye_hidden |= lab == eye
+            eye_lab = st.eye_open[sy_i, sx_i].astype(np.uint8)
+            eye_hidden = np.isin(eye_lab, closing)
             hidden |= eye_hidden
 
         # ---- the rim motion split into head pose and expression: outside the mesh, expression
@@ -713,7 +713,32 @@ class WarpEngine(Engine):
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
         if o.brow_unfold:  # raised brows move as they are, the lid skin unfolds under them (brows.py)
             unfold_raised_brows(fld, st.verts, vt, st.image, _detected_px(st.params, st.roi[:2], st.k))
-        frame_t = self._rigid_glasses(st, target_params, D, covf, fld)
+        frame_t, keep = self._rigid_glasses(st, target_params, D, covf, fld)
+        if frame_t is not None and keep is not None and closing and st.eye_open is not None:
+            # next to a rigid frame the lid's motion tapers off (it may not reach behind the
+            # frame): pixels that now show the photo's opening of a closing eye, or a lid strip
+            # compressed hard (streaks), are lid too: the lid's own colour
+            fs = np.stack([ix + 0.5, iy + 0.5], 1) + fld[iy, ix, :2]
+            lab_f = st.eye_open[np.clip(np.floor(fs[:, 1]).astype(np.int64), 0, h - 1),
+                                np.clip(np.floor(fs[:, 0]).astype(np.int64), 0, w - 1)]
+            lab_f = np.where(np.isin(lab_f, closing), lab_f, 0)
+            if st.eye_full is not None and keep[iy, ix].min() < 0.75:
+                cy, cx = [], []
+                for eye in (1, 2):
+                    ey_, ex_ = np.nonzero(st.eye_full == eye)
+                    cy.append(ey_.mean() if ey_.size else np.nan)
+                    cx.append(ex_.mean() if ex_.size else np.nan)
+                if np.isfinite(cx).all():
+                    side = np.where(np.abs(ix - cx[0]) + np.abs(iy - cy[0]) <= np.abs(ix - cx[1]) + np.abs(iy - cy[1]), 1, 2)
+                    r = max(1, int(round(0.06 * st.face_px)))  # the lids' zone (as in _rigid_glasses)
+                    ez = cv2.dilate((st.eye_full > 0).astype(np.uint8),
+                                    cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+                    squeezed = ((keep[iy, ix] < 0.75) & (ez[iy, ix] > 0) & (frame_t[iy, ix] < 0.05)
+                                & np.isin(side, closing) & (lab_f == 0))
+                    lab_f = np.where(squeezed, side, lab_f)
+            extra = ~eye_hidden & (lab_f > 0) & (frame_t[iy, ix] < 0.5)
+            eye_lab = np.where(extra, lab_f, eye_lab).astype(np.uint8)
+            eye_hidden = eye_hidden | extra
         tm["fields"] = time.perf_counter() - t0
 
         # ---- fill layers (work grid): mirror / inpaint for hidden points, synthesised mouth
@@ -725,8 +750,7 @@ class WarpEngine(Engine):
             # the closing lid over the source's real opening: the lid skin's own colour (its lighter
             # part: not lashes or crease), relit, with the photo's grain
             ey, ex = iy[eye_hidden], ix[eye_hidden]
-            which = st.eye_open[np.clip(np.rint(src[eye_hidden, 1] - 0.5).astype(np.int64), 0, h - 1),
-                                np.clip(np.rint(src[eye_hidden, 0] - 0.5).astype(np.int64), 0, w - 1)]
+            which = eye_lab[eye_hidden]
             lab_t = np.zeros((h, w), np.uint8)
             lab_t[ey, ex] = which
             sig = 0.7  # soften the mask's staircase only: the warped lash line next to it stays
@@ -918,37 +942,33 @@ class WarpEngine(Engine):
     # ------------------------------------------------------------------------------------------
     @staticmethod
     def _rigid_glasses(st: WarpSource, target_params: Any, D: np.ndarray, covf: np.ndarray,
-                       fld: np.ndarray) -> np.ndarray | None:
+                       fld: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Glasses move rigidly with the head: where an edit changes the expression, the frame's
         target pixels take the pose part of the motion only (``D[..., :2] - D[..., 3:5]``: the
         displacement minus its expression part, i.e. the rigid motion of the head in 3D), so a brow
         raise, closing lids or a smile do not bend the frame; a pose-only edit already moves it
-        rigidly. Skin that moves away from the frame takes the skin next to it (not the frame a
-        second time). ``fld`` is changed in place; returns the frame's soft target mask (None
-        without glasses or without an expression change)."""
+        rigidly. Next to the frame the expression motion tapers off (``glasses_taper``): skin that
+        moves away from the frame stretches rather than sample the frame a second time (what the
+        frame hid is not in the photo). ``fld`` is changed in place; returns the frame's soft
+        target mask and the fraction of its expression motion each pixel kept (both None without
+        glasses or without an expression change)."""
         g = st.glasses
         if g is None or not g.present:
-            return None
+            return None, None
         tp = target_params
         same = tp.expression.shape == st.params.expression.shape and torch.equal(tp.expression, st.params.expression)
         if same and tp.jaw_pose is not None and st.params.jaw_pose is not None:
             same = torch.equal(tp.jaw_pose, st.params.jaw_pose)
         if same:
-            return None
+            return None, None
         h, w = st.work_hw
-        if g.box is None:  # per source: the frame's reach and, off the frame, the nearest skin pixel
+        if g.box is None:  # per source: the frame's reach
             fy, fx = np.nonzero(g.frame > 1e-3)
             if fy.size == 0:
-                return None
-            pad = int(0.1 * st.face_px) + 2
+                return None, None
+            pad = int(0.12 * st.face_px) + 2
             g.box = (max(0, int(fy.min()) - pad), min(h, int(fy.max()) + pad + 1),
                      max(0, int(fx.min()) - pad), min(w, int(fx.max()) + pad + 1))
-            off = (g.frame <= 0.3).astype(np.uint8)
-            _, lab_f = cv2.distanceTransformWithLabels(1 - off, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-            zy, zx = np.nonzero(off)
-            pos = np.zeros((int(lab_f.max()) + 1, 2), np.float32)
-            pos[lab_f[zy, zx]] = np.stack([zx + 0.5, zy + 0.5], 1)
-            g.nearest_skin = pos[lab_f]
         y0, y1, x0, x1 = g.box
         ys, xs = np.mgrid[y0:y1, x0:x1]
         p = np.stack([xs + 0.5, ys + 0.5], 2).astype(np.float32)
@@ -957,22 +977,26 @@ class WarpEngine(Engine):
         sp = np.clip(np.floor(p + d_rigid).astype(np.int64), 0, [w - 1, h - 1])
         m_t = np.where(cov, g.frame[sp[..., 1], sp[..., 0]], 0.0).astype(np.float32)
         if not (m_t > 1e-3).any():
-            return None
+            return None, None
         m_t = (np.clip(cv2.GaussianBlur(cv2.dilate(m_t, np.ones((3, 3), np.uint8)), (0, 0), 0.7), 0, 1) * cov).astype(np.float32)
         sub = fld[y0:y1, x0:x1, :2]
-        a = m_t[..., None]
-        sub[:] = a * d_rigid + (1 - a) * sub
-        # skin that moves away from the frame (raised brows) uncovers what the frame hid: pixels
-        # off the target frame whose warp reaches onto the photo's frame would draw it a second
-        # time, stretched; they take the nearest skin pixel next to the frame instead (a reflection
-        # across the frame's edge doubled the brows above it and drew the eye into closing lids)
-        so = np.clip(np.floor(p + sub).astype(np.int64), 0, [w - 1, h - 1])
-        on = (m_t < 0.5) & (g.frame[so[..., 1], so[..., 0]] > 0.3)
-        if on.any():
-            sub[on] = g.nearest_skin[so[on][:, 1], so[on][:, 0]] - p[on]
+        # the lids inside the lens keep nearly all their motion (closing lids reach the rim: their
+        # skin is plain, a strong compression there does not show), the brows above the frame
+        # stretch their skin twice (brow hair compressed harder reads as streaks)
+        stretch: float | np.ndarray = 2.0
+        if st.eye_full is not None:
+            r = max(1, int(round(0.06 * st.face_px)))
+            ez = cv2.dilate((st.eye_full > 0).astype(np.uint8),
+                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+            near = cv2.GaussianBlur(ez[sp[..., 1], sp[..., 0]].astype(np.float32), (0, 0), max(1.0, r / 2))
+            stretch = 2.0 - 0.85 * np.clip(near, 0.0, 1.0)
+        lam = glasses_taper(m_t, sub - d_rigid, stretch=stretch)
+        sub[:] = d_rigid + lam[..., None] * (sub - d_rigid)
         out = np.zeros((h, w), np.float32)
         out[y0:y1, x0:x1] = m_t
-        return out
+        keep = np.ones((h, w), np.float32)
+        keep[y0:y1, x0:x1] = np.where(cov, lam, 1.0)
+        return out, keep
 
     # ------------------------------------------------------------------------------------------
     @staticmethod

@@ -39,7 +39,6 @@ class Glasses:
     frame: np.ndarray      # (H, W) float32 soft mask of the frame pixels (zeros when absent)
     anchor_ids: tuple[int, ...]  # vertices that carry the frame (rigid fit)
     box: tuple[int, int, int, int] | None = None  # (set by the engine) y0, y1, x0, x1 the frame can reach
-    nearest_skin: np.ndarray | None = None  # (set by the engine) (H, W, 2) nearest pixel off the frame
 
 
 def _row_peak(gy: np.ndarray, x0: float, x1: float, y0: float, y1: float) -> tuple[float, float]:
@@ -188,6 +187,41 @@ def _frame_bridges(fm: np.ndarray, pts: np.ndarray) -> bool:
     ys, xs = np.nonzero(fm > 0.5)
     span = float(xs.max() - xs.min()) if xs.size else 0.0
     return bool(cols >= 0.6 and span >= 1.2 * iod)
+
+
+def glasses_taper(frame_t: np.ndarray, offset: np.ndarray, stretch: float | np.ndarray = 2.0,
+                  margin: float = 1.0) -> np.ndarray:
+    """How much of the expression motion each pixel near a rigid glasses frame keeps, in [0, 1].
+
+    ``frame_t`` (h, w) is the frame's soft mask where it lands in the target; ``offset`` (h, w, 2)
+    the expression part of the warp (source point minus the rigid head motion's source point, in
+    pixels). A pixel whose expression offset points towards the frame (skin moving away from it:
+    raised brows, lids closing under the top rim) would sample the frame a second time, or
+    nothing useful: the frame hid what it uncovers. It keeps the fraction
+    ``(t - margin) / (stretch * e)`` of its offset (``t``: its distance to the frame, ``e``: the
+    offset's component towards it), so the skin between the frame and the moved feature is
+    stretched by ``stretch / (stretch - 1)`` and the samples move monotonically away from the
+    frame: no sample lands on it and none repeat (a clamp to the nearest skin pixel drew streaks
+    and blocks). ``stretch`` may be a per-pixel (h, w) map. Pixels on the frame keep none (they move rigidly), those moving towards it or
+    along it keep all. A pure function of the two arrays."""
+    if frame_t.ndim != 2 or offset.shape != (*frame_t.shape, 2):
+        raise ValueError(f"glasses_taper: expected frame_t (h, w) and offset (h, w, 2), got "
+                         f"{frame_t.shape} and {offset.shape}")
+    st = np.asarray(stretch, np.float32)
+    if st.ndim not in (0, 2) or (st.ndim == 2 and st.shape != frame_t.shape) or float(st.min()) <= 1.0:
+        raise ValueError(f"glasses_taper: stretch must be > 1 (a number or an (h, w) map), got shape "
+                         f"{st.shape}, min {float(st.min()) if st.size else 'n/a'}")
+    on = (frame_t > 0.3).astype(np.uint8)
+    if not on.any():
+        return np.ones(frame_t.shape, np.float32)
+    t = cv2.distanceTransform(1 - on, cv2.DIST_L2, 5).astype(np.float32)
+    ts = cv2.GaussianBlur(t, (0, 0), 1.0)
+    gy, gx = np.gradient(ts)
+    n = np.hypot(gx, gy) + 1e-6
+    toward = np.maximum(0.0, -(offset[..., 0] * gx + offset[..., 1] * gy) / n)
+    lam = np.clip((t - margin) / (st * toward + 1e-6), 0.0, 1.0)
+    lam = np.minimum(lam, 1.0 - np.clip(frame_t, 0.0, 1.0))
+    return lam.astype(np.float32)
 
 
 def rigid_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
