@@ -17,6 +17,12 @@
 * ``reference_drop`` (default 0.1, the lineage's ``uncond_ratio`` of Champ's training configs): the
   probability that a sample's readers ignore the reference, as the unconditional half of
   classifier-free guidance does at inference.
+* ``noise_offset`` (default 0; Champ's configs: 0.05): a per-sample, per-channel constant added to
+  the noise (``offset * randn(B, C, 1, 1, 1)``, the same over frames and pixels), as the lineage's
+  training scripts do, so the model learns to shift a latent's mean (very dark / light frames).
+* ``snr_gamma`` (default 0: plain MSE; Champ's configs: 5): min-SNR weighting of each sample's MSE,
+  in the lineage's v-prediction form ``min(SNR + 1, gamma) / (SNR + 1)`` with ``SNR = a / (1 - a)``;
+  at the zero-terminal-SNR last step it is 1 (no division by zero).
 
 Runs (:func:`train_magicportrait`, ``facerig train magicportrait --stage 1|2``):
 
@@ -51,8 +57,8 @@ from .guidance import guidance_features
 from .model import MagicPortraitModel
 
 __all__ = ["MODEL_KEYS", "MagicPortraitClipDataset", "MagicPortraitTrainModule", "conditioner_maps",
-           "fresh_motion_adapter", "inflate", "load_trained", "release_alphas_cumprod", "stage1_model",
-           "train_magicportrait"]
+           "fresh_motion_adapter", "inflate", "load_trained", "min_snr_weights", "release_alphas_cumprod",
+           "stage1_model", "train_magicportrait", "weighted_v_loss"]
 
 
 def release_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
@@ -63,6 +69,25 @@ def release_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_
     betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float32)
     betas = rescale_zero_terminal_snr(betas).double()
     return torch.cumprod(1.0 - betas, 0)
+
+
+def min_snr_weights(alphas_cumprod_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample min-SNR loss weights of a v-prediction objective (the lineage's form):
+    ``min(SNR + 1, gamma) / (SNR + 1)``, ``SNR = a / (1 - a)``; 1 at a = 0 (zero terminal SNR) and
+    ``gamma / (SNR + 1)`` -> 0 as a -> 1. ``gamma`` <= 0: all ones."""
+    a = alphas_cumprod_t.double()
+    if gamma <= 0:
+        return torch.ones_like(a)
+    snr1 = a / (1.0 - a).clamp_min(1e-12) + 1.0
+    return torch.minimum(snr1, torch.full_like(snr1, float(gamma))) / snr1
+
+
+def weighted_v_loss(pred: torch.Tensor, v: torch.Tensor, alphas_cumprod_t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """MSE on v, each sample's mean weighted by :func:`min_snr_weights` (plain MSE at gamma 0)."""
+    if gamma <= 0:
+        return F.mse_loss(pred, v)
+    per = ((pred - v) ** 2).flatten(1).mean(1)
+    return (per * min_snr_weights(alphas_cumprod_t, gamma).to(per.dtype)).mean()
 
 
 def fresh_motion_adapter(unet_config: Mapping[str, Any], *, num_attention_heads: int = 8, norm_num_groups: int = 32,
@@ -109,7 +134,8 @@ class MagicPortraitTrainModule(nn.Module):
     text_embeds: torch.Tensor
 
     def __init__(self, model: MagicPortraitModel, text_embeds: torch.Tensor, vae: Any = None, *, stage: int,
-                 alphas_cumprod: torch.Tensor | None = None, reference_drop: float = 0.1, freeze_dead: bool = True):
+                 alphas_cumprod: torch.Tensor | None = None, reference_drop: float = 0.1, freeze_dead: bool = True,
+                 noise_offset: float = 0.0, snr_gamma: float = 0.0):
         super().__init__()
         if not isinstance(model, MagicPortraitModel):
             raise InvalidInput("model", "a MagicPortraitModel", type(model).__name__)
@@ -119,6 +145,10 @@ class MagicPortraitTrainModule(nn.Module):
             raise InvalidInput("text_embeds", "the prompt's (1, 77, D) embedding", getattr(text_embeds, "shape", None))
         if not 0.0 <= float(reference_drop) < 1.0:
             raise InvalidInput("reference_drop", "a probability in [0, 1)", reference_drop)
+        if not 0.0 <= float(noise_offset) < 1.0:
+            raise InvalidInput("noise_offset", "a number in [0, 1) (Champ: 0.05)", noise_offset)
+        if not float(snr_gamma) >= 0.0:
+            raise InvalidInput("snr_gamma", "0 (plain MSE) or a positive min-SNR gamma (Champ: 5)", snr_gamma)
         motion = any(".motion_modules." in n for n, _ in model.denoiser.named_parameters())
         if stage == 2 and not motion:
             raise InvalidInput("model", "a denoiser with motion modules for stage 2 (build_denoiser)", "a 2D UNet")
@@ -131,6 +161,8 @@ class MagicPortraitTrainModule(nn.Module):
         self.denoiser = model.denoiser
         self.guidance_encoders = nn.ModuleDict(model.guidance_encoders)
         self.reference_drop = float(reference_drop)
+        self.noise_offset = float(noise_offset)
+        self.snr_gamma = float(snr_gamma)
         self.register_buffer("text_embeds", text_embeds.detach().clone(), persistent=False)
         ac = release_alphas_cumprod() if alphas_cumprod is None else torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         self.register_buffer("alphas_cumprod", ac, persistent=False)
@@ -201,6 +233,9 @@ class MagicPortraitTrainModule(nn.Module):
         t = t.to(dev)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32)
+            if self.noise_offset > 0:
+                noise = noise + self.noise_offset * torch.randn((b, x0.shape[1], 1, 1, 1), generator=generator,
+                                                                dtype=torch.float32)
         noise = noise.to(dev)
         if drop is None:
             drop = torch.rand(b, generator=generator) < self.reference_drop
@@ -231,7 +266,7 @@ class MagicPortraitTrainModule(nn.Module):
             mp.bank.set_drop(None)
             mp.bank.frames = 1
             mp.bank.clear()
-        return F.mse_loss(pred.float(), v)
+        return weighted_v_loss(pred.float(), v, a.view(b).double(), self.snr_gamma)
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -316,7 +351,8 @@ class MagicPortraitClipDataset(Dataset):
 
 # ---- models of a run ---------------------------------------------------------------------------
 MODEL_KEYS = ("init", "unet", "guidance", "motion_heads", "motion_norm_groups", "motion_module", "frames",
-              "image_size", "pairs_per_source", "min_frame_gap", "clip_stride", "reference_drop")
+              "image_size", "pairs_per_source", "min_frame_gap", "clip_stride", "reference_drop",
+              "noise_offset", "snr_gamma")
 
 
 def _seeded(seed: int, build: Callable[[], Any]) -> Any:
@@ -458,7 +494,9 @@ def train_magicportrait(
                                   clip_stride=int(mc.get("clip_stride", 1)), seed=tc.seed, maps_fn=maps_fn)
     text = encode_prompt(sd.text_encoder, sd.tokenizer, PROMPT)
     module = MagicPortraitTrainModule(model, text, sd.vae, stage=stage,
-                                      reference_drop=float(mc.get("reference_drop", 0.1)))
+                                      reference_drop=float(mc.get("reference_drop", 0.1)),
+                                      noise_offset=float(mc.get("noise_offset", 0.0)),
+                                      snr_gamma=float(mc.get("snr_gamma", 0.0)))
     if len(ds) < tc.batch_size:
         tc = dataclasses.replace(tc, batch_size=len(ds))
     outp = Path(output)
