@@ -271,3 +271,22 @@ def test_unet_config_keys_of_other_diffusers_versions_are_ignored(tiny_release, 
                                                                "some_future_option": 1}))
     unet = load_denoising_unet(tiny_release / "denoising_unet.pth", tmp_path / "unet")
     assert unet.config.cross_attention_dim == 32
+
+
+def test_saved_motion_module_is_the_released_file_again(tiny_release, layout, tmp_path):
+    """A denoiser built from the release's motion_module.pth writes it back key for key and tensor
+    for tensor (the AnimateDiff layout stage 2 exports); a 2D UNet is refused."""
+    from facerig.engines.magicportrait.checkpoints import save_motion_module
+
+    cfg = layout.TINY_UNET_CONFIG
+    kw = {"num_attention_heads": layout.TINY_MOTION["num_attention_heads"],
+          "norm_num_groups": layout.TINY_MOTION["norm_num_groups"]}
+    unet = load_denoising_unet(tiny_release / "denoising_unet.pth", cfg)
+    den = build_denoiser(unet, load_motion_adapter(tiny_release / "motion_module.pth", cfg, **kw))
+    out = save_motion_module(den, tmp_path / "out" / "motion_module.pth")
+    got = torch.load(out, weights_only=True)
+    want = torch.load(tiny_release / "motion_module.pth", weights_only=True)
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k], want[k].float()) for k in want)
+    with pytest.raises(InvalidInput, match="denoiser"):
+        save_motion_module(unet, tmp_path / "x.pth")

@@ -79,6 +79,21 @@ def test_cli_trains_stage1_then_stage2_and_exports_a_pipeline(prepared_album, ti
     assert changed and all(is_motion_param(k) for k in changed)
     assert torch.equal(next(iter(m1.reference_unet.state_dict().values())),
                        next(iter(m2.reference_unet.state_dict().values())))
+    # stage 2 also exports its temporal modules in AnimateDiff's layout, equal to the trained ones
+    from facerig.engines.magicportrait.checkpoints import load_motion_adapter
+
+    mm = r2 / "final" / "motion_module.pth"
+    assert mm.is_file() and not (r1 / "final" / "motion_module.pth").exists()
+    raw = torch.load(mm, weights_only=True)
+    assert raw and all(".motion_modules." in k and ".temporal_transformer." in k for k in raw)
+    from facerig.train.config import load_recipe
+
+    rec = load_recipe(json.loads((r2 / "magicportrait_run.json").read_text())["recipe"], engine="magicportrait")
+    adapter = load_motion_adapter(mm, m2.denoiser.config, num_attention_heads=int(rec.model.get("motion_heads", 8)),
+                                  norm_num_groups=int(rec.model.get("motion_norm_groups", 32)))
+    ad = adapter.state_dict()
+    dm = {k: v for k, v in s2.items() if ".motion_modules." in f".{k}"}
+    assert set(ad) == set(dm) and all(torch.equal(ad[k], dm[k]) for k in ad)
     # the pipeline folder loads and samples a clip
     pipe = MagicPortraitPipeline.from_pretrained(r2 / "final")
     g = torch.Generator().manual_seed(0)

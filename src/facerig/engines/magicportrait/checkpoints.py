@@ -56,6 +56,7 @@ __all__ = [
     "load_reference_unet",
     "per_frame_motion_norm",
     "read_checkpoint",
+    "save_motion_module",
     "strip_reference_tail",
 ]
 
@@ -313,6 +314,21 @@ def load_motion_adapter(path: str | os.PathLike[str], unet_config: Mapping[str, 
     _load_into(adapter, sd, str(path), layout=f"{LAYOUT} (AnimateDiff motion modules, renamed to MotionAdapter keys)")
     per_frame_motion_norm(adapter)
     return _place(adapter, device, dtype)
+
+
+def save_motion_module(denoiser: Any, path: str | os.PathLike[str]) -> Path:
+    """The temporal modules of a ``UNetMotionModel`` as an AnimateDiff-named ``motion_module.pth``
+    (the released file's layout: :func:`diffusers_to_animatediff` of its ``.motion_modules.``
+    parameters and buffers, fp32 tensors only, so :func:`load_motion_adapter` and
+    ``torch.load(weights_only=True)`` read it back). Returns the path."""
+    state = {k: v.detach().float().cpu().contiguous() for k, v in denoiser.state_dict().items()
+             if ".motion_modules." in f".{k}"}
+    if not state:
+        raise InvalidInput("denoiser", "a UNetMotionModel with motion modules", type(denoiser).__name__)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(diffusers_to_animatediff(state), out)
+    return out
 
 
 def build_denoiser(unet: Any, adapter: Any) -> Any:

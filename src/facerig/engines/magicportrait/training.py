@@ -34,6 +34,8 @@ Runs (:func:`train_magicportrait`, ``facerig train magicportrait --stage 1|2``):
 * export: ``OUT/final`` is a :meth:`~.pipeline.MagicPortraitPipeline.save_pretrained` folder
   (``model_index.json``); a stage-1 denoiser is inflated with fresh zero-output motion modules (an
   exact identity) so that both stages export the same layout; :func:`load_trained` reads it back.
+  Stage 2 also writes ``OUT/final/motion_module.pth``: the trained temporal modules in AnimateDiff's
+  key layout (``checkpoints.save_motion_module``), loadable by ``load_motion_adapter``.
 """
 
 from __future__ import annotations
@@ -510,6 +512,10 @@ def train_magicportrait(
     def export(mod: nn.Module, dest: Path) -> None:
         m = inflate(cast(MagicPortraitTrainModule, mod).model, heads=heads, norm_groups=groups, seed=tc.seed)
         MagicPortraitPipeline.from_parts(m, sd).save_pretrained(dest)
+        if stage == 2:  # what stage 2 trained, also in the AnimateDiff file layout (for other tools)
+            from .checkpoints import MOTION_FILE, save_motion_module
+
+            save_motion_module(m.denoiser, Path(dest) / MOTION_FILE)
 
     trainer = Trainer(module, ds, tc, outp, export_fn=export)
     latest = outp / "checkpoints" / "latest"
