@@ -101,3 +101,36 @@ def test_plan_and_env(inputs, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert rank_from_env(None, None) == (1, 3)
     assert rank_from_env(0, 2) == (0, 2)
+
+
+def test_clip_crop_keeps_one_crop_per_video(astronaut, tmp_path):
+    """A video whose face slides right: per-frame crops keep the face in place, ``clip_crop`` keeps
+    one crop so the face slides inside it (by the video's shift times the crop's scale)."""
+    from facerig.io.video import write_video
+
+    base = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)
+    frames = [np.ascontiguousarray(np.roll(base, 8 * k, axis=1)) for k in range(3)]
+    src = tmp_path / "in"
+    src.mkdir()
+    write_video(src / "slide.mp4", frames, fps=10)
+    shift = {}
+    for clip in (False, True):
+        out = tmp_path / f"out{int(clip)}"
+        prepare_dataset([src], out, PrepareOptions(size=64, shard_size=10, frame_stride=1, clip_crop=clip,
+                                                   photometric=False))
+        imgs, metas = {}, {}
+        for f in sorted(out.glob("shard-*.tar")):
+            with tarfile.open(f) as t:
+                for n in t.getnames():
+                    data = t.extractfile(n).read()
+                    k = n.split(".")[0]
+                    if n.endswith(".png"):
+                        imgs[k] = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+                    elif n.endswith(".params.json"):
+                        metas[k] = json.loads(data)["meta"]
+        keys = sorted(imgs)
+        assert len(keys) == 3 and all(metas[k]["clip_crop"] == clip for k in keys)
+        (dx, _), _ = cv2.phaseCorrelate(imgs[keys[0]], imgs[keys[2]])
+        shift[clip] = dx
+    assert abs(shift[False]) < 1.5
+    assert shift[True] > 5.0          # 16 px in the video, 16 x 64 / (crop side) in the crop: 11.7 measured

@@ -378,6 +378,7 @@ def prepare(
     album_by_folder: Annotated[bool, typer.Option("--album-by-folder", help="each sub-folder is one person (shared identity)")] = False,
     frame_stride: Annotated[int, typer.Option(help="videos: every k-th frame")] = 10,
     max_frames: Annotated[int | None, typer.Option(help="videos: at most this many frames (after the stride)")] = None,
+    clip_crop: Annotated[bool, typer.Option("--clip-crop", help="videos: one crop for all frames of a video (for clip training, MagicPortrait stage 2)")] = False,
     limit: Annotated[int | None, typer.Option(help="at most this many persons/videos/photos (sorted)")] = None,
     workers: Annotated[int, typer.Option(help="processes on this machine")] = 1,
     rank: Annotated[int | None, typer.Option(help="this machine's rank (default: env RANK or 0)")] = None,
@@ -389,7 +390,8 @@ def prepare(
     from facerig.train.prepare import PrepareOptions, prepare_dataset
 
     opts = PrepareOptions(crop=crop, size=size, buffers=buffers, shard_size=shard_size, frame_stride=frame_stride,
-                          max_frames=max_frames, album_by_folder=album_by_folder, limit=limit, model=model)
+                          max_frames=max_frames, album_by_folder=album_by_folder, limit=limit, model=model,
+                          clip_crop=clip_crop)
     idx = prepare_dataset(inputs, output, opts, workers=workers, rank=rank, world_size=world_size, progress=progress)
     run = idx["run"]
     print(f"rank {run['rank']}/{run['world_size']}: {run['shards_done']} shards written, "

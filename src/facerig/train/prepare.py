@@ -14,6 +14,8 @@
    the face model **on the aligned crop** (the detected landmarks are mapped into the crop, so no second
    detection): the identity is shared by the group (estimated on at most 24 key items, then fixed),
    pose/expression per item, then the photometric fit (light, albedo) against the aligned crops.
+   With ``clip_crop`` a video's frames share ONE crop (that of their mean landmarks), so the face
+   moves inside the crops as in the video (clip-based training: MagicPortrait stage 2).
    Params are therefore in the camera frame of a DECA crop *of the aligned image*
    (``params.crop[0].frame_size == (size, size)``); :func:`facerig.train.data.render_aligned` renders
    them pixel-aligned with the stored crop at any resolution. (Chosen over converting a fit of the
@@ -68,6 +70,7 @@ class PrepareOptions:
     limit: int | None = None           # at most this many groups (after sorting)
     model: str = "builtin"
     photometric: bool = True
+    clip_crop: bool = False            # videos: one crop for all of a video's frames (the mean landmarks' crop)
 
 
 @dataclass
@@ -174,14 +177,54 @@ class _Worker:
         self.model = load_face_model(opts.model)
         self.fingerprint = self.model.fingerprint()
 
-    def _align(self, image: np.ndarray, lm: Any) -> tuple[np.ndarray, Any]:
-        from facerig.detect.crops import crop_landmarks, ffhq_crop, square_crop, warp_to_crop
+    def _crop_of(self, lm: Any, frame_size: tuple[int, int] | None = None) -> Any:
+        from facerig.detect.crops import ffhq_crop, square_crop
 
         if self.opts.crop == "ffhq":
-            crop = ffhq_crop(lm, self.opts.size)
-        else:
-            crop = square_crop(lm, self.opts.size)
+            return ffhq_crop(lm, self.opts.size, frame_size=frame_size)
+        return square_crop(lm, self.opts.size, frame_size=frame_size)
+
+    def _align(self, image: np.ndarray, lm: Any, crop: Any = None) -> tuple[np.ndarray, Any]:
+        from facerig.detect.crops import crop_landmarks, warp_to_crop
+
+        if crop is None:
+            crop = self._crop_of(lm)
         return warp_to_crop(image, crop, border="reflect"), crop_landmarks(lm, crop)
+
+    def _clip_crop_video(self, g: Group, crops: list[np.ndarray], lms: list[Any], labels: list[tuple[str, int | None]],
+                         skipped: list[dict[str, Any]]) -> None:
+        """One crop for all of a video's frames (``clip_crop``): landmarks of every wanted frame
+        first, then the crop of their mean (the face moves inside it, as clip-based reenactment
+        training wants), and a second read of the video warps each frame with it."""
+        from facerig.errors import NoFaceFound
+        from facerig.io.video import iter_frames
+
+        want, last = set(g.items), max(g.items)
+        found: dict[int, Any] = {}
+        fs: tuple[int, int] | None = None
+        for i, frame in enumerate(iter_frames(g.source, max_frames=last + 1)):
+            if i > last:
+                break
+            if i not in want:
+                continue
+            try:
+                found[i] = self.det.detect_one(frame, source=f"{g.source}#{i}", frame_index=i)
+                fs = (int(frame.shape[0]), int(frame.shape[1]))
+            except NoFaceFound as e:
+                skipped.append({"source": f"{g.source}#{i}", "frame": i, "reason": str(e).split(":")[0]
+                                if "too small" in str(e) else "no face"})
+        if not found or fs is None:
+            return
+        mean = np.mean([np.asarray(found[i].points, np.float64) for i in sorted(found)], axis=0)
+        crop = self._crop_of(mean, fs)
+        for i, frame in enumerate(iter_frames(g.source, max_frames=last + 1)):
+            if i > last:
+                break
+            if i in found:
+                crop_img, lm_c = self._align(frame, found[i], crop)
+                crops.append(crop_img)
+                lms.append(lm_c)
+                labels.append((f"{g.source}#{i}", i))
 
     def group_samples(self, g: Group, skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Aligned crops + params of one group (items without a face go to ``skipped``)."""
@@ -191,7 +234,9 @@ class _Worker:
         crops: list[np.ndarray] = []
         lms: list[Any] = []
         labels: list[tuple[str, int | None]] = []
-        if g.kind == "video":
+        if g.kind == "video" and self.opts.clip_crop:
+            self._clip_crop_video(g, crops, lms, labels, skipped)
+        elif g.kind == "video":
             from facerig.io.video import iter_frames
 
             want = set(g.items)
@@ -217,6 +262,7 @@ class _Worker:
         for k, (crop_img, (src, frame_no)) in enumerate(zip(crops, labels, strict=True)):
             p = params[k]
             p.meta = {"identity": g.name, "source": src, "frame": frame_no, "crop": self.opts.crop,
+                      "clip_crop": bool(self.opts.clip_crop and g.kind == "video"),
                       "size": self.opts.size, "face_model": self.fingerprint}
             item = Path(src).stem if frame_no is None else f"f{frame_no:06d}"
             out.append({"key": f"{g.name}__{_slug(item)}", "image": crop_img, "params": p})

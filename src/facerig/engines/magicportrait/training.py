@@ -30,7 +30,8 @@ Runs (:func:`train_magicportrait`, ``facerig train magicportrait --stage 1|2``):
   (:class:`facerig.train.data.PairSampler`) or stage-2 clips of F consecutive samples of one identity
   + a reference, from prepared shards; maps of each target frame from ``maps_fn`` (default
   :func:`conditioner_maps`: :class:`~.conditions.FacerigMagicConditioner` on that frame's own
-  aligned crop, so maps and target image register; NOT one common crop per clip yet).
+  aligned crop, so maps and target image register). Shards prepared with ``facerig prepare
+  --clip-crop`` keep one crop per video, so a clip's face moves inside a fixed crop as released.
 * export: ``OUT/final`` is a :meth:`~.pipeline.MagicPortraitPipeline.save_pretrained` folder
   (``model_index.json``); a stage-1 denoiser is inflated with fresh zero-output motion modules (an
   exact identity) so that both stages export the same layout; :func:`load_trained` reads it back.
