@@ -65,3 +65,27 @@ def _restore_grad_mode():
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_grad_enabled(True)
+
+
+@pytest.fixture
+def run_two_processes(tmp_path):
+    """Run a worker script under ``torch.distributed.run`` in 2 CPU processes (gloo) with the
+    worker's folder on PYTHONPATH; returns the records ``worker_{rank}.json`` it wrote into its
+    output folder (the script's one argument)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def run(worker: Path, timeout: int = 400) -> list[dict]:
+        out = tmp_path / "dist"
+        env = dict(os.environ, OMP_NUM_THREADS="1",
+                   PYTHONPATH=str(Path(worker).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(worker), str(out)]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return [json.loads((out / f"worker_{i}.json").read_text()) for i in range(2)]
+
+    return run

@@ -4,9 +4,6 @@ were averaged across processes, also with gradient accumulation's skipped all-re
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,23 +12,8 @@ import torch
 HERE = Path(__file__).parent
 
 
-def test_two_cpu_processes_sync_gradients(tmp_path):
-    env = dict(
-        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(HERE / "trainer_dist_worker.py"),
-        str(tmp_path / "dist"),
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0, r.stderr[-3000:]
-    w = [json.loads((tmp_path / "dist" / f"worker_{i}.json").read_text()) for i in range(2)]
+def test_two_cpu_processes_sync_gradients(tmp_path, run_two_processes):
+    w = run_two_processes(HERE / "trainer_dist_worker.py", timeout=240)
     assert [x["rank"] for x in w] == [0, 1]
     assert all(x["world"] == 2 and x["backend"] == "gloo" and "MULTI_CPU" in x["distributed_type"] for x in w)
     assert all(len(x["seen"]) == 3 * 2 for x in w)  # 3 steps x 2 micro-batches each

@@ -49,7 +49,19 @@ from facerig.errors import InvalidInput
 
 from .config import TrainConfig
 
-__all__ = ["EMA", "Trainer", "lr_lambda"]
+__all__ = ["EMA", "Trainer", "lr_lambda", "state_digest"]
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names and float32 values, sorted by name): equal on every
+    process of a distributed run whose replicas are in sync."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for n, p in sorted(module.state_dict().items()):
+        h.update(n.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def lr_lambda(name: str, warmup: int, total: int) -> Callable[[int], float]:

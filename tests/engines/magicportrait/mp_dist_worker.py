@@ -4,7 +4,6 @@ DDP) and writes each process's weight digests."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -14,20 +13,13 @@ from test_training import Clips, _model, _text
 
 from facerig.engines.magicportrait.training import MagicPortraitTrainModule
 from facerig.train.config import TrainConfig
-from facerig.train.trainer import Trainer
+from facerig.train.trainer import Trainer, state_digest
 
 PARTS = ("reference_unet", "denoiser", "guidance_encoders")
 
 
 def digest(module: torch.nn.Module) -> dict[str, str]:
-    out = {}
-    for part in PARTS:
-        h = hashlib.sha256()
-        for n, p in sorted(getattr(module, part).state_dict().items()):
-            h.update(n.encode())
-            h.update(p.detach().float().contiguous().numpy().tobytes())
-        out[part] = h.hexdigest()
-    return out
+    return {part: state_digest(getattr(module, part)) for part in PARTS}
 
 
 def main(out: Path) -> None:

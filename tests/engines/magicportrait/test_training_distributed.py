@@ -5,23 +5,13 @@ each stage with identical weights that differ from the start where that stage tr
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
 
 
-def test_two_cpu_processes_train_both_stages_in_sync(tmp_path: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "mp_dist_worker.py"), str(tmp_path / "dist")]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stderr[-3000:]
-    w = [json.loads((tmp_path / "dist" / f"worker_{i}.json").read_text()) for i in range(2)]
+def test_two_cpu_processes_train_both_stages_in_sync(run_two_processes) -> None:
+    w = run_two_processes(HERE / "mp_dist_worker.py")
     assert [x["rank"] for x in w] == [0, 1] and all(x["world"] == 2 for x in w)
     for stage in ("stage1", "stage2"):
         assert w[0][stage]["end"] == w[1][stage]["end"], stage

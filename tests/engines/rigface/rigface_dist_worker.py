@@ -3,7 +3,6 @@ torchrun (2 CPU processes over gloo, DDP) and writes each process's final weight
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from torch.utils.data import Dataset
 from facerig.engines.rigface.model import TINY_UNET_CONFIG, RigFaceUNets
 from facerig.engines.rigface.training import RigFaceTrainModule
 from facerig.train.config import TrainConfig
-from facerig.train.trainer import Trainer
+from facerig.train.trainer import Trainer, state_digest
 
 DIM = 6
 
@@ -37,14 +36,7 @@ class LatentPairs(Dataset):
 
 
 def digest(module: torch.nn.Module) -> dict[str, str]:
-    out = {}
-    for part in ("unet_id", "unet_denoise", "au_aug_mlp"):
-        h = hashlib.sha256()
-        for n, p in sorted(getattr(module.unets, part).state_dict().items()):
-            h.update(n.encode())
-            h.update(p.detach().float().contiguous().numpy().tobytes())
-        out[part] = h.hexdigest()
-    return out
+    return {part: state_digest(getattr(module.unets, part)) for part in ("unet_id", "unet_denoise", "au_aug_mlp")}
 
 
 def main(out: Path) -> None:
