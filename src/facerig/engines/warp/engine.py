@@ -722,20 +722,13 @@ class WarpEngine(Engine):
             lab_f = st.eye_open[np.clip(np.floor(fs[:, 1]).astype(np.int64), 0, h - 1),
                                 np.clip(np.floor(fs[:, 0]).astype(np.int64), 0, w - 1)]
             lab_f = np.where(np.isin(lab_f, closing), lab_f, 0)
-            if st.eye_full is not None and keep[iy, ix].min() < 0.75:
-                cy, cx = [], []
-                for eye in (1, 2):
-                    ey_, ex_ = np.nonzero(st.eye_full == eye)
-                    cy.append(ey_.mean() if ey_.size else np.nan)
-                    cx.append(ex_.mean() if ex_.size else np.nan)
-                if np.isfinite(cx).all():
-                    side = np.where(np.abs(ix - cx[0]) + np.abs(iy - cy[0]) <= np.abs(ix - cx[1]) + np.abs(iy - cy[1]), 1, 2)
-                    r = max(1, int(round(0.06 * st.face_px)))  # the lids' zone (as in _rigid_glasses)
-                    ez = cv2.dilate((st.eye_full > 0).astype(np.uint8),
-                                    cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-                    squeezed = ((keep[iy, ix] < 0.75) & (ez[iy, ix] > 0) & (frame_t[iy, ix] < 0.05)
-                                & np.isin(side, closing) & (lab_f == 0))
-                    lab_f = np.where(squeezed, side, lab_f)
+            zone = self._lid_zone(st)
+            if zone is not None and keep[iy, ix].min() < 0.75:
+                ez, (c1, c2) = zone
+                side = np.where(np.abs(ix - c1[0]) + np.abs(iy - c1[1]) <= np.abs(ix - c2[0]) + np.abs(iy - c2[1]), 1, 2)
+                squeezed = ((keep[iy, ix] < 0.75) & (ez[iy, ix] > 0) & (frame_t[iy, ix] < 0.05)
+                            & np.isin(side, closing) & (lab_f == 0))
+                lab_f = np.where(squeezed, side, lab_f)
             extra = ~eye_hidden & (lab_f > 0) & (frame_t[iy, ix] < 0.5)
             eye_lab = np.where(extra, lab_f, eye_lab).astype(np.uint8)
             eye_hidden = eye_hidden | extra
@@ -941,6 +934,26 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
+    def _lid_zone(st: WarpSource) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
+        """Per source (cached): the eyes' openings grown by 6 % of the face (the lids' reach behind
+        glasses, uint8 mask) and the two openings' centres (x, y); None without both openings."""
+        if "lid_zone" not in st.fill_cache:
+            zone = None
+            if st.eye_full is not None:
+                cs = []
+                for eye in (1, 2):
+                    ey, ex = np.nonzero(st.eye_full == eye)
+                    cs.append(np.array([ex.mean(), ey.mean()]) if ey.size else None)
+                if cs[0] is not None and cs[1] is not None:
+                    r = max(1, int(round(0.06 * st.face_px)))
+                    ez = cv2.dilate((st.eye_full > 0).astype(np.uint8),
+                                    cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+                    zone = (ez, (cs[0], cs[1]))
+            st.fill_cache["lid_zone"] = zone
+        return st.fill_cache["lid_zone"]
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
     def _rigid_glasses(st: WarpSource, target_params: Any, D: np.ndarray, covf: np.ndarray,
                        fld: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Glasses move rigidly with the head: where an edit changes the expression, the frame's
@@ -984,11 +997,10 @@ class WarpEngine(Engine):
         # skin is plain, a strong compression there does not show), the brows above the frame
         # stretch their skin twice (brow hair compressed harder reads as streaks)
         stretch: float | np.ndarray = 2.0
-        if st.eye_full is not None:
-            r = max(1, int(round(0.06 * st.face_px)))
-            ez = cv2.dilate((st.eye_full > 0).astype(np.uint8),
-                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-            near = cv2.GaussianBlur(ez[sp[..., 1], sp[..., 0]].astype(np.float32), (0, 0), max(1.0, r / 2))
+        zone = WarpEngine._lid_zone(st)
+        if zone is not None:
+            near = cv2.GaussianBlur(zone[0][sp[..., 1], sp[..., 0]].astype(np.float32), (0, 0),
+                                    max(1.0, 0.03 * st.face_px))
             stretch = 2.0 - 0.85 * np.clip(near, 0.0, 1.0)
         lam = glasses_taper(m_t, sub - d_rigid, stretch=stretch)
         sub[:] = d_rigid + lam[..., None] * (sub - d_rigid)

@@ -202,8 +202,8 @@ def glasses_taper(frame_t: np.ndarray, offset: np.ndarray, stretch: float | np.n
     offset's component towards it), so the skin between the frame and the moved feature is
     stretched by ``stretch / (stretch - 1)`` and the samples move monotonically away from the
     frame: no sample lands on it and none repeat (a clamp to the nearest skin pixel drew streaks
-    and blocks). ``stretch`` may be a per-pixel (h, w) map. Pixels on the frame keep none (they move rigidly), those moving towards it or
-    along it keep all. A pure function of the two arrays."""
+    and blocks). ``stretch`` may be a per-pixel (h, w) map. Pixels on the frame keep none (they
+    move rigidly), those moving towards it or along it keep all. A pure function of the arrays."""
     if frame_t.ndim != 2 or offset.shape != (*frame_t.shape, 2):
         raise ValueError(f"glasses_taper: expected frame_t (h, w) and offset (h, w, 2), got "
                          f"{frame_t.shape} and {offset.shape}")
