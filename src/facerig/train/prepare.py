@@ -196,7 +196,6 @@ class _Worker:
         """One crop for all of a video's frames (``clip_crop``): landmarks of every wanted frame
         first, then the crop of their mean (the face moves inside it, as clip-based reenactment
         training wants), and a second read of the video warps each frame with it."""
-        from facerig.errors import NoFaceFound
         from facerig.io.video import iter_frames
 
         want, last = set(g.items), max(g.items)
@@ -207,12 +206,10 @@ class _Worker:
                 break
             if i not in want:
                 continue
-            try:
-                found[i] = self.det.detect_one(frame, source=f"{g.source}#{i}", frame_index=i)
+            lm = self._detect(frame, f"{g.source}#{i}", i, skipped)
+            if lm is not None:
+                found[i] = lm
                 fs = (int(frame.shape[0]), int(frame.shape[1]))
-            except NoFaceFound as e:
-                skipped.append({"source": f"{g.source}#{i}", "frame": i, "reason": str(e).split(":")[0]
-                                if "too small" in str(e) else "no face"})
         if not found or fs is None:
             return
         mean = np.mean([np.asarray(found[i].points, np.float64) for i in sorted(found)], axis=0)
@@ -268,14 +265,20 @@ class _Worker:
             out.append({"key": f"{g.name}__{_slug(item)}", "image": crop_img, "params": p})
         return out
 
-    def _detect_align(self, image, src, frame, crops, lms, labels, skipped) -> None:
+    def _detect(self, image, src, frame, skipped) -> Any:
+        """The largest face's landmarks, or None (recorded in ``skipped``)."""
         from facerig.errors import NoFaceFound
 
         try:
-            lm = self.det.detect_one(image, source=src, frame_index=frame or 0)
+            return self.det.detect_one(image, source=src, frame_index=frame or 0)
         except NoFaceFound as e:
             skipped.append({"source": src, "frame": frame, "reason": str(e).split(":")[0]
                             if "too small" in str(e) else "no face"})
+            return None
+
+    def _detect_align(self, image, src, frame, crops, lms, labels, skipped) -> None:
+        lm = self._detect(image, src, frame, skipped)
+        if lm is None:
             return
         crop_img, lm_c = self._align(image, lm)
         crops.append(crop_img)
