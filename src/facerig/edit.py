@@ -130,8 +130,10 @@ def _with_anchor(es: Any, anchor: str | None, eng: Any) -> Any:
 def build_spec(spec: Any = None, **kwargs: Any) -> Any:
     """An :class:`~facerig.rig.EditSpec` from an EditSpec, a dict, and/or keyword arguments.
 
-    Keywords are EditSpec fields plus shortcuts: ``smile=0.8`` (expression mouthSmile), and
-    ``expression`` as a dict or a list of "NAME=VALUE" strings. The spec is validated.
+    Keywords are EditSpec fields plus shortcuts: ``smile=0.8`` (expression mouthSmile), ``gaze=(x, y)``
+    or "x,y" (the gaze_x / gaze_y controls), ``expression`` as a dict or a list of "NAME=VALUE"
+    strings, ``controls`` (:mod:`facerig.rig.controls`) as a dict or a list of "NAME=VALUE" strings.
+    The spec is validated.
     """
     from facerig.rig.spec import EditSpec
 
@@ -156,6 +158,16 @@ def build_spec(spec: Any = None, **kwargs: Any) -> Any:
         expr["mouthSmile"] = float(smile)
     if expr:
         d["expression"] = dict(expr)
+    controls = d.pop("controls", None)
+    gaze = d.pop("gaze", None)
+    if controls is not None or gaze is not None:
+        from facerig.rig.controls import check_controls, gaze_controls, parse_control_args, parse_gaze
+
+        ctl = parse_control_args(controls) if isinstance(controls, (list, tuple)) else check_controls(controls)
+        if gaze is not None:
+            ctl.update(gaze_controls(*parse_gaze(gaze, "gaze")))
+        if ctl:
+            d["controls"] = ctl
     if "take" in d and isinstance(d["take"], str):
         d["take"] = [t.strip() for t in d["take"].split(",") if t.strip()]
     return EditSpec.from_dict(d)

@@ -40,6 +40,11 @@ def describe_choices() -> str:
     lines = ["expression presets (--preset NAME, --intensity 0..2):"]
     width = max(len(n) for n in PRESET_NAMES)
     lines += [f"  {n:<{width}}  {DESCRIPTIONS.get(n, '')}" for n in PRESET_NAMES]
+    from facerig.rig.controls import CONTROLS
+
+    lines.append("controls (--control NAME=VALUE, added to the photo's own expression; --gaze X,Y):")
+    width = max(len(n) for n in CONTROLS)
+    lines += [f"  {n:<{width}}  {c.low:g}..{c.high:g}  {c.description}" for n, c in CONTROLS.items()]
     lines.append("light presets (--light NAME): " + ", ".join(LIGHT_PRESET_NAMES))
     lines.append("engines (--engine NAME):")
     from facerig.engines import _resolve

@@ -195,6 +195,11 @@ def test_an_edit_that_changes_nothing_says_so(fitted, astronaut):
     (["--anchor", "nose", "--preset", "smile"], ["--anchor"]),
     ([], ["at least one change"]),
     (["--preset", "smile", "--text", "happy"], ["text"]),
+    (["--gaze", "2,0"], ["gaze x", "-1", "2"]),
+    (["--gaze", "left"], ["gaze", "X,Y"]),
+    (["--control", "wink=1"], ["--control", "wink_left"]),
+    (["--control", "smile"], ["--control", "NAME=VALUE"]),
+    (["--control", "smile=0"], ["at least one change"]),
 ])
 def test_bad_arguments_fail_before_detection_in_one_line(args, words, photo, no_fit, tmp_path, capsys,
                                                          monkeypatch):
@@ -251,7 +256,7 @@ def test_list_presets_lists_presets_lights_engines_and_blendshapes(capsys):
     rc, out, err = _run(["edit", "--list-presets"], capsys)
     assert rc == 0, err
     for w in ("smile", "surprised", "raise_brows", "light presets", "front", "rim", "warp", "diffusionrig",
-              "jawOpen", "eyeBlink_L"):
+              "jawOpen", "eyeBlink_L", "aaa", "look_left", "controls", "gaze_x", "wink_right"):
         assert w in out, w
 
 

@@ -106,6 +106,12 @@ def edit(
     preset_mode: Annotated[str | None, typer.Option(
         help="parts (default: replace only the face parts the preset moves) | replace (the whole expression) | blend")] = None,
     text: Annotated[str | None, typer.Option(help="describe the expression: \"make her smile a lot\"")] = None,
+    control: Annotated[list[str] | None, typer.Option(
+        "--control", "-c", help="NAME=VALUE slider control added to the photo's own expression, repeatable: "
+                                "brows, blink, wink_left, wink_right, gaze_x, gaze_y, smile, mouth_open, aaa, eee, ooo, "
+                                "pucker (see --list-presets)")] = None,
+    gaze: Annotated[str | None, typer.Option(help="X,Y gaze shift, each -1..1 (x > 0: towards the image's right, "
+                                             "y > 0: up); same as --control gaze_x=X --control gaze_y=Y")] = None,
     yaw: Annotated[float | None, typer.Option(help="degrees; > 0 turns the nose to image right (warp: within +-20 of the photo's own pose, else refused or --clamp)")] = None,
     pitch: Annotated[float | None, typer.Option(help="degrees; > 0 lifts the nose (warp: within +-12 of the photo's own pose, else refused or --clamp)")] = None,
     roll: Annotated[float | None, typer.Option(help="degrees; > 0 rotates counter-clockwise on screen (warp: within +-25 of the photo's own pose, else refused or --clamp)")] = None,
@@ -166,6 +172,7 @@ def edit(
     run_edit(image, output, preview=preview, engine=engine, reference=reference, model=model, face=face, seed=seed,
              clamp=clamp, check_source=not force, cache=cache, model_path=model_path, presets=preset,
              batch=batch, smile=smile, expression=list(expression) if expression else None,
+             controls=list(control) if control else None, gaze=gaze,
              intensity=intensity, text=text, yaw=yaw, pitch=pitch, roll=roll,
              preset_mode=preset_mode,
              pose_relative=False if absolute else None, light=light, light_azimuth=light_azimuth,

@@ -83,6 +83,16 @@ PRESETS: MappingProxyType = MappingProxyType({
     "squint": _recipe(_both("eyeSquint", 0.8), _both("cheekSquint", 0.3), _both("browDown", 0.2)),
     # unilateral AU12 + AU14 on the subject's left side
     "smirk": _recipe({"mouthSmile_L": 0.6, "mouthDimple_L": 0.3, "cheekSquint_L": 0.2}),
+    # visemes (mouth shapes of speech): "aaa" open and relaxed, "eee" spread, "ooo" rounded
+    "aaa": _recipe({"jawOpen": 0.6}, _both("mouthLowerDown", 0.35), _both("mouthUpperUp", 0.2)),
+    "eee": _recipe(_both("mouthStretch", 0.6), _both("mouthSmile", 0.35), {"jawOpen": 0.15},
+                   _both("mouthUpperUp", 0.25), _both("mouthLowerDown", 0.25)),
+    "ooo": _recipe({"mouthFunnel": 0.75, "mouthPucker": 0.5, "jawOpen": 0.2}),
+    # gaze (AU61-64 eyes turn): sides are the subject's, like wink_left (look_left: towards the image's right)
+    "look_left": _recipe({"eyeLookOut_L": 0.8, "eyeLookIn_R": 0.8}),
+    "look_right": _recipe({"eyeLookIn_L": 0.8, "eyeLookOut_R": 0.8}),
+    "look_up": _recipe(_both("eyeLookUp", 0.8), _both("eyeWide", 0.1)),
+    "look_down": _recipe(_both("eyeLookDown", 0.8)),
 })
 
 #: shapes added only to a strong preset, with weight clip((intensity - 0.5) / 0.5, 0, 1): a strong
@@ -126,6 +136,13 @@ DESCRIPTIONS: MappingProxyType = MappingProxyType({
     "wink_right": "subject's right eye closed (image left)",
     "squint": "narrowed eyes (AU6+7)",
     "smirk": "one-sided smile on the subject's left (image right)",
+    "aaa": "viseme 'aaa': mouth open wide and relaxed",
+    "eee": "viseme 'eee': lips spread, teeth showing",
+    "ooo": "viseme 'ooo': lips rounded and pushed forward",
+    "look_left": "eyes look to the subject's left (the image's right)",
+    "look_right": "eyes look to the subject's right (the image's left)",
+    "look_up": "eyes look up",
+    "look_down": "eyes look down",
 })
 
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)

@@ -4,7 +4,9 @@ Order of :meth:`EditSpec.apply` (documented in docs/rig.md):
 
 1. **expression**: ``take`` "expression" from the reference (transfer_expression), *or* a preset
    (from ``preset`` or from ``text`` via :func:`facerig.rig.text.text_to_preset`) applied with
-   ``preset_mode``; then the named ``expression`` values with ``expression_mode`` on top.
+   ``preset_mode``; then the named ``expression`` values with ``expression_mode`` on top; then the
+   slider ``controls`` (:mod:`facerig.rig.controls`: brows, blink, wink, gaze, smile, visemes...)
+   added to the result.
 2. **pose**: ``take`` "pose" (transfer_pose) *or* ``yaw``/``pitch``/``roll`` (set_pose with
    ``pose_relative``); anchored on the (already edited) face.
 3. **light**: ``take`` "light" (transfer_light) *or* a light preset / a directional light
@@ -50,6 +52,7 @@ class EditSpec:
     intensity: float | None = None
     preset_mode: str = "parts"
     text: str | None = None
+    controls: dict[str, float] | None = None  # facerig.rig.controls name -> value, added last
     # pose (degrees)
     yaw: float | None = None
     pitch: float | None = None
@@ -90,6 +93,10 @@ class EditSpec:
             raise InvalidInput("preset_mode", " or ".join(repr(m) for m in PRESET_MODES), self.preset_mode)
         if self.expression is not None and not isinstance(self.expression, dict):
             raise InvalidInput("expression", "a dict of expression name -> value", type(self.expression).__name__)
+        if self.controls is not None:
+            from facerig.rig.controls import check_controls
+
+            check_controls(self.controls)
         if "expression" in take and (self.expression or self.preset or self.text):
             raise InvalidInput("take", "'expression' from the reference or expression edits, not both",
                                sorted(take))
@@ -114,7 +121,10 @@ class EditSpec:
 
     @property
     def is_empty(self) -> bool:
-        return self == EditSpec()
+        import dataclasses as _dc
+
+        return _dc.replace(self, controls=None if not self.controls or not any(self.controls.values())
+                           else self.controls) == EditSpec()
 
     # ---- (de)serialisation for the CLI / UI ----------------------------------------------------
     @classmethod
@@ -165,6 +175,10 @@ class EditSpec:
             out = apply_preset(out, preset, 1.0 if intensity is None else intensity, model, mode=self.preset_mode)
         if self.expression:
             out = set_expression(out, self.expression, model, mode=self.expression_mode)
+        if self.controls and any(self.controls.values()):
+            from facerig.rig.controls import apply_controls
+
+            out = apply_controls(out, self.controls, model)
         # 2. pose
         if "pose" in take:
             assert reference is not None  # checked above (take needs a reference)

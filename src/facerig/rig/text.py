@@ -65,11 +65,25 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
     "wink_right": ("wink with the right eye", "right eye wink", "close the right eye"),
     "squint": ("squint", "squinting eyes", "narrow the eyes", "a person who is squinting"),
     "smirk": ("smirk", "a smirking face", "a sly half smile", "a lopsided smile", "a crooked smile"),
+    "aaa": ("say aaa", "saying ah", "aah", "the mouth shape of the vowel a"),
+    "eee": ("say eee", "saying ee", "cheese", "the mouth shape of the vowel e"),
+    "ooo": ("say ooo", "saying oo", "ooh", "the mouth shape of the vowel o", "lips rounded"),
+    "look_left": ("look to the left", "looking left", "eyes to the left", "glance left"),
+    "look_right": ("look to the right", "looking right", "eyes to the right", "glance right"),
+    "look_up": ("look up", "looking up", "eyes up", "gaze upwards", "rolling the eyes up"),
+    "look_down": ("look down", "looking down", "eyes down", "gaze downwards", "lowered gaze"),
 }
 
 #: keyword fallback: regex on the lower-cased text -> preset (first match wins; order matters)
 KEYWORDS: tuple[tuple[str, str], ...] = (
     (r"\bwink\w*\b.*\bright\b|\bright\b.*\bwink", "wink_right"),
+    (r"\b(look|gaz|glanc|eyes)\w*\b.*\bleft\b", "look_left"),
+    (r"\b(look|gaz|glanc|eyes)\w*\b.*\bright\b", "look_right"),
+    (r"\b(look|gaz|glanc|eyes)\w*\b.*\bup(ward)?s?\b", "look_up"),
+    (r"\b(look|gaz|glanc|eyes)\w*\b.*\bdown(ward)?s?\b", "look_down"),
+    (r"\ba+h+\b|\bsay\w* a+\b", "aaa"),
+    (r"\be{2,}\b|\bcheese\b|\bsay\w* e+\b", "eee"),
+    (r"\bo{2,}h*\b|\bsay\w* o+\b", "ooo"),
     (r"\bwink", "wink_left"),
     (r"\bsmirk|half[- ]smile|crooked smile|lopsided", "smirk"),
     (r"\bsmil|\bgrin|\bhapp|\blaugh|\bjoy|\bcheer", "smile"),
