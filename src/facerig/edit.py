@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif"}
 
-__all__ = ["EditResult", "ReenactResult", "build_spec", "edit", "edit_many", "reenact", "run_edit", "run_reenact"]
+__all__ = ["EditResult", "EditSession", "ReenactResult", "build_spec", "edit", "edit_many", "reenact", "run_edit", "run_reenact"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,8 +376,6 @@ def edit_many(
     ``specs``: EditSpecs / dicts / texts as for :func:`edit`; ``kwargs`` (EditSpec fields) apply to
     every one. Everything is validated before the fit. Other arguments as for :func:`edit`.
     """
-    import torch
-
     t0 = time.perf_counter()
     reference = _resolve_reference(reference, like)
     if anchor is not None and anchor not in ("face", "head"):
@@ -387,7 +385,6 @@ def edit_many(
     if not prepared:
         raise InvalidInput("specs", "at least one edit", 0)
     src = _load_source_image(image)
-    alpha = _split_alpha(image)
     from facerig.morphable import as_face_model
 
     fm = as_face_model(model)
@@ -401,43 +398,125 @@ def edit_many(
     ref_img = None
     if reference is not None and not hasattr(reference, "identity"):
         ref_img = _load_source_image(reference, "--reference")
-    eng = _make_engine(engine, engine_options)
-    prange = _pose_range(eng)
-    timings: dict[str, float] = {"checks": time.perf_counter() - t0}
+    t_checked = time.perf_counter()
+    session = EditSession(image, engine, model=fm, face=face, params=params, engine_options=engine_options,
+                          check_source=check_source, cache=cache, _source=src)
+    session.timings["checks"] += t_checked - t0
     t1 = time.perf_counter()
-    if params is None:
-        params = _fit_one(src, fm, face, "the image", cache=cache,
-                          key_source=image if isinstance(image, (str, Path)) else None)
-    elif params.batch_size != 1:
-        params = params[0]
-    source_notes: list[str] = []
-    if check_source:
-        from facerig.rig.pose import check_source_pose
+    ref_params = session._reference_params(reference, ref_img)
+    session.timings["fit"] += time.perf_counter() - t1
+    return [session._render(es, notes, ref_params, ref_img, seed=seed, buffers=buffers, buffer_size=buffer_size,
+                            anchor=anchor, clamp=clamp, t0=t0)
+            for es, notes in prepared]
 
-        source_notes = check_source_pose(params, prange, engine=eng.name)
-        source_notes += _fit_quality_notes(params)
-    for n in source_notes:  # once per call, not once per edit
-        log.warning("%s", n)
-    ref_params = None
-    if reference is not None:
-        ref_params = reference if ref_img is None else _fit_one(
-            ref_img, fm, "largest", "the reference image", cache=cache,
-            key_source=reference if isinstance(reference, (str, Path)) else None)
-    timings["fit"] = time.perf_counter() - t1
-    gen = None if seed is None else torch.Generator().manual_seed(int(seed))
-    state = None
-    reuse = type(eng).edit is _base_edit()
-    results = []
-    for es, notes in prepared:
+
+class EditSession:
+    """One photo fitted once, its engine prepared once, edited many times.
+
+    The web UI keeps one per uploaded photo so a slider move re-renders only (no detection, fit or
+    engine preparation); :func:`edit_many` uses one for its edits. ``image``, ``engine``, ``model``,
+    ``face``, ``params``, ``engine_options``, ``check_source`` and ``cache`` as for :func:`edit`.
+    ``notes``: the source's warnings (3/4 view, small face, unreliable fit); ``timings``: seconds of
+    the fit and of the engine preparation.
+
+    >>> s = EditSession("portrait.jpg")          # detect + fit once
+    >>> s.edit(controls={"smile": 0.5}).image    # re-renders only
+    """
+
+    def __init__(self, image: Any, engine: Any = "warp", *, model: Any = "builtin", face: Any = "largest",
+                 params: Any = None, engine_options: dict[str, Any] | None = None, check_source: bool = True,
+                 cache: bool = False, _source: np.ndarray | None = None) -> None:
+        t0 = time.perf_counter()
+        self.engine_class = engine_class(engine)
+        self.source = _source if _source is not None else _load_source_image(image)
+        self.alpha = _split_alpha(image)
+        from facerig.morphable import as_face_model
+
+        self.model = as_face_model(model)
+        self.cache = cache
+        self.engine = _make_engine(engine, engine_options)
+        self.engine_name = getattr(self.engine, "name", str(engine))
+        self.pose_range = _pose_range(self.engine)
+        self.timings: dict[str, float] = {"checks": time.perf_counter() - t0}
+        t1 = time.perf_counter()
+        if params is None:
+            params = _fit_one(self.source, self.model, face, "the image", cache=cache,
+                              key_source=image if isinstance(image, (str, Path)) else None)
+        elif params.batch_size != 1:
+            params = params[0]
+        self.params = params
+        self.notes: list[str] = []
+        if check_source:
+            from facerig.rig.pose import check_source_pose
+
+            self.notes = check_source_pose(params, self.pose_range, engine=self.engine_name)
+            self.notes += _fit_quality_notes(params)
+        for n in self.notes:  # once per photo, not once per edit
+            log.warning("%s", n)
+        self.timings["fit"] = time.perf_counter() - t1
+        self._state: Any = None
+        self._reuse = type(self.engine).edit is _base_edit()
+        self._refs: dict[Any, Any] = {}
+
+    def prepare(self) -> Any:
+        """The engine's per-photo state (:meth:`Engine.prepare`), computed on the first call."""
+        if self._state is None and self._reuse:
+            from facerig.engines.base import _check_image
+
+            t = time.perf_counter()
+            _check_image(self.source)
+            self._state = self.engine.prepare(self.source, self.params, self.model)
+            self.timings["prepare"] = time.perf_counter() - t
+        return self._state
+
+    def _reference_params(self, reference: Any, ref_img: np.ndarray | None) -> Any:
+        if reference is None:
+            return None
+        if ref_img is None:  # already fitted FaceParams
+            return reference
+        import hashlib
+
+        key = hashlib.sha1(np.ascontiguousarray(ref_img).tobytes()).hexdigest()
+        if key not in self._refs:
+            self._refs = {key: _fit_one(ref_img, self.model, "largest", "the reference image", cache=self.cache,
+                                        key_source=reference if isinstance(reference, (str, Path)) else None)}
+        return self._refs[key]
+
+    def edit(self, spec: Any = None, *, reference: Any = None, seed: int | None = None, buffers: bool = False,
+             buffer_size: int = 256, anchor: str | None = None, clamp: bool = False, **kwargs: Any) -> EditResult:
+        """One edit of the session's photo (arguments as for :func:`edit`); a reference photo is
+        fitted once and kept for the next edits with it."""
+        t0 = time.perf_counter()
+        if anchor is not None and anchor not in ("face", "head"):
+            raise InvalidInput("anchor", "face or head", anchor)
+        es, notes = _prepare_spec(build_spec(spec, **kwargs), self.engine_class, clamp)
+        _precheck(es, self.model)
+        if es.take and reference is None:
+            raise InvalidInput("reference", f"a reference image to take {', '.join(sorted(es.take))} from", None)
+        if reference is not None and not es.take:
+            raise InvalidInput("take", "what to take from the reference (expression, pose, light)", None)
+        ref_img = None
+        if reference is not None and not hasattr(reference, "identity"):
+            ref_img = _load_source_image(reference, "reference")
+        ref_params = self._reference_params(reference, ref_img)
+        return self._render(es, notes, ref_params, ref_img, seed=seed, buffers=buffers, buffer_size=buffer_size,
+                            anchor=anchor, clamp=clamp, t0=t0, fit_timings=False)
+
+    def _render(self, es: Any, notes: list[str], ref_params: Any, ref_img: np.ndarray | None, *, seed: int | None,
+                buffers: bool, buffer_size: int, anchor: str | None, clamp: bool, t0: float,
+                fit_timings: bool = True) -> EditResult:
+        import torch
+
+        params, fm, eng = self.params, self.model, self.engine
         t2 = time.perf_counter()
-        notes = list(source_notes) + notes
+        notes = list(self.notes) + notes
         es = _with_anchor(es, anchor, eng)
         after = es.apply(params, fm, reference=ref_params)
         if "pose" in es.take or not es.pose_relative:
             from facerig.rig.pose import check_pose_range
 
             what = "--reference pose" if "pose" in es.take else "--absolute"
-            after, more = check_pose_range(params, after, fm, prange, clamp=clamp, anchor=es.pose_anchor,
+            after, more = check_pose_range(params, after, fm, self.pose_range, clamp=clamp, anchor=es.pose_anchor,
                                            what=what, engine=eng.name)
             notes += more
         mapped = None
@@ -449,24 +528,21 @@ def edit_many(
         if _same_params(params, after):
             notes.append("the edit changes nothing (the face already has these values); the photo is "
                          "returned unchanged")
-        for n in notes[len(source_notes):]:
+        for n in notes[len(self.notes):]:
             log.warning("%s", n)
-        tm = dict(timings)
+        tm = dict(self.timings) if fit_timings else {}
         tm["rig"] = time.perf_counter() - t2
         t3 = time.perf_counter()
+        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
         # engines whose conditioning measures the reference PHOTO itself (RigFace's released weights)
         ref_kw: dict[str, Any] = {}
         if getattr(eng, "wants_reference_image", False) and ref_img is not None:
             ref_kw = {"reference_image": ref_img, "reference_take": tuple(es.take)}
-        if reuse:
-            if state is None:
-                from facerig.engines.base import _check_image
-
-                _check_image(src)
-                state = eng.prepare(src, params, fm)
+        if self._reuse:
+            state = self.prepare()
             out = eng.render_frame(state, after, generator=gen, **ref_kw)
         else:
-            out = eng.edit(src, params, after, fm, generator=gen, **ref_kw)
+            out = eng.edit(self.source, params, after, fm, generator=gen, **ref_kw)
         tm["engine"] = time.perf_counter() - t3
         b0 = b1 = None
         if buffers:
@@ -476,9 +552,8 @@ def edit_many(
                 b0 = render_buffers(fm, params, size=buffer_size)
                 b1 = render_buffers(fm, after, size=buffer_size)
         tm["total"] = time.perf_counter() - t0
-        results.append(EditResult(out, params, after, b0, b1, src, es, getattr(eng, "name", str(engine)), tm,
-                                  alpha=alpha, notes=notes, mapped_preset=mapped))
-    return results
+        return EditResult(out, params, after, b0, b1, self.source, es, self.engine_name, tm,
+                          alpha=self.alpha, notes=notes, mapped_preset=mapped)
 
 
 def _base_edit() -> Any:
