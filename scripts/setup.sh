@@ -10,6 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.facerig-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet -e ".[dev,text,identity,diffusion]"
+  .venv/bin/python -m pip install --quiet -e ".[dev,text,identity,diffusion,ui]"
   touch "$stamp"
 fi

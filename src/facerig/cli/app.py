@@ -463,3 +463,22 @@ def personalize(
 
     out = personalize_diffusionrig(album, base, output, config=config, max_steps=max_steps, resume=resume)
     print(f"personalized -> {out}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on (default: this machine only); another address "
+                                           "lets anyone who reaches it use the UI, with a warning")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 7860,
+    max_upload_mb: Annotated[float | None, typer.Option(help="largest photo upload, MB (default 25, env FACERIG_UI_MAX_MB); "
+                                                             "driving videos up to 20x that")] = None,
+    max_upload_pixels: Annotated[int | None, typer.Option(help="largest photo, pixels (default 40 M, env "
+                                                                 "FACERIG_UI_MAX_PIXELS)")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="open the UI in the default browser")] = False,
+) -> None:
+    """Start the web UI: live expression / pose / light editor and reenactment (needs facerig[ui])."""
+    from facerig.ui.app import serve as run
+
+    print(f"facerig: web UI on http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port} (Ctrl+C stops it)",
+          file=sys.stderr)
+    run(host, port, max_upload_mb=max_upload_mb, max_upload_pixels=max_upload_pixels, open_browser=open_browser)

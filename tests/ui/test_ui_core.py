@@ -1,0 +1,167 @@
+"""The web UI's work without a browser (facerig.ui.core): uploads, limits, cached fits, faces,
+engine availability, edits, downloads and reenactment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import facerig.edit as fedit
+from facerig.errors import InvalidInput
+from facerig.ui.core import EditValues, EngineChoice, Studio, engine_status, error_message
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    return Studio(work_dir=tmp_path_factory.mktemp("ui"), max_upload_mb=2, max_upload_pixels=3_000_000)
+
+
+@pytest.fixture(scope="module")
+def photo_path(tmp_path_factory, astronaut):
+    p = tmp_path_factory.mktemp("in") / "astronaut.png"
+    Image.fromarray(astronaut).save(p)
+    return p
+
+
+def test_upload_limits_are_checked_before_decoding(studio, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\0" * (3 * 1024 * 1024))
+    with pytest.raises(InvalidInput, match="at most 2 MB"):
+        studio.load(big)
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (4000, 1000)).save(wide)  # 4 MP, small file: refused from the header
+    with pytest.raises(InvalidInput, match="wide.png"):
+        studio.load(wide)
+    junk = tmp_path / "x.png"
+    junk.write_bytes(b"not an image" * 10)
+    with pytest.raises(InvalidInput, match=r"readable image.*mine\.png"):
+        studio.load(junk, name="mine.png")
+    with pytest.raises(InvalidInput, match="uploaded image"):
+        studio.load(tmp_path / "missing.png")
+
+
+def test_one_fit_per_upload_and_slider_edits_render_only(studio, photo_path, monkeypatch):
+    calls = {"fit": 0}
+    real = fedit._fit_landmarks
+
+    def counted(*a, **k):
+        calls["fit"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(fedit, "_fit_landmarks", counted)
+    photo = studio.load(photo_path)
+    assert studio.load(photo_path) is photo and len(photo.faces) == 1
+    plain = studio.render(photo.key, EditValues())
+    assert np.array_equal(plain.image, photo.image)  # nothing moved: the photo itself
+    a = studio.render(photo.key, EditValues(controls={"smile": 0.8}))
+    b = studio.render(photo.key, EditValues(controls={"smile": 0.8, "blink": 1.0}, yaw=8, light="left"))
+    t = studio.render(photo.key, EditValues(text="make her look surprised", preset="smile"))
+    assert calls["fit"] == 1
+    assert not np.array_equal(a.image, photo.image) and not np.array_equal(a.image, b.image)
+    assert t.mapped == ("surprised", 0.8) and "preset **surprised**" in t.message  # the text wins over the preset
+    assert a.before.shape == a.after.shape and a.image.shape == photo.image.shape
+    with pytest.raises(InvalidInput, match="yaw"):
+        studio.render(photo.key, EditValues(yaw=35))  # beyond the warp engine's faithful range
+    with pytest.raises(InvalidInput, match="face index"):
+        studio.render(photo.key, EditValues(controls={"smile": 0.5}), face=3)
+    bufs = studio.render(photo.key, EditValues(controls={"aaa": 1.0}), buffers=True).buffers
+    assert [lab for _, lab in bufs][:2] == ["render before", "render after"] and len(bufs) == 10
+    out = studio.save(a)
+    assert out.suffix == ".png" and np.array_equal(np.asarray(Image.open(out).convert("RGB")), a.image)
+
+
+def test_several_faces_are_listed_and_each_edited_alone(studio, tmp_path, grace_hopper):
+    import cv2
+
+    g = cv2.resize(grace_hopper, (int(grace_hopper.shape[1] * 512 / grace_hopper.shape[0]), 512))
+    both = np.ascontiguousarray(np.concatenate([g, g[:, ::-1]], axis=1))  # two faces side by side
+    p = tmp_path / "two.png"
+    Image.fromarray(both).save(p)
+    photo = studio.load(p)
+    assert len(photo.faces) == 2
+    from facerig.ui.core import face_thumbnails
+
+    assert [t.shape for t in face_thumbnails(photo.image, photo.faces)] == [(96, 96, 3)] * 2
+    for i in (0, 1):
+        r = studio.render(photo.key, EditValues(controls={"mouth_open": 1.0}), face=i)
+        changed = np.abs(r.image.astype(int) - both.astype(int)).max(-1) > 20
+        x0, _, x1, _ = photo.faces[i].box
+        cols = np.nonzero(changed.any(0))[0]
+        assert cols.size and cols.min() >= x0 - 0.5 * (x1 - x0) and cols.max() <= x1 + 0.5 * (x1 - x0), i
+
+
+def test_engines_are_disabled_with_a_reason(tmp_path, monkeypatch):
+    assert engine_status(EngineChoice())[0]
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "diffusers" else real(n, *a))
+    ok, why = engine_status(EngineChoice("rigface", str(tmp_path), str(tmp_path)))
+    assert not ok and "facerig[diffusion]" in why
+    monkeypatch.setattr(importlib.util, "find_spec", real)
+    ok, why = engine_status(EngineChoice("rigface"))
+    assert not ok and "weights" in why
+    ok, why = engine_status(EngineChoice("magicportrait", str(tmp_path / "nope")))
+    assert not ok and "no weights at" in why
+    monkeypatch.delenv("FACERIG_SD15", raising=False)
+    ok, why = engine_status(EngineChoice("rigface", str(tmp_path)))
+    assert not ok and "Stable Diffusion" in why
+    with pytest.raises(InvalidInput, match="disabled"):
+        Studio(work_dir=tmp_path).session("k", 0, EngineChoice("diffusionrig"))
+
+
+def test_error_messages_are_one_line_and_name_the_extra():
+    assert error_message(InvalidInput("photo", "x", "y")) == "photo: expected x, got y"
+    msg = error_message(ModuleNotFoundError("No module named 'diffusers'", name="diffusers"))
+    assert "facerig[diffusion]" in msg
+    assert error_message(RuntimeError("boom")).startswith("internal error: RuntimeError")
+
+
+def test_reenact_writes_a_video_with_progress(studio, photo_path, tmp_path, astronaut):
+    from facerig.io.video import write_video
+
+    frames = [np.roll(astronaut, 3 * i, axis=1) for i in range(3)]
+    clip = tmp_path / "drive.mp4"
+    write_video(clip, frames, fps=10)
+    seen = []
+    res = studio.reenact(photo_path, clip, motion="absolute", max_frames=3, progress=lambda i, n: seen.append((i, n)))
+    assert res.path.exists() and res.frames == 3 and res.path.parent == studio.work_dir
+    assert seen and seen[-1][0] == seen[-1][1]
+    with pytest.raises(InvalidInput, match="driving video"):
+        studio.reenact(photo_path, tmp_path / "none.mp4")
+
+
+def test_serve_command_checks_port_host_and_extra(capsys, monkeypatch):
+    from facerig.cli import main
+    from facerig.ui.app import is_local_host
+
+    assert is_local_host("127.0.0.1") and is_local_host("localhost") and is_local_host("::1")
+    assert not is_local_host("0.0.0.0") and not is_local_host("192.168.1.4")
+    rc = main(["serve", "--port", "70000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--port" in err and "Traceback" not in err
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_gradio(name, *a, **k):
+        if name == "gradio" or name.startswith("gradio."):
+            raise ModuleNotFoundError("No module named 'gradio'", name="gradio")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_gradio)
+    rc = main(["serve", "--port", "7999"])
+    err = capsys.readouterr().err
+    assert rc == 5 and "pip install 'facerig[ui]'" in err, err
+    assert len([ln for ln in err.splitlines() if ln.startswith("facerig: error")]) == 1
+
+
+def test_non_local_host_is_warned(monkeypatch, caplog):
+    import facerig.ui.app as app
+
+    monkeypatch.setattr(app, "build_app", lambda studio: type("B", (), {"launch": lambda self, **k: None})())
+    monkeypatch.setattr(app, "_warm_up", lambda: None)
+    with caplog.at_level("WARNING", logger="facerig.ui.app"):
+        app.serve("0.0.0.0", 7999, block=False)
+    assert any("anyone who can reach" in r.message for r in caplog.records)
