@@ -152,7 +152,7 @@ def browser_round_trip(args: argparse.Namespace) -> None:
         wait(lambda: d.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"))
         t0 = time.perf_counter()
         d.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(photo))
-        wait(lambda: "rendered in" in d.find_element(By.ID, "status").text, 120)
+        wait(lambda: "as uploaded" in d.find_element(By.ID, "status").text, 120)
         print(f"browser: upload -> first result {time.perf_counter() - t0:.2f} s (detect + fit + prepare)")
 
         def src():

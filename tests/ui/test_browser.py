@@ -54,7 +54,7 @@ def test_upload_slider_download_and_bad_upload(server, browser, shot, tmp_path, 
     d.get(url)
     _wait(lambda: d.find_elements(By.CSS_SELECTOR, "#photo input[type=file]"), what="the upload box")
     d.find_element(By.CSS_SELECTOR, "#photo input[type=file]").send_keys(str(photo))
-    _wait(lambda: "rendered in" in _status(d), 90, "the first render after the upload")
+    _wait(lambda: "as uploaded" in _status(d), 90, "the photo fitted after the upload")
     first = _wait(lambda: _result_src(d), what="the result image")
     before = _pixels(first)
     shot("1_uploaded")

@@ -154,7 +154,7 @@ def build_app(studio: Studio | None = None) -> Any:
                                  engine=EngineChoice(engine or "warp", weights or "", base or ""))
         except Exception as e:
             return None, _warn(error_message(e))
-        audio = "with the driver's audio" if res.has_audio else "no audio (the driver has none, or ffmpeg is missing)"
+        audio = "with the driver's audio" if res.has_audio else "no audio (the driving video has none)"
         return str(res.path), f"{res.frames} frames at {float(res.fps):.3g} fps, {audio}; motion {res.motion}"
 
     # ---- layout -------------------------------------------------------------------------------

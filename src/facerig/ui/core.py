@@ -207,7 +207,10 @@ class Rendered:
         if self.mapped is not None:
             parts.append(f"text -> preset **{self.mapped[0]}** at {self.mapped[1]:.2g}")
         parts += [f"warning: {n}" for n in self.notes]
-        parts.append(f"rendered in {self.seconds * 1000:.0f} ms")
+        if self.result is not None and self.result.spec is None:
+            parts.append("the photo as uploaded: move a slider, pick a preset or describe an expression")
+        else:
+            parts.append(f"rendered in {self.seconds * 1000:.0f} ms")
         return "; ".join(parts)
 
 
