@@ -118,16 +118,53 @@ def test_error_messages_are_one_line_and_name_the_extra():
     assert error_message(RuntimeError("boom")).startswith("internal error: RuntimeError")
 
 
-def test_reenact_writes_a_video_with_progress(studio, photo_path, tmp_path, astronaut):
-    from facerig.io.video import write_video
+def test_reference_photo_is_fitted_once_and_taken_from(studio, photo_path, tmp_path, grace_hopper, monkeypatch):
+    ref = tmp_path / "ref.png"
+    Image.fromarray(grace_hopper).save(ref)
+    photo = studio.load(photo_path)
+    calls = {"fit": 0}
+    real = fedit._fit_one
+
+    def counted(*a, **k):
+        calls["fit"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(fedit, "_fit_one", counted)
+    a = studio.render(photo.key, EditValues(reference=str(ref), take=("expression",)))
+    b = studio.render(photo.key, EditValues(reference=str(ref), take=("expression", "light")))
+    assert calls["fit"] == 1  # the reference once; the photo was fitted at upload
+    s = studio.session(photo.key)
+    assert not np.allclose(a.result.params_after.expression, s.params.expression)
+    assert not np.allclose(b.result.params_after.light, s.params.light)
+    plain = studio.render(photo.key, EditValues(reference=str(ref)))  # no take: the reference is unused
+    assert np.array_equal(plain.image, photo.image)
+
+
+def _tone(path, seconds=1.0, rate=16000):
+    import wave
+
+    t = np.arange(int(seconds * rate)) / rate
+    pcm = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def test_reenact_writes_a_video_with_progress_and_the_drivers_audio(studio, photo_path, tmp_path, astronaut):
+    from facerig.io.video import probe_video, write_video
 
     frames = [np.roll(astronaut, 3 * i, axis=1) for i in range(3)]
     clip = tmp_path / "drive.mp4"
-    write_video(clip, frames, fps=10)
+    write_video(clip, frames, fps=10, audio_from=_tone(tmp_path / "tone.wav"))
+    assert probe_video(clip).has_audio
     seen = []
     res = studio.reenact(photo_path, clip, motion="absolute", max_frames=3, progress=lambda i, n: seen.append((i, n)))
     assert res.path.exists() and res.frames == 3 and res.path.parent == studio.work_dir
     assert seen and seen[-1][0] == seen[-1][1]
+    assert res.has_audio and probe_video(res.path).has_audio
     with pytest.raises(InvalidInput, match="driving video"):
         studio.reenact(photo_path, tmp_path / "none.mp4")
 
