@@ -284,6 +284,13 @@ def build_app(studio: Studio | None = None) -> Any:
             return str(dst)
 
         use_sample.click(pick_sample, sample, photo)
+
+        def pick_face(evt: Any):  # a click on a thumbnail chooses that face
+            return gr.update(value=f"face {int(evt.index) + 1}")
+
+        pick_face.__annotations__ = {"evt": gr.SelectData}  # gradio passes event data by this annotation
+
+        thumbs.select(pick_face, None, face)
         for comp in (engine, weights, base):
             comp.change(do_engine, [engine, weights, base], [engine_msg, live])
         go.click(do_reenact, [portrait, video, motion, ref_frame, max_frames, engine, weights, base],

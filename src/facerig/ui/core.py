@@ -351,8 +351,8 @@ class Studio:
         from facerig.edit import _crop_view
 
         crop = s.params.crop[0]
-        return Rendered(res.image, _crop_view(s.source, crop), _crop_view(res.image, crop), views, notes,
-                        res.mapped_preset, time.perf_counter() - t0, res)
+        return Rendered(res.image, display_view(_crop_view(s.source, crop)), display_view(_crop_view(res.image, crop)),
+                        views, notes, res.mapped_preset, time.perf_counter() - t0, res)
 
     def buffer_views(self, res: Any, size: int = 256) -> list[tuple[np.ndarray, str]]:
         """Labelled buffers (render, normal, albedo, shading, depth) before and after the edit."""
@@ -405,6 +405,22 @@ class Studio:
         return reenact(str(p), str(v), out, motion=motion, ref_frame=ref_frame, max_frames=max_frames,
                        face=int(face), engine=engine.name, engine_options=engine.options(),
                        progress=progress if progress is not None else False, model=self.model)
+
+
+#: the face views are shown at least this large (a small face in a group photo is upscaled for viewing;
+#: the download is always the photo at its own size)
+DISPLAY_SIDE = 480
+
+
+def display_view(view: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
+    """``view`` resized (bicubic) so its long side is at least ``side`` pixels; larger views as they are."""
+    import cv2
+
+    h, w = view.shape[:2]
+    if max(h, w) >= side or min(h, w) < 1:
+        return view
+    s = side / max(h, w)
+    return cv2.resize(view, (round(w * s), round(h * s)), interpolation=cv2.INTER_CUBIC)
 
 
 def slider_specs() -> list[tuple[str, float, float, str]]:
