@@ -111,6 +111,28 @@ def test_engines_are_disabled_with_a_reason(tmp_path, monkeypatch):
         Studio(work_dir=tmp_path).session("k", 0, EngineChoice("diffusionrig"))
 
 
+def test_a_neural_engine_renders_through_the_ui_path(studio, photo_path, tmp_path_factory, astronaut):
+    """The rigface engine from tiny weights the test writes (the released layout), chosen like the
+    UI's engine selector does: the edit changes the person and keeps the photo's corners."""
+    pytest.importorskip("diffusers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+    from rigface_tiny import write_tiny_rigface
+
+    base, weights = write_tiny_rigface(tmp_path_factory.mktemp("rf"))
+    choice = EngineChoice("rigface", str(weights), str(base), steps=2)
+    assert engine_status(choice)[0]
+    photo = studio.load(photo_path)
+    r = studio.render(photo.key, EditValues(controls={"smile": 0.8}), engine=choice)
+    assert r.result.engine == "rigface" and r.image.shape == astronaut.shape
+    changed = np.abs(r.image.astype(int) - astronaut).sum(2) > 0
+    assert changed.any() and not changed[:, :80].any() and not changed[-60:].any()
+    # the warp session of the same photo reuses the fit: same params
+    assert studio.session(photo.key).params is studio.session(photo.key, 0, choice).params
+
+
 def test_error_messages_are_one_line_and_name_the_extra():
     assert error_message(InvalidInput("photo", "x", "y")) == "photo: expected x, got y"
     msg = error_message(ModuleNotFoundError("No module named 'diffusers'", name="diffusers"))

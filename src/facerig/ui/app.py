@@ -93,13 +93,15 @@ def build_app(studio: Studio | None = None) -> Any:
         except ValueError:
             return 0
 
-    def do_render(key: Any, face: Any, engine: str, weights: str, base: str, buffers_on: bool, *args: Any):
+    def do_render(key: Any, face: Any, engine: str, weights: str, base: str, steps: Any, buffers_on: bool,
+                  *args: Any):
         if not key:
             # no photo yet (or its upload failed: keep that message on the status line)
             return gr.update(), gr.update(), gr.update(), None
         try:
-            r = studio.render(str(key), values_from(args), face=face_index(face),
-                              engine=EngineChoice(engine or "warp", weights or "", base or ""), buffers=bool(buffers_on))
+            choice = EngineChoice(engine or "warp", weights or "", base or "", int(steps or 0))
+            r = studio.render(str(key), values_from(args), face=face_index(face), engine=choice,
+                              buffers=bool(buffers_on))
         except Exception as e:  # every error becomes a message
             return gr.update(), gr.update(), _warn(error_message(e)), None
         gallery = [(im, lab) for im, lab in r.buffers] if buffers_on else gr.update()
@@ -135,12 +137,12 @@ def build_app(studio: Studio | None = None) -> Any:
         return (photo.key, gr.update(choices=names, value=names[0], visible=many),
                 gr.update(value=thumbs, visible=many), msg)
 
-    def do_engine(engine: str, weights: str, base: str):
-        ok, reason = engine_status(EngineChoice(engine or "warp", weights or "", base or ""))
+    def do_engine(engine: str, weights: str, base: str, steps: Any = 0):
+        ok, reason = engine_status(EngineChoice(engine or "warp", weights or "", base or "", int(steps or 0)))
         return ("" if ok else "**disabled:** ") + reason, gr.update(value=engine == "warp" and ok)
 
     def do_reenact(portrait_in: Any, video_in: Any, motion: str, ref_frame: Any, max_frames: Any, engine: str,
-                   weights: str, base: str, progress: Any = gr.Progress()):
+                   weights: str, base: str, steps: Any, progress: Any = gr.Progress()):
         portrait, video = _payload_path(portrait_in), _payload_path(video_in)
         if not portrait or not video:
             return None, _warn("give a portrait and a driving video")
@@ -151,7 +153,7 @@ def build_app(studio: Studio | None = None) -> Any:
             rf = None if ref_frame in (None, "", -1) or (motion == "absolute") else int(ref_frame)
             mf = None if not max_frames else int(max_frames)
             res = studio.reenact(portrait, video, motion=motion, ref_frame=rf, max_frames=mf, progress=cb,
-                                 engine=EngineChoice(engine or "warp", weights or "", base or ""))
+                                 engine=EngineChoice(engine or "warp", weights or "", base or "", int(steps or 0)))
         except Exception as e:
             return None, _warn(error_message(e))
         audio = "with the driver's audio" if res.has_audio else "no audio (the driving video has none)"
@@ -178,6 +180,8 @@ def build_app(studio: Studio | None = None) -> Any:
                         engine = gr.Dropdown(list(ENGINE_CHOICES), value="warp", label="Engine", elem_id="engine")
                         weights = gr.Textbox(label="Weights path (neural engines)", elem_id="weights")
                         base = gr.Textbox(label="Stable Diffusion 1.5 base (rigface, magicportrait)", elem_id="base")
+                        steps = gr.Number(0, precision=0, label="Sampling steps (0: the engine's default)",
+                                          elem_id="steps")
                         engine_msg = gr.Markdown(engine_status(EngineChoice())[1], elem_id="engine-status")
                     live = gr.Checkbox(True, label="Update as the sliders move", elem_id="live")
                     buffers_on = gr.Checkbox(False, label="Show the buffers (slower)", elem_id="buffers-on")
@@ -247,7 +251,7 @@ def build_app(studio: Studio | None = None) -> Any:
                     re_status = gr.Markdown(elem_id="reenact-status")
 
         # ---- events ---------------------------------------------------------------------------
-        edit_inputs = [key, face, engine, weights, base, buffers_on, *ctl, preset, intensity, text, yaw, pitch,
+        edit_inputs = [key, face, engine, weights, base, steps, buffers_on, *ctl, preset, intensity, text, yaw, pitch,
                        roll, light, az, el, ref_path, take]
         edit_outputs = [out, gallery, status, last]
         finish = [compare, whole, download]
@@ -293,7 +297,7 @@ def build_app(studio: Studio | None = None) -> Any:
         thumbs.select(pick_face, None, face)
         for comp in (engine, weights, base):
             comp.change(do_engine, [engine, weights, base], [engine_msg, live])
-        go.click(do_reenact, [portrait, video, motion, ref_frame, max_frames, engine, weights, base],
+        go.click(do_reenact, [portrait, video, motion, ref_frame, max_frames, engine, weights, base, steps],
                  [result_video, re_status], preprocess=False)
     demo.queue(default_concurrency_limit=2)
     return demo

@@ -108,9 +108,15 @@ class EngineChoice:
     name: str = "warp"
     weights: str = ""
     base: str = ""
+    steps: int = 0  # sampling steps of a diffusion engine (0: the engine's default)
 
     def options(self) -> dict[str, Any] | None:
-        out = {k: v.strip() for k, v in (("weights", self.weights), ("base", self.base)) if v and v.strip()}
+        if self.name == "warp":
+            return None
+        out: dict[str, Any] = {k: v.strip() for k, v in (("weights", self.weights), ("base", self.base))
+                               if v and v.strip()}
+        if self.steps and int(self.steps) > 0:
+            out["steps"] = int(self.steps)
         return out or None
 
 
