@@ -104,8 +104,10 @@ def frame_mask(image: np.ndarray, pts: np.ndarray, rims: bool = True) -> np.ndar
     (the eye corners widened by 0.3 IOD, from the brows to 0.5 IOD below the eyes), the pixels
     much darker or much more contrasted than the skin around them, minus the eye openings and
     the brows (which must stay free to move). With ``rims``, also each rim traced as a closed loop
-    of thin dark ridges round its eye (``_rim_loops``): a thin frame (1-3 px) is too faint for the
-    darkness/contrast test except where it is darkest."""
+    of thin dark ridges round its eye (``_rim_loops``: a thin frame, 1-3 px, is too faint for the
+    darkness/contrast test except where it is darkest), and the mask is trimmed to the frame's own
+    pixels (dark, on a ridge or on a rim) and their neighbours. ``rims=False``: the
+    darkness/contrast parts alone, untrimmed (what the detection's bridge test looks at)."""
     h, w = image.shape[:2]
     g = image.mean(2).astype(np.float32)
     iod = float(np.linalg.norm(pts[_R_OUT] - pts[_L_OUT]))
@@ -145,11 +147,19 @@ def frame_mask(image: np.ndarray, pts: np.ndarray, rims: bool = True) -> np.ndar
     span = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
     keep[1:] = span[1:] > 0.4 * iod
     m = keep[lab].astype(np.uint8)
-    if rims:
-        m |= _rim_loops(sub, pts - [xa, ya], iod, free[ya:yb, xa:xb]) & (1 - brows[ya:yb, xa:xb])
+    ridge = _ridges(sub, max(0.8, 0.015 * iod)) if rims else None
+    if ridge is not None:
+        loops = _rim_loops(ridge, pts - [xa, ya], iod, free[ya:yb, xa:xb]) & (1 - brows[ya:yb, xa:xb])
+        m |= loops
     # close the notches the brows' exclusion cut into a frame bar that runs along them
     kc = max(1, int(round(0.06 * iod)))
     m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * kc + 1, kc + 1)))
+    if ridge is not None:
+        # only the frame's own pixels (dark or on a traced rim; the soft edges are added below): the
+        # contrast test and the closing also take a halo of skin round a thin frame (4-5 px each
+        # side of a 1 px line at 60 px IOD: the brows' lower half, the lids' skin)
+        core = (dark > 1.0) | (loops > 0)
+        m &= core.astype(np.uint8)
     m = m.astype(np.float32)
     # the frame's soft (anti-aliased, blurred) edges too: left to the warp they draw a second rim
     kd = max(1, int(round(0.025 * iod)))
@@ -207,26 +217,30 @@ def _loop_path(P: np.ndarray, jump: int = 4, pen: float = 0.05) -> np.ndarray:
     return out
 
 
-def _rim_loops(sub: np.ndarray, pts: np.ndarray, iod: float, free: np.ndarray) -> np.ndarray:
-    """(h, w) uint8: each glasses rim traced as a closed loop round its eye on the grey region
-    ``sub`` (``pts`` in its pixels, ``free``: the eye openings with their lash margin). The dark
-    ridges at the frame's scale (0.015 IOD) are sampled on rays from the eye's centre (0.45-1.7
+def _ridge_ref(ridge: np.ndarray) -> float:
+    """A region's typical ridge level (75th percentile): skin texture, not the frame."""
+    return max(float(np.percentile(ridge, 75)), 1e-5)
+
+
+def _rim_loops(ridge: np.ndarray, pts: np.ndarray, iod: float, free: np.ndarray) -> np.ndarray:
+    """(h, w) uint8: each glasses rim traced as a closed loop round its eye on a region's dark
+    ridges at the frame's scale (``ridge``: ``_ridges`` at 0.015 IOD; ``pts`` in its pixels,
+    ``free``: the eye openings with their lash margin). The ridges are sampled on rays from the eye's centre (0.45-1.7
     eye widths, not into the opening, not past the nose's midline), the best smooth closed path is
     traced (``_loop_path``, the inner of two ridges a little preferred), and a loop whose angles
     lie on a ridge for less than ``_RIM_SUPPORT`` of the turn is dropped (a rimless lens, a frame
-    hidden by hair). A kept loop is drawn whole (1.5 % of the IOD wide each side), its few gaps
+    hidden by hair). A kept loop is drawn whole (1 px, + 0.8 % of the IOD each side), its few gaps
     included: a rim is a loop. Round bare eyes this finds loops too (lid folds, lower lids): only
     call it where glasses were detected."""
-    h, w = sub.shape
+    h, w = ridge.shape
     out = np.zeros((h, w), np.uint8)
-    ridge = _ridges(sub, max(0.8, 0.015 * iod))
-    ref = max(float(np.percentile(ridge, 75)), 1e-5)
+    ref = _ridge_ref(ridge)
     u = (pts[_L_OUT] - pts[_R_OUT]) / iod
     v = np.array([-u[1], u[0]])
     n, rho = 120, np.arange(0.45, 1.7, 0.02)
     th = np.linspace(0, 2 * np.pi, n, endpoint=False)
     ct, st = np.cos(th)[:, None], np.sin(th)[:, None]
-    half = max(1, int(round(0.015 * iod)))
+    half = int(round(0.008 * iod))
     for eye, sgn in ((_R_EYE, -1.0), (_L_EYE, 1.0)):
         c = pts[list(eye)].mean(0)
         we = float(np.linalg.norm(pts[eye[0]] - pts[eye[8]]))
