@@ -159,7 +159,7 @@ def frame_mask(image: np.ndarray, pts: np.ndarray, rims: bool = True) -> np.ndar
         # contrast test and the closing also take a halo of skin round a thin frame (4-5 px each
         # side of a 1 px line at 60 px IOD: the brows' lower half, the lids' skin)
         core = (dark > 1.0) | (loops > 0)
-        m &= core.astype(np.uint8)
+        m = m & core.astype(np.uint8)
     m = m.astype(np.float32)
     # the frame's soft (anti-aliased, blurred) edges too: left to the warp they draw a second rim
     kd = max(1, int(round(0.025 * iod)))
