@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from facerig.detect.landmark_sets import FACE_OVAL
+
 #: MediaPipe vertices: eye corners (subject's right outer/inner, left inner/outer), nasion and
 #: nose bridge, lower lids, brows
 _R_OUT, _R_IN, _L_IN, _L_OUT = 33, 133, 362, 263
@@ -149,7 +151,8 @@ def frame_mask(image: np.ndarray, pts: np.ndarray, rims: bool = True) -> np.ndar
     m = keep[lab].astype(np.uint8)
     ridge = _ridges(sub, max(0.8, 0.015 * iod)) if rims else None
     if ridge is not None:
-        loops = _rim_loops(ridge, pts - [xa, ya], iod, free[ya:yb, xa:xb]) & (1 - brows[ya:yb, xa:xb])
+        face = _poly(pts, FACE_OVAL, (h, w))[ya:yb, xa:xb]
+        loops = _rim_loops(ridge, pts - [xa, ya], iod, free[ya:yb, xa:xb], face) & (1 - brows[ya:yb, xa:xb])
         m |= loops
     # close the notches the brows' exclusion cut into a frame bar that runs along them
     kc = max(1, int(round(0.06 * iod)))
@@ -222,7 +225,7 @@ def _ridge_ref(ridge: np.ndarray) -> float:
     return max(float(np.percentile(ridge, 75)), 1e-5)
 
 
-def _rim_loops(ridge: np.ndarray, pts: np.ndarray, iod: float, free: np.ndarray) -> np.ndarray:
+def _rim_loops(ridge: np.ndarray, pts: np.ndarray, iod: float, free: np.ndarray, face: np.ndarray) -> np.ndarray:
     """(h, w) uint8: each glasses rim traced as a closed loop round its eye on a region's dark
     ridges at the frame's scale (``ridge``: ``_ridges`` at 0.015 IOD; ``pts`` in its pixels,
     ``free``: the eye openings with their lash margin). The ridges are sampled on rays from the eye's centre (0.45-1.7
@@ -260,7 +263,49 @@ def _rim_loops(ridge: np.ndarray, pts: np.ndarray, iod: float, free: np.ndarray)
             continue
         loop = np.stack([xs[np.arange(n), path], ys[np.arange(n), path]], 1)
         cv2.polylines(out, [np.round(loop * 4).astype(np.int32)], True, 1, 2 * half + 1, cv2.LINE_8, shift=2)
+        arm = _temple_arm(ridge / ref, loop, c, we, sgn * u, v, face, iod)
+        if arm is not None:
+            cv2.polylines(out, [np.round(arm * 4).astype(np.int32)], False, 1, 2 * half + 1, cv2.LINE_8, shift=2)
     return out & (1 - free)
+
+
+def _temple_arm(p: np.ndarray, loop: np.ndarray, c: np.ndarray, we: float, out_dir: np.ndarray,
+                down: np.ndarray, face: np.ndarray, iod: float) -> np.ndarray | None:
+    """The temple arm leaving a traced rim towards the face's edge, as a (2, 2) segment, or None:
+    of the straight lines within 30 degrees of the eye line from the points of the rim's outer upper
+    half (``c``: the eye's centre, ``we``: its width), the one that stays longest on a ridge
+    (``p``: ridge / typical ridge; a run ends at 2 px off it), at least 0.08 IOD, cut at the face's
+    edge (``face``: the face oval's mask) + 0.03 IOD: beyond it the arm is on hair or background."""
+    h, w = p.shape
+    rel = loop - c
+    starts = loop[(rel @ out_dir > 0.35 * we) & (rel @ down < 0.25 * we)]
+    if starts.shape[0] == 0:
+        return None
+    step = np.arange(1.0, 0.6 * iod, 0.5)
+    best: tuple[int, np.ndarray] | None = None
+    for ang in np.deg2rad(np.arange(-30.0, 31.0, 2.0)):
+        d = np.cos(ang) * out_dir + np.sin(ang) * down
+        q = starts[:, None, :] + step[None, :, None] * d          # (starts, steps, 2)
+        # the best of three parallel lines 1 px apart: a straight line through a slightly curved
+        # or pixel-stepped ridge
+        val = np.max([cv2.remap(p, (q[..., 0] + o * d[1]).astype(np.float32), (q[..., 1] - o * d[0]).astype(np.float32),
+                                cv2.INTER_LINEAR, borderValue=0.0) for o in (-1.0, 0.0, 1.0)], axis=0)
+        off = (val <= _RIDGE_ON).astype(np.float32)
+        gap = cv2.filter2D(off, -1, np.ones((1, 4), np.float32), anchor=(0, 0), borderType=cv2.BORDER_CONSTANT) >= 4
+        gap[:, -1] = True
+        run = np.argmax(gap, axis=1)                              # samples before the first 2 px off the ridge
+        i = int(np.argmax(run))
+        if best is None or run[i] > best[0]:
+            best = (int(run[i]), q[i])
+    if best is None or best[0] * 0.5 < 0.08 * iod:
+        return None
+    end, q = best
+    xi = np.clip(np.round(q[:end, 0]).astype(int), 0, w - 1)
+    yi = np.clip(np.round(q[:end, 1]).astype(int), 0, h - 1)
+    inside = face[yi, xi] > 0
+    if not inside.all():
+        end = min(end, int(np.argmin(inside)) + int(0.03 * iod / 0.5))
+    return np.stack([q[0], q[end - 1]])
 
 
 #: the vertices the frame rests on / moves with (nose bridge, temples, around the eyes)
