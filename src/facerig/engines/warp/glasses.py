@@ -196,19 +196,18 @@ def _loop_path(P: np.ndarray, jump: int = 4, pen: float = 0.05) -> np.ndarray:
     programming over the angles unrolled twice, the middle turn kept (closure without a fixed
     start). Returns the radius index per angle."""
     n, nr = P.shape
-    pp = np.concatenate([P, P], 0)
+    pp = np.concatenate([P, P], 0).astype(np.float32)
     val = pp[0].copy()
-    back = np.zeros((2 * n, nr), np.int32)
-    idx = np.arange(nr)
+    back = np.zeros((2 * n, nr), np.int64)
+    cost = (pen * np.abs(np.arange(-jump, jump + 1))).astype(np.float32)  # window column i: j' = j + i - jump
+    rows = np.arange(nr)
+    idx = rows[:, None] + np.arange(2 * jump + 1)[None, :]      # into val padded by jump each side
+    buf = np.full(nr + 2 * jump, -np.inf, np.float32)
     for k in range(1, 2 * n):
-        best = np.full(nr, -np.inf, np.float32)
-        arg = idx.copy()
-        for dj in range(-jump, jump + 1):
-            src = np.clip(idx - dj, 0, nr - 1)
-            cand = np.where((idx - dj >= 0) & (idx - dj < nr), val[src] - pen * abs(dj), -np.inf)
-            better = cand > best
-            best[better], arg[better] = cand[better], src[better]
-        val, back[k] = best + pp[k], arg
+        buf[jump:jump + nr] = val
+        win = buf[idx] - cost
+        arg = np.argmax(win, axis=1)
+        val, back[k] = win[rows, arg] + pp[k], rows + arg - jump
     j = int(np.argmax(val))
     path = np.zeros(2 * n, np.int64)
     path[-1] = j
