@@ -428,6 +428,10 @@ class WarpEngine(Engine):
             frame_px = st.glasses.frame > 0.3 if (st.glasses is not None and st.glasses.present) else None
             st.lid_rgb = _lid_colours(image, st.eye_open, exclude=frame_px)
             st.sclera_rgb = _sclera_colours(image, st.eye_full)
+            if st.lid_rgb is not None:
+                # the eye white along the rim (outside the eroded core) is opening too: left out, a
+                # closed lid kept a bright sliver of it along its edge
+                st.eye_open = _with_bright_rim(image, st.eye_full, st.eye_open, st.lid_rgb, n)
         st.timings["prepare"] = time.perf_counter() - t0
         return st
 
@@ -1471,6 +1475,23 @@ def _sclera_colours(image: np.ndarray, eye_full: np.ndarray) -> np.ndarray | Non
         lum = px.mean(1)
         sel = (lum >= np.percentile(lum, 65)) & (lum <= np.percentile(lum, 92))  # not the catchlight
         out[eye - 1] = px[sel].mean(0) if sel.any() else px.mean(0)
+    return out
+
+
+def _with_bright_rim(image: np.ndarray, eye_full: np.ndarray, core: np.ndarray, lid_rgb: np.ndarray,
+                     n: int) -> np.ndarray:
+    """``core`` (the eye openings' eroded interiors) plus the pixels of the rim (``eye_full`` grown
+    and shrunk by ``n`` px: the detected contour runs a little inside the visible white) that are
+    brighter than their eye's lid skin: the eye white reaching the lid line. Lashes and the lid's
+    shadowed edge are darker and stay out."""
+    lum = image.mean(2)
+    out = core.copy()
+    kern = np.ones((2 * n + 1, 2 * n + 1), np.uint8)
+    for eye in (1, 2):
+        grown = cv2.dilate((eye_full == eye).astype(np.uint8), kern) > 0
+        rim = grown & (core == 0) & ((eye_full == 0) | (eye_full == eye))
+        if rim.any():
+            out[rim & (lum > 1.05 * float(lid_rgb[eye - 1].mean()))] = eye
     return out
 
 
