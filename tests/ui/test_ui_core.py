@@ -39,6 +39,13 @@ def test_upload_limits_are_checked_before_decoding(studio, tmp_path):
         studio.load(junk, name="mine.png")
     with pytest.raises(InvalidInput, match="uploaded image"):
         studio.load(tmp_path / "missing.png")
+    from facerig.errors import NoFaceFound
+
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((300, 400, 3), 180, np.uint8)).save(blank)
+    with pytest.raises(NoFaceFound, match="no face"):
+        studio.load(blank)
+    assert "no face" in error_message(NoFaceFound("the photo", "none"))
 
 
 def test_one_fit_per_upload_and_slider_edits_render_only(studio, photo_path, monkeypatch):
