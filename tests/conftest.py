@@ -68,6 +68,26 @@ def _restore_grad_mode():
 
 
 @pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(owner, "name", counter=None, key="n")``: wrap ``owner.name`` (still called) so
+    that each call adds 1 to ``counter[key]``; returns the counter (a new ``{key: 0}`` by default)."""
+
+    def install(owner, name, counter=None, key="n"):
+        counter = {key: 0} if counter is None else counter
+        counter.setdefault(key, 0)
+        real = getattr(owner, name)
+
+        def wrapped(*a, **k):
+            counter[key] += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(owner, name, wrapped)
+        return counter
+
+    return install
+
+
+@pytest.fixture
 def run_two_processes(tmp_path):
     """Run a worker script under ``torch.distributed.run`` in 2 CPU processes (gloo) with the
     worker's folder on PYTHONPATH; returns the records ``worker_{rank}.json`` it wrote into its

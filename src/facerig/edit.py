@@ -175,16 +175,9 @@ def build_spec(spec: Any = None, **kwargs: Any) -> Any:
 
 def parse_expression_args(items: Iterable[str]) -> dict[str, float]:
     """["jawOpen=0.5", "eyeBlink_L=1"] -> {"jawOpen": 0.5, "eyeBlink_L": 1.0}."""
-    out: dict[str, float] = {}
-    for it in items:
-        name, sep, val = str(it).partition("=")
-        if not sep or not name.strip():
-            raise InvalidInput("--expression", "NAME=VALUE (e.g. jawOpen=0.5)", it)
-        try:
-            out[name.strip()] = float(val)
-        except ValueError:
-            raise InvalidInput("--expression", f"a number after '{name.strip()}='", val) from None
-    return out
+    from facerig.rig.expression import parse_name_values
+
+    return parse_name_values(items, "--expression", "jawOpen=0.5")
 
 
 def _load_source_image(image: Any, what: str = "IMAGE") -> np.ndarray:

@@ -57,17 +57,9 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def fit_counter(monkeypatch, cache_dir):
+def fit_counter(monkeypatch, cache_dir, count_calls):
     monkeypatch.setenv("FACERIG_CACHE", str(cache_dir))
-    calls = {"n": 0}
-    real = fedit._fit_landmarks
-
-    def counted(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(fedit, "_fit_landmarks", counted)
-    return calls
+    return count_calls(fedit, "_fit_landmarks")
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,9 @@ from facerig.errors import InvalidInput
 
 
 @pytest.fixture
-def counted(monkeypatch):
-    calls = {"fit": 0, "prepare": 0}
-    real_fit, real_prep = fedit._fit_landmarks, WarpEngine.prepare
-
-    def fit(*a, **k):
-        calls["fit"] += 1
-        return real_fit(*a, **k)
-
-    def prep(self, *a, **k):
-        calls["prepare"] += 1
-        return real_prep(self, *a, **k)
-
-    monkeypatch.setattr(fedit, "_fit_landmarks", fit)
-    monkeypatch.setattr(WarpEngine, "prepare", prep)
-    return calls
+def counted(count_calls):
+    calls = count_calls(fedit, "_fit_landmarks", key="fit")
+    return count_calls(WarpEngine, "prepare", calls, key="prepare")
 
 
 def test_session_fits_and_prepares_once_and_matches_edit(astronaut, counted):

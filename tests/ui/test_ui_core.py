@@ -48,15 +48,8 @@ def test_upload_limits_are_checked_before_decoding(studio, tmp_path):
     assert "no face" in error_message(NoFaceFound("the photo", "none"))
 
 
-def test_one_fit_per_upload_and_slider_edits_render_only(studio, photo_path, monkeypatch):
-    calls = {"fit": 0}
-    real = fedit._fit_landmarks
-
-    def counted(*a, **k):
-        calls["fit"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(fedit, "_fit_landmarks", counted)
+def test_one_fit_per_upload_and_slider_edits_render_only(studio, photo_path, count_calls):
+    calls = count_calls(fedit, "_fit_landmarks", key="fit")
     photo = studio.load(photo_path)
     assert studio.load(photo_path) is photo and len(photo.faces) == 1
     plain = studio.render(photo.key, EditValues())
@@ -147,18 +140,11 @@ def test_error_messages_are_one_line_and_name_the_extra():
     assert error_message(RuntimeError("boom")).startswith("internal error: RuntimeError")
 
 
-def test_reference_photo_is_fitted_once_and_taken_from(studio, photo_path, tmp_path, grace_hopper, monkeypatch):
+def test_reference_photo_is_fitted_once_and_taken_from(studio, photo_path, tmp_path, grace_hopper, count_calls):
     ref = tmp_path / "ref.png"
     Image.fromarray(grace_hopper).save(ref)
     photo = studio.load(photo_path)
-    calls = {"fit": 0}
-    real = fedit._fit_one
-
-    def counted(*a, **k):
-        calls["fit"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(fedit, "_fit_one", counted)
+    calls = count_calls(fedit, "_fit_one", key="fit")
     a = studio.render(photo.key, EditValues(reference=str(ref), take=("expression",)))
     b = studio.render(photo.key, EditValues(reference=str(ref), take=("expression", "light")))
     assert calls["fit"] == 1  # the reference once; the photo was fitted at upload

@@ -28,22 +28,12 @@ from typing import Any
 import torch
 
 from facerig.errors import InvalidInput
-from facerig.rig.presets import HEADROOM
+from facerig.rig.presets import HEADROOM, _both
+from facerig.rig.presets import _recipe as _merge
 from facerig.types import FaceParams
 
 __all__ = ["CONTROLS", "CONTROL_NAMES", "Control", "apply_controls", "check_controls", "control_vector",
            "gaze_controls", "parse_control_args", "parse_gaze"]
-
-
-def _both(name: str, value: float) -> dict[str, float]:
-    return {f"{name}_L": value, f"{name}_R": value}
-
-
-def _merge(*parts: Mapping[str, float]) -> MappingProxyType:
-    out: dict[str, float] = {}
-    for p in parts:
-        out.update(p)
-    return MappingProxyType(out)
 
 
 @dataclass(frozen=True)
@@ -172,16 +162,9 @@ def apply_controls(params: FaceParams, values: Mapping[str, Any] | None, model: 
 
 def parse_control_args(items: Any) -> dict[str, float]:
     """["gaze_x=0.5", "blink=1"] -> {"gaze_x": 0.5, "blink": 1.0} (checked)."""
-    out: dict[str, Any] = {}
-    for it in items or []:
-        name, sep, val = str(it).partition("=")
-        if not sep or not name.strip():
-            raise InvalidInput("--control", "NAME=VALUE (e.g. gaze_x=0.5)", it)
-        try:
-            out[name.strip()] = float(val)
-        except ValueError:
-            raise InvalidInput("--control", f"a number after '{name.strip()}='", val) from None
-    return check_controls(out, "--control")
+    from facerig.rig.expression import parse_name_values
+
+    return check_controls(parse_name_values(items or [], "--control", "gaze_x=0.5"), "--control")
 
 
 def parse_gaze(text: Any, what: str = "--gaze") -> tuple[float, float]:

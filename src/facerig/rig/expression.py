@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -121,6 +121,21 @@ def resolve_expression_values(values: Mapping[str, Any], model: Any) -> dict[str
 
 
 # ---- edits --------------------------------------------------------------------------------------
+def parse_name_values(items: Iterable[Any], what: str, example: str) -> dict[str, float]:
+    """["NAME=VALUE", ...] -> {NAME: float(VALUE)}; ``what`` (the option) and ``example`` name a
+    malformed item's expected form in the error."""
+    out: dict[str, float] = {}
+    for it in items:
+        name, sep, val = str(it).partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput(what, f"NAME=VALUE (e.g. {example})", it)
+        try:
+            out[name.strip()] = float(val)
+        except ValueError:
+            raise InvalidInput(what, f"a number after '{name.strip()}='", val) from None
+    return out
+
+
 def set_expression(params: FaceParams, values: Mapping[str, Any], model: Any,
                    mode: str = "absolute") -> FaceParams:
     """Set (``mode="absolute"``) or add to (``mode="add"``) named expression coefficients.

@@ -23,6 +23,7 @@ Design notes (FACS action units -> ARKit shapes):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from facerig.errors import InvalidInput
@@ -32,7 +33,7 @@ def _both(name: str, value: float) -> dict[str, float]:
     return {f"{name}_L": value, f"{name}_R": value}
 
 
-def _recipe(*parts: dict[str, float]) -> MappingProxyType:
+def _recipe(*parts: Mapping[str, float]) -> MappingProxyType:
     out: dict[str, float] = {}
     for p in parts:
         out.update(p)
