@@ -138,3 +138,46 @@ def test_temple_arm_follows_a_ridge_to_the_face_edge():
     assert 84 <= x0 <= 90 and 130 <= x1 <= 136          # from the rim to just past the face's edge
     assert abs(y1 - (52 - 8 * (x1 - 86) / 109)) < 2.0    # on the drawn line
     assert G._temple_arm(np.zeros_like(p), loop, c, we, np.array([1.0, 0.0]), np.array([0.0, 1.0]), face, iod) is None
+
+
+def test_browline_frame_with_a_translucent_bridge_is_detected(grace_hopper, astronaut, astronaut_pts):
+    """Grace Hopper's frame (matplotlib's sample): black top bars, amber bridge and lower rims. The
+    bridge test alone missed it (the bridge is light), so raised brows bent the bars; both eyes under
+    a dark bar count too, and the bars are in the mask. A bare face has no such bars."""
+    from facerig.edit import _fit_one
+    from facerig.morphable import load_face_model
+
+    params = _fit_one(grace_hopper, load_face_model("builtin"), "largest", "grace_hopper")
+    pts = np.asarray(params.meta["landmarks_px"], np.float64)[:, :2]
+    img = grace_hopper.astype(np.float32) / 255.0
+    g = G.detect_glasses(img, pts)
+    assert g.present
+    assert not G._frame_bridges(G.frame_mask(img, pts, rims=False), pts)  # found by its bars, not the bridge
+    iod = float(np.linalg.norm(pts[33] - pts[263]))
+    for eye, brow in ((G._R_EYE, G._R_BROW), (G._L_EYE, G._L_BROW)):
+        e, b = pts[list(eye)], pts[list(brow)]
+        xa, xb = int(e[:, 0].min()), int(e[:, 0].max())
+        band = g.frame[int(b[:, 1].min() - 0.05 * iod):int(e[:, 1].min()), xa:xb] > 0.5
+        assert band.any(0).mean() > 0.9
+    a = astronaut.astype(np.float32) / 255.0
+    assert not G._browline_bars(G.frame_mask(a, astronaut_pts, rims=False), a, astronaut_pts)
+
+
+def test_raised_brows_leave_grace_hoppers_bars_in_place(grace_hopper):
+    import torch
+
+    from facerig.edit import _fit_one
+    from facerig.engines import get_engine
+    from facerig.morphable import load_face_model
+    from facerig.rig import EditSpec
+
+    torch.set_grad_enabled(False)
+    model = load_face_model("builtin")
+    eng = get_engine("warp")
+    params = _fit_one(grace_hopper, model, "largest", "grace_hopper")
+    pts = np.asarray(params.meta["landmarks_px"], np.float64)[:, :2]
+    bars = G.frame_mask(grace_hopper.astype(np.float32) / 255.0, pts) > 0.9
+    out = eng.render_frame(eng.prepare(grace_hopper, params, model), EditSpec(preset="raise_brows").apply(params, model))
+    diff = np.abs(out.astype(int) - grace_hopper.astype(int)).max(-1)
+    # before the browline rule the bars rose with the brows (most of their pixels changed by > 40)
+    assert (diff[bars] > 40).mean() < 0.1

@@ -320,9 +320,43 @@ def detect_glasses(image: np.ndarray, pts: np.ndarray | None, threshold: float =
     if sc < threshold:
         return Glasses(sc, False, np.zeros(hw, np.float32), ANCHORS)
     # the decision is the dark/contrasted parts' (the traced rims would widen what crosses the bridge)
-    if not _frame_bridges(frame_mask(image, pts, rims=False), pts):
+    coarse = frame_mask(image, pts, rims=False)
+    if not (_frame_bridges(coarse, pts) or _browline_bars(coarse, image, pts)):
         return Glasses(sc, False, np.zeros(hw, np.float32), ANCHORS)
     return Glasses(sc, True, frame_mask(image, pts), ANCHORS)
+
+
+#: browline frames: the fraction of each eye's width its dark top bar must cover, and how dark it
+#: must be (30th percentile luminance over the face's skin median)
+BAR_COVER, BAR_DARK = 0.8, 0.5
+
+
+def _browline_bars(fm: np.ndarray, image: np.ndarray, pts: np.ndarray) -> bool:
+    """Both eyes under a dark bar of the frame mask (between the brows' top and the eyes' top) across
+    at least :data:`BAR_COVER` of the eye's width, much darker than the skin: a browline frame whose
+    bridge and lower rims are light or translucent (Grace Hopper's, amber), which the bridge test
+    misses. Over the shared portraits no face without glasses has even one such bar (their masks
+    hold nothing there: the brows' upper halves are excluded and their lower halves are lighter)."""
+    iod = float(np.linalg.norm(pts[_R_OUT] - pts[_L_OUT]))
+    lum = image.mean(2)
+    m = fm > 0.5
+    face = _poly(pts, FACE_OVAL, fm.shape) > 0
+    skin_px = lum[face & ~m]
+    if skin_px.size < 16:
+        return False
+    skin = float(np.median(skin_px))
+    h, w = fm.shape
+    for eye, brow in ((_R_EYE, _R_BROW), (_L_EYE, _L_BROW)):
+        e, b = pts[list(eye)], pts[list(brow)]
+        xa, xb = int(np.clip(e[:, 0].min(), 0, w - 1)), int(np.clip(e[:, 0].max(), 1, w))
+        ya, yb = int(np.clip(b[:, 1].min() - 0.05 * iod, 0, h - 1)), int(np.clip(e[:, 1].min(), 1, h))
+        if xb - xa < 2 or yb - ya < 1:
+            return False
+        band = m[ya:yb, xa:xb]
+        px = lum[ya:yb, xa:xb][band]
+        if band.any(0).mean() < BAR_COVER or px.size < 10 or np.percentile(px, 30) > BAR_DARK * skin:
+            return False
+    return True
 
 
 def _frame_bridges(fm: np.ndarray, pts: np.ndarray) -> bool:
