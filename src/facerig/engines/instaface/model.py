@@ -23,7 +23,7 @@ Layout written by :meth:`InstaFaceModel.save_pretrained` (safetensors only, load
     DIR/guidance_unet/config.json, diffusion_pytorch_model.safetensors   (conv_in (C, 12, 3, 3))
     DIR/diffusion_unet/config.json, diffusion_pytorch_model.safetensors
     DIR/projection/config.json, diffusion_pytorch_model.safetensors
-    DIR/instaface.json   (format, version, guidance_timestep, guidance_weight, prompt)
+    DIR/instaface.json   (format, version, guidance_timestep, guidance_weight, prompt[, meta])
 """
 
 from __future__ import annotations
@@ -255,7 +255,8 @@ class InstaFaceModel(nn.Module):
     """
 
     def __init__(self, guidance_unet: Any, diffusion_unet: Any, projection: IdentityProjection, *,
-                 guidance_timestep: str = "denoise", guidance_weight: float = 1.0, prompt: str = DEFAULT_PROMPT):
+                 guidance_timestep: str = "denoise", guidance_weight: float = 1.0, prompt: str = DEFAULT_PROMPT,
+                 meta: Mapping[str, Any] | None = None):
         super().__init__()
         for name, u, ch in (("guidance_unet", guidance_unet, CONDITION_CHANNELS), ("diffusion_unet", diffusion_unet, 4)):
             if not hasattr(u, "config") or not hasattr(u, "time_embedding"):
@@ -277,6 +278,8 @@ class InstaFaceModel(nn.Module):
         self.guidance_timestep = guidance_timestep
         self.guidance_weight = float(guidance_weight)
         self.prompt = str(prompt)
+        #: free-form JSON-able facts saved with the weights (e.g. ``personalized_for``)
+        self.meta: dict[str, Any] = dict(meta or {})
         self.install_processors()
 
     def install_processors(self) -> None:
@@ -429,7 +432,8 @@ class InstaFaceModel(nn.Module):
     # ---- save / load -------------------------------------------------------------------------
     def instaface_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": FORMAT_VERSION, "guidance_timestep": self.guidance_timestep,
-                "guidance_weight": self.guidance_weight, "prompt": self.prompt}
+                "guidance_weight": self.guidance_weight, "prompt": self.prompt,
+                **({"meta": self.meta} if self.meta else {})}
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:
         """Write the layout of the module docstring (safetensors)."""
@@ -498,6 +502,6 @@ class InstaFaceModel(nn.Module):
         model = cls(mods["guidance_unet"], mods["diffusion_unet"], mods["projection"],
                     guidance_timestep=str(info.get("guidance_timestep", "denoise")),
                     guidance_weight=float(info.get("guidance_weight", 1.0)),
-                    prompt=str(info.get("prompt", DEFAULT_PROMPT)))
+                    prompt=str(info.get("prompt", DEFAULT_PROMPT)), meta=info.get("meta"))
         log.info("InstaFace networks loaded from %s", d)
         return model.to(device=device, dtype=dtype)
