@@ -10,9 +10,11 @@ from facerig.engines.instaface.model import TINY_UNET_CONFIG, InstaFaceModel
 CLIP_DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="package")
+@pytest.fixture(autouse=True)
 def _one_thread():
-    """Tiny models: one thread avoids oversubscription slow-downs on a shared CPU."""
+    """Tiny models: one thread avoids oversubscription slow-downs on a shared CPU. Per test: the
+    face fit of the engine fixtures leaves torch on 2 threads (measured), ~10x slower here when
+    the other core is busy."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -104,3 +104,36 @@ def test_stage2_finetune_lowers_the_reconstruction_error_of_the_image():
     assert error(m) == before
     for a, b in zip(m.guidance_unet.parameters(), ft.guidance_unet.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_train_instaface_on_prepared_shards(tmp_path, astronaut):
+    """Stage 1 end to end on `facerig prepare` shards: images -> frozen VAE / identity encoders ->
+    latents and embeddings inside the train module; the final folder loads."""
+    import numpy as np
+    from PIL import Image
+
+    from facerig.engines.instaface.model import TINY_UNET_CONFIG, InstaFaceModel
+    from facerig.engines.instaface.training import ShardFaceDataset, train_instaface
+    from facerig.engines.sd.base import write_tiny_sd_base
+    from facerig.eval.dlib_port import DlibResNet
+    from facerig.train.data import ShardDataset
+    from facerig.train.prepare import PrepareOptions, prepare_dataset
+
+    root = tmp_path / "photos"
+    (root / "astro").mkdir(parents=True)
+    Image.fromarray(astronaut).save(root / "astro" / "a.png")
+    Image.fromarray(np.ascontiguousarray(astronaut[:, ::-1])).save(root / "astro" / "b.png")
+    shards = tmp_path / "shards"
+    prepare_dataset(root, shards, PrepareOptions(size=64, buffers=True, album_by_folder=True, photometric=False))
+    torch.set_num_threads(1)  # prepare leaves torch on all cores
+    item = ShardFaceDataset(ShardDataset(shards, size=64))[0]
+    assert item["image"].shape == (3, 64, 64) and item["points5"].shape == (5, 2)
+    p5 = item["points5"].numpy()
+    assert (p5 > 8).all() and (p5 < 56).all() and p5[0, 0] > p5[2, 0]  # inside the crop, eye order as dlib's
+    base = write_tiny_sd_base(tmp_path / "sd")
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=2, batch_size=2, lr=1e-4, weight_decay=1e-2, save_every=2, log_every=1, logger="csv")
+    final = train_instaface(shards, tmp_path / "run", base=base, config=cfg, size=64, unet_config=TINY_UNET_CONFIG,
+                            face_net=DlibResNet())
+    m = InstaFaceModel.from_pretrained(final)
+    assert m.meta["size"] == 64 and not m.projection.uses_clip

@@ -12,6 +12,12 @@
   ``clip_dropout``: probability of training a row without its CLIP token (so one model also runs
   face-recognition-only; 0 by default).
 * :class:`LatentFaceDataset` -- those tensors as a map-style dataset.
+* :class:`ShardFaceDataset` -- single faces of ``facerig prepare`` shards: the aligned ``image``,
+  its ``buffers`` (albedo / normal / render) and the dlib 5 ``points5`` of the fitted model; the
+  train module encodes them with its frozen ``encoders`` (VAE -> target latent and Fusion
+  Controller latents; identity encoder -> face / CLIP embeddings) when the batch holds no latents.
+* :func:`train_instaface` -- stage 1 on prepared shards, from an SD 1.5 base (``unet/`` copied
+  into both networks) or a tiny random config.
 * :func:`train_stage1` -- stage 1 on :class:`~facerig.train.trainer.Trainer` (accelerate,
   checkpoints, resume); AdamW at lr 1e-5 by default (the paper's).
 * :func:`finetune_single_image` -- stage 2: the one inference image repeated ``copies`` (8) times
@@ -28,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,10 +51,12 @@ __all__ = [
     "STAGE2_STEPS",
     "InstaFaceTrainModule",
     "LatentFaceDataset",
+    "ShardFaceDataset",
     "dead_tail",
     "finetune_single_image",
     "sd_alphas_cumprod",
     "set_stage",
+    "train_instaface",
     "train_stage1",
 ]
 
@@ -104,12 +113,14 @@ def set_stage(model: InstaFaceModel, stage: int) -> list[str]:
 
 class InstaFaceTrainModule(nn.Module):
     """The epsilon objective (module docstring). ``text_embeds``: the fixed prompt's (1, 77, D)
-    embedding, or None (identity tokens alone as the cross-attention context)."""
+    embedding, or None (identity tokens alone as the cross-attention context). ``encoders``:
+    ``(vae, identity_encoder)`` (frozen, not submodules, not saved) for batches of images."""
 
     alphas_cumprod: torch.Tensor
 
     def __init__(self, model: InstaFaceModel, text_embeds: torch.Tensor | None = None, *,
-                 alphas_cumprod: torch.Tensor | None = None, stage: int = 1, clip_dropout: float = 0.0):
+                 alphas_cumprod: torch.Tensor | None = None, stage: int = 1, clip_dropout: float = 0.0,
+                 encoders: tuple[Any, Any] | None = None):
         super().__init__()
         if not isinstance(model, InstaFaceModel):
             raise InvalidInput("model", "an InstaFaceModel", type(model).__name__)
@@ -126,12 +137,38 @@ class InstaFaceTrainModule(nn.Module):
         self.stage = int(stage)
         self.clip_dropout = float(clip_dropout)
         self.frozen = set_stage(model, self.stage)
+        self._encoders = [encoders]  # a list: frozen helpers are neither submodules nor in the state dict
+
+    @torch.no_grad()
+    def encode(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Latents and embeddings of a batch of ``image`` (B, 3, S, S) in [-1, 1], ``buffers`` and
+        ``points5`` (B, 5, 2) (a :class:`ShardFaceDataset` batch)."""
+        enc = self._encoders[0]
+        if enc is None:
+            raise InvalidInput("batch", f"the tensors {list(_KEYS)}, or images with an InstaFaceTrainModule "
+                               "given encoders=(vae, identity_encoder)", sorted(batch))
+        from ..sd.latents import encode_images
+        from .conditions import FusionController
+
+        vae, ident = enc
+        x = batch["image"]
+        if next(vae.parameters()).device != x.device:
+            vae.to(x.device)
+        out: dict[str, Any] = {"target_latent": encode_images(vae, x, scaled=True),
+                               "condition_latents": FusionController(vae)(batch["buffers"])}
+        face, clip = ident((x.float() + 1) / 2, batch["points5"])
+        out["face_embedding"] = face
+        if clip is not None:
+            out["clip_embedding"] = clip
+        return out
 
     def forward(self, batch: Mapping[str, Any], generator: torch.Generator | None = None) -> torch.Tensor:
         return self.loss(batch, generator)
 
     def loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None,
              timesteps: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if "target_latent" not in batch and "image" in batch:
+            batch = self.encode(batch)
         missing = [k for k in _KEYS if k not in batch]
         if missing:
             raise InvalidInput("batch", f"the tensors {list(_KEYS)} (+ optional clip_embedding)", f"missing {missing}")
@@ -189,8 +226,39 @@ class LatentFaceDataset(Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
+class ShardFaceDataset(Dataset):
+    """Faces of prepared shards (module docstring): ``image`` (3, S, S) in [-1, 1], ``buffers``
+    {albedo, normal, render} (3, S, S), ``points5`` (5, 2) dlib pixel coordinates at S."""
+
+    def __init__(self, shards: Any):
+        self.shards = shards
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from facerig.eval.identity import mediapipe_to_dlib5
+        from facerig.fit.api import project_landmarks_to_frame
+
+        item = self.shards[i]
+        if "buffers" not in item:
+            raise InvalidInput("shards", "a ShardDataset with buffers (rendered or stored)", sorted(item))
+        size = int(item["image"].shape[-1])
+        fm = self.shards.face_model
+        params = self.shards.params(i)
+        idx = fm.landmark_index.cpu().numpy()
+        lm = np.asarray(project_landmarks_to_frame(fm, params)[0], np.float64)
+        assert params.crop is not None  # shard params carry the aligned crop
+        k = size / float(params.crop[0].frame_size[0])
+        pts = np.zeros((478, 2))
+        pts[idx] = lm * k
+        return {"image": item["image"], "buffers": {n: item["buffers"][n] for n in ("albedo", "normal", "render")},
+                "points5": torch.from_numpy(np.asarray(mediapipe_to_dlib5(pts), np.float32))}
+
+
 def train_stage1(model: InstaFaceModel, dataset: Dataset, out: str | os.PathLike, config: Any = None, *,
-                 text_embeds: torch.Tensor | None = None, clip_dropout: float = 0.0, resume: bool = False) -> Path:
+                 text_embeds: torch.Tensor | None = None, clip_dropout: float = 0.0, resume: bool = False,
+                 encoders: tuple[Any, Any] | None = None) -> Path:
     """Stage 1 on :class:`facerig.train.trainer.Trainer` (accelerate; checkpoints under ``OUT``;
     ``resume`` continues from the latest). ``config``: a :class:`facerig.train.config.TrainConfig`
     (default: lr 1e-5, AdamW weight decay 1e-2). Returns ``OUT/final`` (a ``save_pretrained`` folder)."""
@@ -205,7 +273,7 @@ def train_stage1(model: InstaFaceModel, dataset: Dataset, out: str | os.PathLike
     n = len(dataset)  # type: ignore[arg-type]  # torch's Dataset stub has no __len__
     if n < tc.batch_size:
         tc = dataclasses.replace(tc, batch_size=n)
-    module = InstaFaceTrainModule(model.train(), text_embeds, stage=1, clip_dropout=clip_dropout)
+    module = InstaFaceTrainModule(model.train(), text_embeds, stage=1, clip_dropout=clip_dropout, encoders=encoders)
     outp = Path(out)
 
     def export(mod: nn.Module, dest: Path) -> None:
@@ -255,3 +323,45 @@ def finetune_single_image(model: InstaFaceModel, target_latent: torch.Tensor, co
     m.eval()
     log.info("stage 2: %d steps x %d copies, loss %.4f -> %.4f", steps, k, losses[0], losses[-1])
     return m, losses
+
+
+def train_instaface(data: str | os.PathLike, out: str | os.PathLike, *, base: str | os.PathLike | None = None,
+                    clip: str | os.PathLike | None = None, config: Any = None, size: int = 256,
+                    unet_config: Mapping[str, Any] | None = None, num_tokens: int = 4, clip_dropout: float = 0.0,
+                    resume: bool = False, face_net: Any = None, seed: int = 0) -> Path:
+    """``facerig train instaface``: stage 1 on the shards at ``data`` (``facerig prepare`` output) at
+    ``size`` px. ``base``: the SD 1.5 diffusers folder (VAE, text encoder; with ``unet/`` and no
+    ``unet_config`` both networks start from SD's UNet). ``unet_config``: a fresh UNet config
+    instead (tests: ``TINY_UNET_CONFIG``). ``clip``: the CLIP vision folder (None: face-recognition
+    tokens only). Returns ``OUT/final``."""
+    from facerig.engines.sd.base import load_sd_base
+    from facerig.engines.sd.prompt import encode_prompt
+    from facerig.train.data import ShardDataset
+
+    from .conditions import IdentityEncoder
+    from .model import DEFAULT_PROMPT
+
+    if int(size) < 64 or int(size) % 8:
+        raise InvalidInput("size", "a multiple of 8, at least 64 (256 as the paper's stage 1)", size)
+    sd = load_sd_base(base)
+    ident = IdentityEncoder(clip, face_net)
+    if unet_config is None:
+        from diffusers import UNet2DConditionModel
+
+        unet_dir = Path(sd.source) / "unet"
+        if not (unet_dir / "config.json").is_file():
+            raise InvalidInput("base", "an SD 1.5 diffusers folder with unet/ (or give unet_config)", str(sd.source))
+        sd_unet = UNet2DConditionModel.from_pretrained(str(unet_dir), local_files_only=True)
+        model = InstaFaceModel.from_sd_unet(sd_unet, clip_dim=ident.clip_dim, num_tokens=num_tokens, seed=seed)
+        del sd_unet
+    else:
+        d = int(dict(unet_config).get("cross_attention_dim", 768))
+        model = InstaFaceModel.from_config(unet_config, clip_dim=ident.clip_dim, num_tokens=num_tokens, seed=seed,
+                                           projection_width=d, projection_heads=max(1, d // 64))
+    if int(sd.text_encoder.config.hidden_size) != model.cross_attention_dim:
+        raise InvalidInput("base", f"a text encoder of width {model.cross_attention_dim}", sd.text_encoder.config.hidden_size)
+    text = encode_prompt(sd.text_encoder, sd.tokenizer, DEFAULT_PROMPT)
+    model.meta = {"trained_on": str(data), "size": int(size), "clip": ident.clip_dim > 0}
+    ds = ShardFaceDataset(ShardDataset(data, size=int(size)))
+    return train_stage1(model, ds, out, config, text_embeds=text, clip_dropout=clip_dropout, resume=resume,
+                        encoders=(sd.vae, ident))
