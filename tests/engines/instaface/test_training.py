@@ -137,3 +137,17 @@ def test_train_instaface_on_prepared_shards(tmp_path, astronaut):
                             face_net=DlibResNet())
     m = InstaFaceModel.from_pretrained(final)
     assert m.meta["size"] == 64 and not m.projection.uses_clip
+
+
+def test_stage2_on_a_bf16_model_tunes_and_keeps_an_fp32_copy():
+    m = tiny_model().to(torch.bfloat16).eval()
+    d = tiny_inputs()
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    ft, _ = finetune_single_image(m, x0, d["cond"], d["face"], d["clip"], d["text"], steps=1, lr=1e-5,
+                                  generator=torch.Generator().manual_seed(0))
+    assert ft.dtype == torch.float32 and m.dtype == torch.bfloat16
+    a = torch.cat([p.float().flatten() for p in m.diffusion_unet.parameters()])
+    b = torch.cat([p.flatten() for p in ft.diffusion_unet.parameters()])
+    assert (a != b).float().mean() > 0.9  # the 1e-5 step is kept in (nearly) every weight
+    tok = ft.identity_tokens(d["face"], d["clip"])
+    assert ft.predict_noise(d["noisy"].bfloat16(), 10, d["cond"], tok, d["text"]).dtype == torch.float32

@@ -291,7 +291,8 @@ def finetune_single_image(model: InstaFaceModel, target_latent: torch.Tensor, co
                           generator: torch.Generator | None = None, in_place: bool = False) -> tuple[InstaFaceModel,
                                                                                                    list[float]]:
     """Stage 2 (module docstring) on ONE image's (1, ...) tensors; returns the fine-tuned model (a
-    copy unless ``in_place``) and the loss of every step."""
+    copy unless ``in_place``) and the loss of every step. A bf16/fp16 model is tuned, and returned,
+    as an fp32 copy (bf16/fp16 weights cannot hold lr-1e-5 updates)."""
     if int(steps) < 1 or int(copies) < 1:
         raise InvalidInput("steps/copies", "integers >= 1", (steps, copies))
     for name, x in (("target_latent", target_latent), ("condition_latents", condition_latents),
@@ -301,6 +302,10 @@ def finetune_single_image(model: InstaFaceModel, target_latent: torch.Tensor, co
     m = model if in_place else copy.deepcopy(model)
     if not in_place:
         m.install_processors()
+    dtype = m.dtype
+    if dtype != torch.float32 and not in_place:
+        # lr 1e-5 steps vanish in bf16/fp16 weights: tune (and keep) an fp32 copy
+        m = m.float()
     module = InstaFaceTrainModule(m, text_embeds, stage=2)
     m.train()
     params = [p for p in m.parameters() if p.requires_grad]
@@ -321,6 +326,8 @@ def finetune_single_image(model: InstaFaceModel, target_latent: torch.Tensor, co
         opt.step()
         losses.append(float(loss.detach()))
     m.eval()
+    if m.dtype != dtype:
+        log.info("stage 2: the personalized copy stays fp32 (casting back to %s would round most updates away)", dtype)
     log.info("stage 2: %d steps x %d copies, loss %.4f -> %.4f", steps, k, losses[0], losses[-1])
     return m, losses
 
