@@ -20,6 +20,7 @@ _REGISTRY: dict[str, str | type] = {
     "diffusionrig": "facerig.engines.diffusionrig.engine:DiffusionRigEngine",
     "rigface": "facerig.engines.rigface.engine:RigFaceEngine",
     "magicportrait": "facerig.engines.magicportrait.engine:MagicPortraitEngine",
+    "instaface": "facerig.engines.instaface.engine:InstaFaceEngine",
 }
 
 
