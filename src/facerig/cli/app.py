@@ -129,7 +129,7 @@ def edit(
     take: Annotated[str | None, typer.Option(help="what to copy from --reference: expression,pose,light")] = None,
     batch: Annotated[Path | None, typer.Option("--batch", help="JSON list of edits (each {\"name\":..., \"preset\":..., "
                                                "\"yaw\":..., ...}), all of one fit; with an -o pattern/folder")] = None,
-    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | magicportrait (--weights, --base) | diffusionrig (--weights)")] = "warp",
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | magicportrait (--weights, --base) | diffusionrig (--weights) | instaface (--weights, --base; --engine-option clip=PATH)")] = "warp",
     face: Annotated[str, typer.Option(help="which face: largest, or an index (0 = largest)")] = "largest",
     model: ModelOpt = "builtin",
     model_path: ModelPathOpt = None,
@@ -196,7 +196,7 @@ def reenact(
     legacy_motion: Annotated[bool | None, typer.Option(
         "--relative/--absolute", hidden=True, help="older spelling of --motion relative / --motion absolute")] = None,
     smooth: Annotated[float, typer.Option(help="temporal smoothing sigma in frames (0: off)")] = 1.0,
-    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | magicportrait (--weights, --base) | diffusionrig (--weights)")] = "warp",
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | magicportrait (--weights, --base) | diffusionrig (--weights) | instaface (--weights, --base; --engine-option clip=PATH)")] = "warp",
     face: Annotated[str, typer.Option(help="which face of the source: largest, or an index")] = "largest",
     model: ModelOpt = "builtin",
     model_path: ModelPathOpt = None,
@@ -409,7 +409,7 @@ def prepare(
 
 @app.command()
 def train(
-    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig | rigface | magicportrait")],
+    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig | rigface | magicportrait | instaface")],
     data: Annotated[Path, typer.Option("--data", help="shard folder written by `facerig prepare`")],
     output: Annotated[Path, typer.Option("-o", "--output", help="run folder (checkpoints/, final/)")],
     config: Annotated[str, typer.Option("--config", help="recipe: tiny_cpu | paper_stage1 (diffusionrig) | paper (rigface) | a YAML path")] = "tiny_cpu",
@@ -418,6 +418,10 @@ def train(
     base: Annotated[str | None, typer.Option("--base", help="rigface, magicportrait: SD 1.5 diffusers folder (default $FACERIG_SD15)")] = None,
     stage: Annotated[int, typer.Option("--stage", help="magicportrait: 1 (frame pairs) | 2 (clips, motion modules)")] = 1,
     init: Annotated[str | None, typer.Option("--init", help="magicportrait: stage 2's stage-1 run folder")] = None,
+    clip: Annotated[str | None, typer.Option("--clip", help="instaface: CLIP vision model folder (without it: "
+                                             "face-recognition identity tokens only)")] = None,
+    size: Annotated[int, typer.Option(help="instaface: training resolution (256 as the paper's stage 1)")] = 256,
+    batch_size: Annotated[int | None, typer.Option(help="instaface: batch size per process")] = None,
 ) -> None:
     """Train an engine's model on prepared shards (stage 1 for diffusionrig; frame pairs for rigface)."""
     from facerig.errors import InvalidInput
@@ -430,6 +434,18 @@ def train(
                                   resume=resume)
         print(f"trained -> {out}")
         return
+    if engine == "instaface":
+        from facerig.engines.instaface.training import STAGE1_LR, WEIGHT_DECAY, train_instaface
+        from facerig.train.config import TrainConfig
+
+        kw: dict[str, object] = {"lr": STAGE1_LR, "weight_decay": WEIGHT_DECAY}
+        if max_steps is not None:
+            kw["max_steps"] = max_steps
+        if batch_size is not None:
+            kw["batch_size"] = batch_size
+        out = train_instaface(data, output, base=base, clip=clip, size=size, config=TrainConfig(**kw), resume=resume)  # type: ignore[arg-type]
+        print(f"trained -> {out}")
+        return
     if engine == "rigface":
         from facerig.engines.rigface.training import train_rigface
 
@@ -437,7 +453,7 @@ def train(
         print(f"trained -> {out}")
         return
     if engine != "diffusionrig":
-        raise InvalidInput("engine", "diffusionrig, rigface or magicportrait", engine)
+        raise InvalidInput("engine", "diffusionrig, rigface, magicportrait or instaface", engine)
     from facerig.engines.diffusionrig.engine import train_diffusionrig
 
     out = train_diffusionrig(config, data, output, max_steps=max_steps, resume=resume)
@@ -446,19 +462,49 @@ def train(
 
 @app.command()
 def personalize(
-    engine: Annotated[str, typer.Argument(help="engine: diffusionrig")],
-    album: Annotated[Path, typer.Option("--album", help="folder of photos of ONE person (or its prepared shards)")],
-    base: Annotated[str, typer.Option("--base", help="stage-1 run / pipeline folder, or a model_*.pt")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="run folder")],
-    config: Annotated[str, typer.Option("--config", help="recipe whose train section is used (default paper_stage2)")] = "paper_stage2",
-    max_steps: Annotated[int | None, typer.Option(help="override the recipe's max_steps")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the run's latest checkpoint")] = False,
+    engine: Annotated[str, typer.Argument(help="engine: diffusionrig (--album) | instaface (--image)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="run folder (diffusionrig) / weights folder (instaface)")],
+    album: Annotated[Path | None, typer.Option("--album", help="diffusionrig: folder of photos of ONE person (or its prepared shards)")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="instaface: the one photo to fine-tune on")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="diffusionrig: stage-1 run / pipeline folder, or a model_*.pt; "
+                                             "instaface: the SD 1.5 base (default $FACERIG_SD15)")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help="instaface: stage-1 weights (facerig InstaFace layout)")] = None,
+    clip: Annotated[str | None, typer.Option("--clip", help="instaface: CLIP vision model folder (optional)")] = None,
+    steps: Annotated[int | None, typer.Option(help="instaface: fine-tune steps (default 50, 8 copies per batch)")] = None,
+    face: Annotated[str, typer.Option(help="instaface: which face of the photo: largest, or an index")] = "largest",
+    config: Annotated[str, typer.Option("--config", help="diffusionrig: recipe whose train section is used (default paper_stage2)")] = "paper_stage2",
+    max_steps: Annotated[int | None, typer.Option(help="diffusionrig: override the recipe's max_steps")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="diffusionrig: continue from the run's latest checkpoint")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    engine_option: EngineOptOpt = None,
 ) -> None:
-    """Stage 2: fine-tune a model on one person's album (encoder frozen, the album's identity stored)."""
+    """Stage 2: fine-tune on one person (diffusionrig: an album, encoder frozen; instaface: one photo,
+    projection + diffusion network; later edits of that photo with --weights OUT skip the fine-tune)."""
     from facerig.errors import InvalidInput
 
+    if engine == "instaface":
+        if image is None or weights is None:
+            raise InvalidInput("--image/--weights", "the photo to fine-tune on and the stage-1 weights", (image, weights))
+        if album is not None:
+            raise InvalidInput("--album", "not used by instaface (it fine-tunes on one --image)", str(album))
+        from facerig.edit import _fit_one, _load_source_image
+        from facerig.engines import get_engine
+        from facerig.morphable import as_face_model
+
+        opts = _engine_options(weights, base, None, device, dtype, engine_option) or {}
+        opts.update({k: v for k, v in (("clip", clip), ("finetune_steps", steps)) if v is not None})
+        eng = get_engine("instaface", **opts)
+        src = _load_source_image(image)
+        fm = as_face_model("builtin")
+        params = _fit_one(src, fm, face, "the image")
+        out = eng.personalize(src, params, fm, output)
+        print(f"personalized -> {out} (edit this photo with --engine instaface --weights {out})")
+        return
     if engine != "diffusionrig":
-        raise InvalidInput("engine", "diffusionrig", engine)
+        raise InvalidInput("engine", "diffusionrig or instaface", engine)
+    if album is None or base is None:
+        raise InvalidInput("--album/--base", "the album folder and the stage-1 run", (album, base))
     from facerig.engines.diffusionrig.engine import personalize_diffusionrig
 
     out = personalize_diffusionrig(album, base, output, config=config, max_steps=max_steps, resume=resume)

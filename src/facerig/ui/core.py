@@ -36,7 +36,7 @@ DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
 SESSION_CACHE = 6
 
 #: engines the selector offers; the neural ones need weights (and the [diffusion] extra)
-ENGINE_CHOICES = ("warp", "rigface", "diffusionrig", "magicportrait")
+ENGINE_CHOICES = ("warp", "rigface", "diffusionrig", "magicportrait", "instaface")
 
 
 def _env_number(name: str, default: float) -> float:
@@ -136,7 +136,7 @@ def engine_status(choice: EngineChoice) -> tuple[bool, str]:
         return False, f"{name} is disabled: give the path of its weights"
     if not Path(choice.weights.strip()).expanduser().exists():
         return False, f"{name} is disabled: no weights at {choice.weights.strip()}"
-    needs_base = name in ("rigface", "magicportrait")
+    needs_base = name in ("rigface", "magicportrait", "instaface")
     base = choice.base.strip() or os.environ.get("FACERIG_SD15", "")
     if needs_base and not base:
         return False, f"{name} is disabled: give the Stable Diffusion 1.5 base (or set FACERIG_SD15)"
