@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facerig.cli import main
-
 pytest.importorskip("diffusers")
 
 
@@ -24,24 +22,18 @@ def tiny(tmp_path_factory):
     return base, root / "weights"
 
 
-def _run(args, capsys):
-    rc = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def test_personalize_then_edit_with_the_personalized_weights(tiny, tmp_path, astronaut, capsys):
+def test_personalize_then_edit_with_the_personalized_weights(tiny, tmp_path, astronaut, run_cli):
     base, weights = tiny
     src = tmp_path / "astronaut.png"
     Image.fromarray(astronaut).save(src)
     small = ["--engine-option", "size=64", "--engine-option", "finetune_lr=1e-3"]
-    rc, so, se = _run(["personalize", "instaface", "--image", src, "--weights", weights, "--base", base,
-                       "--steps", "2", "-o", tmp_path / "me", *small], capsys)
+    rc, so, se = run_cli(["personalize", "instaface", "--image", src, "--weights", weights, "--base", base,
+                       "--steps", "2", "-o", tmp_path / "me", *small])
     assert rc == 0, se
     assert "personalized ->" in so and (tmp_path / "me" / "diffusion_unet").is_dir()
     out = tmp_path / "smile.png"
-    rc, so, se = _run(["edit", src, "--engine", "instaface", "--weights", tmp_path / "me", "--base", base,
-                       "--steps", "2", "--preset", "smile", "-o", out, *small], capsys)
+    rc, so, se = run_cli(["edit", src, "--engine", "instaface", "--weights", tmp_path / "me", "--base", base,
+                       "--steps", "2", "--preset", "smile", "-o", out, *small])
     assert rc == 0, se
     img = np.asarray(Image.open(out).convert("RGB"))
     changed = np.abs(img.astype(int) - astronaut).sum(2) > 0
@@ -54,8 +46,8 @@ def test_personalize_then_edit_with_the_personalized_weights(tiny, tmp_path, ast
     (["personalize", "diffusionrig", "-o", "x"], "--album"),
     (["personalize", "rigface", "-o", "x"], "instaface"),
 ])
-def test_personalize_argument_errors_are_one_line(args, needle, capsys, tmp_path, monkeypatch):
+def test_personalize_argument_errors_are_one_line(args, needle, tmp_path, monkeypatch, run_cli):
     monkeypatch.chdir(tmp_path)
-    rc, _, err = _run(args, capsys)
+    rc, _, err = run_cli(args)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and needle in lines[0], err

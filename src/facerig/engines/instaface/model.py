@@ -43,6 +43,7 @@ from torch import nn
 from facerig.errors import AssetMissing, CheckpointMismatch, InvalidInput
 
 from ..sd.reference import ReferenceBank, ReferenceRecorder, strip_reference_hooks, transformer_blocks
+from ..sd.unet_configs import SD15_UNET_CONFIG, TINY_UNET_CONFIG
 
 __all__ = [
     "CONDITION_CHANNELS",
@@ -70,37 +71,6 @@ FORMAT = "facerig-instaface"
 FORMAT_VERSION = 1
 LAYOUT = "the facerig InstaFace layout (guidance_unet/, diffusion_unet/, projection/)"
 
-#: Stable Diffusion 1.5's UNet config (facts of its ``unet/config.json``)
-SD15_UNET_CONFIG: dict[str, Any] = {
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False,
-    "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
-
-#: SD 1.5's block layout (16 transformer blocks) at toy width, for CPU tests; cross_attention_dim
-#: 32 = the tiny SD base's text hidden size (facerig.engines.sd.base.TINY_TEXT_HIDDEN)
-TINY_UNET_CONFIG: dict[str, Any] = {
-    **SD15_UNET_CONFIG,
-    "attention_head_dim": 2,
-    "block_out_channels": [16, 16, 32, 32],
-    "cross_attention_dim": 32,
-    "norm_num_groups": 8,
-    "sample_size": 8,
-}
 
 
 # ---- identity projection -------------------------------------------------------------------------

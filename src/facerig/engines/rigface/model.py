@@ -45,6 +45,7 @@ from torch import nn
 from facerig.errors import AssetMissing, CheckpointMismatch, InvalidInput
 
 from ..sd.reference import ReferenceRecorder, install_reference_readers, strip_reference_hooks
+from ..sd.unet_configs import SD15_UNET_CONFIG, TINY_UNET_CONFIG
 
 __all__ = [
     "DEEP3D_EXPRESSION_DIM",
@@ -72,38 +73,8 @@ FORMAT_VERSION = 1
 AU_KEYS = ("au_aug_mlp.weight", "au_aug_mlp.bias")
 LAYOUT = "the RigFace released UNet layout"
 
-#: Stable Diffusion 1.5's UNet config (facts of ``unet/config.json``; both RigFace UNets use it,
-#: the denoiser with ``in_channels`` 12)
-SD15_UNET_CONFIG: dict[str, Any] = {
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False,
-    "cross_attention_dim": 768,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "norm_eps": 1e-05,
-    "norm_num_groups": 32,
-    "out_channels": 4,
-    "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-}
-
-#: a tiny UNet with SD 1.5's block layout (same block types and layers per block: 16 transformer
-#: blocks) for CPU tests; cross_attention_dim 32 = the tiny text encoder's hidden size
-TINY_UNET_CONFIG: dict[str, Any] = {
-    **SD15_UNET_CONFIG,
-    "attention_head_dim": 2,
-    "block_out_channels": [16, 16, 32, 32],
-    "cross_attention_dim": 32,
-    "norm_num_groups": 8,
-    "sample_size": 8,
-}
+#: Stable Diffusion 1.5's UNet config (both RigFace UNets use it, the denoiser with ``in_channels``
+#: 12) and its tiny CPU-test variant: :mod:`facerig.engines.sd.unet_configs`
 
 
 def _unet_params() -> set[str]:
