@@ -43,7 +43,7 @@ from torch import nn
 from facerig.errors import AssetMissing, CheckpointMismatch, InvalidInput
 
 from ..sd.reference import ReferenceBank, ReferenceRecorder, strip_reference_hooks, transformer_blocks
-from ..sd.unet_configs import SD15_UNET_CONFIG, TINY_UNET_CONFIG
+from ..sd.unet_configs import SD15_UNET_CONFIG, TINY_UNET_CONFIG, clean_unet_config
 
 __all__ = [
     "CONDITION_CHANNELS",
@@ -182,22 +182,6 @@ def guidance_processors(unet: nn.Module) -> list[GuidanceAddProcessor]:
 
 
 # ---- the model -----------------------------------------------------------------------------------
-def _unet_params() -> set[str]:
-    import inspect
-
-    from diffusers import UNet2DConditionModel
-
-    return set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
-
-
-def _clean_config(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
-    if not isinstance(cfg, Mapping):
-        raise InvalidInput(source, "a UNet config mapping", type(cfg).__name__)
-    out = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
-    unknown = sorted(set(out) - _unet_params())
-    if unknown:
-        raise InvalidInput(source, "UNet2DConditionModel config keys", f"unknown {unknown}")
-    return out
 
 
 def _build_unet(cfg: Mapping[str, Any]) -> Any:
@@ -288,7 +272,7 @@ class InstaFaceModel(nn.Module):
                     projection_width: int | None = None, projection_depth: int = 2, projection_heads: int | None = None,
                     seed: int | None = None, **kwargs: Any) -> InstaFaceModel:
         """Freshly initialised networks of ``unet_config`` (``in_channels`` set to 12 / 4)."""
-        cfg = _clean_config(unet_config, "unet_config")
+        cfg = clean_unet_config(unet_config, "unet_config")
         d = int(cfg.get("cross_attention_dim", 768))
         width = int(projection_width or d)
         heads = int(projection_heads or max(1, width // 64))
@@ -308,7 +292,7 @@ class InstaFaceModel(nn.Module):
         the guidance UNet a copy whose conv_in weight is SD's repeated over the three 4-channel
         condition groups and divided by 3 (so on three equal latents it answers exactly as SD does);
         the projection freshly initialised (seeded)."""
-        cfg = _clean_config(dict(unet.config), "unet.config")
+        cfg = clean_unet_config(dict(unet.config), "unet.config")
         if int(cfg["in_channels"]) != 4:
             raise InvalidInput("unet.config.in_channels", "4 (a text-to-image SD UNet)", cfg["in_channels"])
         sd = unet.state_dict()
@@ -458,7 +442,7 @@ class InstaFaceModel(nn.Module):
             if name == "projection":
                 mod = IdentityProjection.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
             else:
-                mod = _build_unet(_clean_config(cfg, str(cf)))
+                mod = _build_unet(clean_unet_config(cfg, str(cf)))
             state = load_file(str(wf))
             expected = {k: tuple(v.shape) for k, v in mod.state_dict().items()}
             missing = [k for k in expected if k not in state]

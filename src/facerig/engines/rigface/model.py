@@ -45,7 +45,7 @@ from torch import nn
 from facerig.errors import AssetMissing, CheckpointMismatch, InvalidInput
 
 from ..sd.reference import ReferenceRecorder, install_reference_readers, strip_reference_hooks
-from ..sd.unet_configs import SD15_UNET_CONFIG, TINY_UNET_CONFIG
+from ..sd.unet_configs import SD15_UNET_CONFIG, TINY_UNET_CONFIG, clean_unet_config
 
 __all__ = [
     "DEEP3D_EXPRESSION_DIM",
@@ -77,23 +77,6 @@ LAYOUT = "the RigFace released UNet layout"
 #: 12) and its tiny CPU-test variant: :mod:`facerig.engines.sd.unet_configs`
 
 
-def _unet_params() -> set[str]:
-    import inspect
-
-    from diffusers import UNet2DConditionModel
-
-    return set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
-
-
-def _clean_config(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """Drop ``_``-prefixed keys (``_class_name``, ``_diffusers_version``, ...); unknown keys are errors."""
-    if not isinstance(cfg, Mapping):
-        raise InvalidInput(source, "a UNet config mapping", type(cfg).__name__)
-    out = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
-    unknown = sorted(set(out) - _unet_params())
-    if unknown:
-        raise InvalidInput(source, "UNet2DConditionModel config keys", f"unknown {unknown}")
-    return out
 
 
 def _denoise_config(cfg: Mapping[str, Any], source: str = "unet_denoise config") -> dict[str, Any]:
@@ -217,7 +200,7 @@ class RigFaceUNets(nn.Module):
         prompt: str = DEFAULT_PROMPT,
     ) -> RigFaceUNets:
         """Freshly initialised UNets of ``unet_config`` (``in_channels`` set to 4 / 12)."""
-        cfg = _clean_config(unet_config, "unet_config")
+        cfg = clean_unet_config(unet_config, "unet_config")
         dim = _expression_dim(expression_kind, expression_dim)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -236,7 +219,7 @@ class RigFaceUNets(nn.Module):
         the denoiser a copy whose conv_in keeps SD's weights on the 4 noisy-latent channels and
         zeros on the 8 condition channels; ``au_aug_mlp`` zero-initialised, so training starts
         from SD's own prediction."""
-        cfg = _clean_config(dict(unet.config), "unet.config")
+        cfg = clean_unet_config(dict(unet.config), "unet.config")
         if int(cfg["in_channels"]) != 4:
             raise InvalidInput("unet.config.in_channels", "4 (a text-to-image SD UNet)", cfg["in_channels"])
         dim = _expression_dim(expression_kind, expression_dim)
@@ -405,7 +388,7 @@ def read_unet_config(folder: str | os.PathLike, role: str = "unet") -> dict[str,
         cfg = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise InvalidInput(str(f), "a JSON UNet config", str(e)) from e
-    return _clean_config(cfg, str(f))
+    return clean_unet_config(cfg, str(f))
 
 
 def read_unet_weights(folder: str | os.PathLike, role: str = "unet") -> dict[str, torch.Tensor]:

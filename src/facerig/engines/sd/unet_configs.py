@@ -8,9 +8,12 @@ hidden size, :func:`facerig.engines.sd.base.write_tiny_sd_base`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SD15_UNET_CONFIG", "TINY_UNET_CONFIG"]
+from facerig.errors import InvalidInput
+
+__all__ = ["SD15_UNET_CONFIG", "TINY_UNET_CONFIG", "clean_unet_config", "unet_params"]
 
 SD15_UNET_CONFIG: dict[str, Any] = {
     "act_fn": "silu",
@@ -40,3 +43,24 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "norm_num_groups": 8,
     "sample_size": 8,
 }
+
+
+def unet_params() -> set[str]:
+    """The constructor arguments of diffusers' ``UNet2DConditionModel``."""
+    import inspect
+
+    from diffusers import UNet2DConditionModel
+
+    return set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+
+
+def clean_unet_config(cfg: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Drop ``_``-prefixed keys (``_class_name``, ``_diffusers_version``, ...); unknown keys are errors
+    naming ``source``."""
+    if not isinstance(cfg, Mapping):
+        raise InvalidInput(source, "a UNet config mapping", type(cfg).__name__)
+    out = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+    unknown = sorted(set(out) - unet_params())
+    if unknown:
+        raise InvalidInput(source, "UNet2DConditionModel config keys", f"unknown {unknown}")
+    return out
