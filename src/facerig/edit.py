@@ -313,6 +313,14 @@ def _prepare_spec(es: Any, cls: Any, clamp: bool) -> tuple[Any, list[str]]:
     return es, notes
 
 
+def _check_reference(es: Any, reference: Any) -> None:
+    """A spec that takes from a reference has one; a reference comes with what to take from it."""
+    if es.take and reference is None:
+        raise InvalidInput("reference", f"a reference image to take {', '.join(sorted(es.take))} from", None)
+    if reference is not None and not es.take:
+        raise InvalidInput("take", "what to take from the reference (expression, pose, light)", None)
+
+
 def _same_params(a: Any, b: Any) -> bool:
     import torch
 
@@ -381,13 +389,9 @@ def edit_many(
     from facerig.morphable import as_face_model
 
     fm = as_face_model(model)
-    needs_ref = set().union(*(frozenset(es.take) for es, _ in prepared))
     for es, _ in prepared:
         _precheck(es, fm)
-        if reference is not None and not es.take:
-            raise InvalidInput("take", "what to take from the reference (expression, pose, light)", None)
-    if needs_ref and reference is None:
-        raise InvalidInput("reference", f"a reference image to take {', '.join(sorted(needs_ref))} from", None)
+        _check_reference(es, reference)
     ref_img = None
     if reference is not None and not hasattr(reference, "identity"):
         ref_img = _load_source_image(reference, "--reference")
@@ -484,10 +488,7 @@ class EditSession:
             raise InvalidInput("anchor", "face or head", anchor)
         es, notes = _prepare_spec(build_spec(spec, **kwargs), self.engine_class, clamp)
         _precheck(es, self.model)
-        if es.take and reference is None:
-            raise InvalidInput("reference", f"a reference image to take {', '.join(sorted(es.take))} from", None)
-        if reference is not None and not es.take:
-            raise InvalidInput("take", "what to take from the reference (expression, pose, light)", None)
+        _check_reference(es, reference)
         ref_img = None
         if reference is not None and not hasattr(reference, "identity"):
             ref_img = _load_source_image(reference, "reference")
