@@ -71,6 +71,17 @@ def test_one_fit_per_upload_and_slider_edits_render_only(studio, photo_path, cou
     assert out.suffix == ".png" and np.array_equal(np.asarray(Image.open(out).convert("RGB")), a.image)
 
 
+def test_download_keeps_the_photos_transparency(studio, tmp_path, astronaut):
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+    rgba[:40, :40, 3] = 0  # a transparent corner
+    p = tmp_path / "cutout.png"
+    Image.fromarray(rgba).save(p)
+    photo = studio.load(p)
+    out = studio.save(studio.render(photo.key, EditValues(controls={"smile": 0.7})))
+    back = np.asarray(Image.open(out))
+    assert back.shape == rgba.shape and (back[:40, :40, 3] == 0).all() and (back[100:, 100:, 3] == 255).all()
+
+
 def test_several_faces_are_listed_and_each_edited_alone(studio, tmp_path, grace_hopper):
     import cv2
 
