@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from facerig.engines.base import Engine, PoseRange, _check_image
+from facerig.engines.rigface.engine import _as_int
 from facerig.errors import AssetMissing, IncompatibleModel, InvalidInput
 
 log = logging.getLogger(__name__)
@@ -273,13 +274,3 @@ class InstaFaceEngine(Engine):
                  state.finetune_losses[0] if state.finetune_losses else float("nan"),
                  state.finetune_losses[-1] if state.finetune_losses else float("nan"), d)
         return d
-
-
-def _as_int(name: str, v: Any, lo: int, hi: int) -> int:
-    try:
-        i = int(v)
-    except (TypeError, ValueError):
-        raise InvalidInput(name, f"an integer in {lo}..{hi}", v) from None
-    if isinstance(v, bool) or i != float(v) or not lo <= i <= hi:
-        raise InvalidInput(name, f"an integer in {lo}..{hi}", v)
-    return i
