@@ -206,6 +206,7 @@ class Rendered:
     mapped: tuple[str, float] | None
     seconds: float
     result: Any = None
+    key: str = ""  # the photo's upload key (names its download file)
 
     @property
     def message(self) -> str:
@@ -358,7 +359,7 @@ class Studio:
 
         crop = s.params.crop[0]
         return Rendered(res.image, display_view(_crop_view(s.source, crop)), display_view(_crop_view(res.image, crop)),
-                        views, notes, res.mapped_preset, time.perf_counter() - t0, res)
+                        views, notes, res.mapped_preset, time.perf_counter() - t0, res, f"{key}-{int(face)}")
 
     def buffer_views(self, res: Any, size: int = 256) -> list[tuple[np.ndarray, str]]:
         """Labelled buffers (render, normal, albedo, shading, depth) before and after the edit."""
@@ -377,13 +378,15 @@ class Studio:
         return out
 
     def save(self, rendered: Rendered, stem: str = "facerig-edit") -> Path:
-        """Write the edited image as PNG (keeping the photo's alpha) for download."""
+        """Write the edited image as PNG (keeping the photo's alpha) for download: one file per photo
+        and face, rewritten by each edit (a slider session does not fill the disk with one file per move)."""
         from facerig.edit import EditResult
 
         res = rendered.result
         if not isinstance(res, EditResult):
             res = EditResult(rendered.image, None, None)
-        out = self.work_dir / f"{stem}-{hashlib.sha1(rendered.image.tobytes()).hexdigest()[:10]}.png"
+        tag = rendered.key or hashlib.sha1(rendered.image.tobytes()).hexdigest()[:10]
+        out = self.work_dir / f"{stem}-{tag}.png"
         res.save(out)
         return out
 
