@@ -4,6 +4,7 @@ change, download it; a bad upload shows a message (tests/ui/conftest.py starts b
 from __future__ import annotations
 
 import io
+import re
 import time
 import urllib.request
 
@@ -30,10 +31,16 @@ def _pixels(src: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
 
 
+# gradio's status tracker overlays the pending element with its timer ("0.1s", "processing | 0.3s",
+# "queue: 1/2 | 0.2s"); it is not part of the message
+_TIMER = re.compile(r"^(?:(?:processing|queue:?\s*[\d/]+)\s*\|\s*)?\d+(?:\.\d+)?s(?:\s*/\s*\d+(?:\.\d+)?s)?$")
+
+
 def _status(d) -> str:
     from selenium.webdriver.common.by import By
 
-    return d.find_element(By.ID, "status").text
+    lines = d.find_element(By.ID, "status").text.splitlines()
+    return "\n".join(ln for ln in lines if not _TIMER.match(ln.strip()))
 
 
 def _result_src(d) -> str | None:
