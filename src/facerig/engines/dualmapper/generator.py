@@ -16,8 +16,9 @@ Source-side facts (all in ``render``'s pixel frame: x right, y down, pixel centr
 
 * ``source_image()`` (1, 3, H, W) in [0, 1]: the photo (or sample) the generator reproduces; the
   identity target and the reference of the offline expression probe;
-* ``points5()`` (1, 5, 2): dlib-ordered 5-point landmarks of the source face (for the identity
-  network's chip alignment, :class:`facerig.eval.identity.IdentityLoss`);
+* ``points5()`` (1, 5, 2): dlib-ordered 5-point landmarks of the source face in dlib pixel
+  coordinates (the frame's coordinates minus 0.5, as :func:`facerig.eval.identity.mediapipe_to_dlib5`
+  gives them), for the identity network's chip alignment (:class:`facerig.eval.identity.IdentityLoss`);
 * ``landmarks(psi)`` (B, L, 2): the face model's 2D landmarks for expression ``psi`` at the
   source's identity and pose, differentiable in ``psi``. Objectives use it ONLY to linearise how
   landmarks respond to the expression (a Jacobian at ``psi0``) and where they sit on the source,
