@@ -119,7 +119,7 @@ class FaceDetector:
 
     def __init__(
         self,
-        max_faces: int = 4,
+        max_faces: int = 16,
         min_face_px: float = 48,
         min_confidence: float = 0.5,
         *,
