@@ -770,6 +770,9 @@ class WarpEngine(Engine):
         widening = [(eye, float(min((r - 1.08) / 0.17, 1.0))) for eye, r in gaps.items() if r > 1.08]
         if widening and st.eye_full is not None and st.sclera_rgb is not None:
             self._fill_wider_eyes(st, vt, widening, gain_w, fill, alpha)
+        looking = _gaze_weights(self._gaze_shifts(st, vt), [e for e, _ in widening])
+        if looking and st.eye_full is not None and st.sclera_rgb is not None:
+            self._fill_gaze(st, vt, looking, gain_w, fill, alpha)
         revealed = hidden.copy()  # what the photo does not show and the fill below provides
         hidden_all = hidden | eye_hidden
         fill_src = np.full((src.shape[0], 2), np.nan, np.float32)  # where each fill's colour comes from
@@ -1075,6 +1078,88 @@ class WarpEngine(Engine):
             if g_s > 1.0:
                 out[eye] = float(np.linalg.norm(vt[up, :2] - vt[lo, :2])) / g_s
         return out
+
+    @staticmethod
+    def _gaze_shifts(st: WarpSource, vt: np.ndarray) -> dict[int, float]:
+        """Per eye, how far the iris moves WITHIN its opening (the iris centre's motion minus the
+        eye contour's mean motion), in iris radii; only for models with iris points."""
+        from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
+
+        if vt.shape[0] < 478 or st.verts.shape[0] < 478:
+            return {}
+        model_src = st.verts[:, :2] - (st.lid_delta if st.lid_delta is not None else 0.0)
+        out = {}
+        for eye, loop, iris in ((1, RIGHT_EYE, 468), (2, LEFT_EYE, 473)):
+            lp = list(loop)
+            rel = (vt[iris, :2] - model_src[iris]) - (vt[lp, :2] - model_src[lp]).mean(0)
+            r = float(np.linalg.norm(model_src[iris + 1:iris + 5] - model_src[iris], axis=1).mean())
+            if r > 0.5:
+                out[eye] = float(np.linalg.norm(rel)) / r
+        return out
+
+    @staticmethod
+    def _fill_gaze(st: WarpSource, vt: np.ndarray, looking: list[tuple[int, float]], gain_w: np.ndarray,
+                   fill: np.ndarray, alpha: np.ndarray) -> None:
+        """A gaze edit: the photo's iris disc moves rigidly by the iris's own shift (the mesh
+        alone drags its surroundings with it, so a full look to the side moved the iris 2-5 % of
+        the eye distance), clipped to the photo's visible opening; where it leaves, the eye white
+        beside it is mirrored in (the white on the far side of the disc's trailing edge), or the
+        white's colour where the mirror leaves the opening."""
+        from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
+
+        assert st.eye_full is not None and st.sclera_rgb is not None
+        h, w = st.work_hw
+        model_src = st.verts[:, :2] - (st.lid_delta if st.lid_delta is not None else 0.0)
+        for eye, wgt in looking:
+            loop = list(RIGHT_EYE if eye == 1 else LEFT_EYE)
+            iris = 468 if eye == 1 else 473
+            c_s = model_src[iris]
+            r = float(np.linalg.norm(model_src[iris + 1:iris + 5] - c_s, axis=1).mean())
+            shift = vt[iris, :2] - c_s
+            m_s = (vt[loop, :2] - model_src[loop]).mean(0)  # how the eye as a whole moves
+            rel = shift - m_s
+            n_rel = float(np.linalg.norm(rel))
+            if r <= 1.0 or n_rel < 1e-3:
+                continue
+            u = rel / n_rel
+            m = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(m, [np.round(vt[loop, :2] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+            ys, xs = np.nonzero(m)
+            if ys.size < 4:
+                continue
+            p = np.stack([xs + 0.5, ys + 0.5], 1)
+            # the new disc: the photo's iris moved rigidly
+            src_i = p - shift
+            in_new = np.linalg.norm(src_i - c_s, axis=1) < r
+            pi = np.clip(np.floor(src_i).astype(np.int64), 0, [w - 1, h - 1])
+            # the old disc as the eye's own motion carries it, where the new one does not cover it
+            q = p - m_s
+            qi = np.clip(np.floor(q).astype(np.int64), 0, [w - 1, h - 1])
+            in_eye = st.eye_full[qi[:, 1], qi[:, 0]] == eye  # the photo's opening, carried along
+            ok_i = in_new & in_eye & (st.eye_full[pi[:, 1], pi[:, 0]] == eye)
+            vac = ~in_new & in_eye & (np.linalg.norm(q - c_s, axis=1) < 1.08 * r)
+            mir = q - 2.0 * ((q - (c_s - 1.08 * r * u)) @ u)[:, None] * u[None]
+            mi = np.clip(np.floor(mir).astype(np.int64), 0, [w - 1, h - 1])
+            white = (st.eye_full[mi[:, 1], mi[:, 0]] == eye) & (np.linalg.norm(mir - c_s, axis=1) >= 1.08 * r)
+            sel = ok_i | vac
+            if not sel.any():
+                continue
+            col = np.empty((int(sel.sum()), 3), np.float32)
+            oi, ov = ok_i[sel], vac[sel]
+            vw = ov & white[sel]
+            for pick, pos in ((oi, src_i[sel]), (vw, mir[sel])):
+                if pick.any():
+                    col[pick] = sample(st.image, pos[pick])
+            col[ov & ~white[sel]] = st.sclera_rgb[eye - 1][None]
+            ys_s, xs_s = ys[sel], xs[sel]
+            col = col * gain_w[ys_s, xs_s]
+            lay = np.zeros((h, w), np.float32)
+            lay[ys_s, xs_s] = 1.0
+            a = (cv2.GaussianBlur(lay, (0, 0), 0.7)[ys_s, xs_s] * wgt).clip(0, 1)
+            a_old = alpha[ys_s, xs_s].clip(0, 1)
+            base = np.where(a_old[:, None] > 0, fill[ys_s, xs_s], col)
+            fill[ys_s, xs_s] = base * (1 - a[:, None]) + col * a[:, None]
+            alpha[ys_s, xs_s] = np.maximum(a_old, a)
 
     @staticmethod
     def _fill_wider_eyes(st: WarpSource, vt: np.ndarray, widening: list[tuple[int, float]], gain_w: np.ndarray,
@@ -1389,6 +1474,13 @@ def _warm_shadows(res: np.ndarray, gain: np.ndarray, warmth: float) -> np.ndarra
     res = res.copy()
     res[dark] = px * g ** (k - 1.0)
     return res
+
+
+def _gaze_weights(gaze: dict[int, float], skip: list[int]) -> list[tuple[int, float]]:
+    """The eyes whose iris moves within the opening (a gaze edit), with a weight: 0 at 0.1 iris
+    radii, 1 from 0.35; eyes opened wider (``skip``) already move rigidly with their iris."""
+    return [(eye, float(min((g - 0.1) / 0.25, 1.0))) for eye, g in sorted(gaze.items())
+            if g > 0.1 and eye not in skip]
 
 
 def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int, int]) -> np.ndarray | None:
