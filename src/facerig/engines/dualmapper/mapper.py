@@ -170,7 +170,7 @@ class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' o
             psi = torch.minimum(psi, self._psi_upper.to(psi))
         return psi
 
-    def apply(self, w: Any, psi: torch.Tensor | None = None) -> Any:  # type: ignore[override]
+    def apply(self, w: Any, psi: torch.Tensor | None = None) -> Any:
         """``(w + dw, clamp(psi + dpsi))``: the edited latent and expression.
 
         (``apply(fn)`` with one callable keeps :meth:`torch.nn.Module.apply`'s meaning.)"""

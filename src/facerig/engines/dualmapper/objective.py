@@ -142,7 +142,8 @@ class HFClipEncoder:
         self.model.eval().requires_grad_(False)
         if device is not None:
             self.model.to(device)
-        self.image_size = int(self.model.config.vision_config.image_size)
+        vision: Any = self.model.config.vision_config
+        self.image_size = int(vision.image_size)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
@@ -373,9 +374,9 @@ class OfflineExpressionObjective:
         for n, v in (("max_landmarks", max_landmarks), ("work_size", work_size)):
             if not isinstance(v, int) or v < 1:
                 raise InvalidInput(n, "a positive integer", v)
-        for n, v in (("patch_frac", patch_frac), ("search_frac", search_frac)):
-            if not v > 0:
-                raise InvalidInput(n, "a positive number", v)
+        for n, f in (("patch_frac", patch_frac), ("search_frac", search_frac)):
+            if not f > 0:
+                raise InvalidInput(n, "a positive number", f)
         self.text, self.target_psi, self.text_backend = text, target_psi, text_backend
         self.keep_weight, self.max_landmarks, self.work_size = float(keep_weight), max_landmarks, work_size
         self.patch_frac, self.search_frac = float(patch_frac), float(search_frac)
