@@ -110,7 +110,7 @@ def test_offline_estimate_tracks_the_true_psi(tiny_gen, caplog):
         obj = OfflineExpressionObjective("smile", text_backend="keyword")
     assert OFFLINE_ESTIMATOR in caplog.text and obj.estimator == OFFLINE_ESTIMATOR
     fn = obj.bind(tiny_gen)
-    assert fn.info["estimator"] == OFFLINE_ESTIMATOR and fn.info["landmarks"] == 12  # nose, chin-free rows drop
+    assert fn.info["estimator"] == OFFLINE_ESTIMATOR and fn.info["landmarks"] == 12  # the nose never moves
     w0, psi0 = tiny_gen.initial()
     g = torch.Generator().manual_seed(0)
     true = torch.rand(8, len(PSI_NAMES), generator=g) * 0.6

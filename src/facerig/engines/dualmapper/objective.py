@@ -15,9 +15,11 @@ dict of UNWEIGHTED loss terms; the trainer multiplies each by the objective's ``
 * :class:`OfflineExpressionObjective` (no CLIP): the expression RE-ESTIMATED FROM THE RENDERED
   PIXELS against a target expression from the text (estimator :data:`OFFLINE_ESTIMATOR`):
 
-  1. landmarks: ``p0 = generator.landmarks(psi0)`` and ``J = d landmarks / d psi`` at ``psi0``; the
-     ``max_landmarks`` landmarks that move most with the expression (largest ``||J_l||``) are
-     tracked (brows, lids, lips on a face model; nothing is assumed about their indices);
+  1. landmarks: ``p0 = generator.landmarks(psi0)`` and ``J = d landmarks / d psi`` at ``psi0``; up
+     to ``max_landmarks`` landmarks are tracked, chosen round-robin over the coefficients (each in
+     turn takes its most-moving landmark ``||J_lk||`` not yet taken and at least a patch radius
+     from the taken ones), so brows and lids are observed and not only the jaw; nothing is assumed
+     about landmark indices;
   2. tracking: both images are resized to ``work_size`` px (longest side, only ever down); for each
      tracked landmark a (2r+1)^2 patch of the SOURCE image around ``p0`` is matched against the
      RENDER over integer offsets ``o`` in ``[-R, R]^2`` by zero-mean normalised cross-correlation
@@ -26,7 +28,10 @@ dict of UNWEIGHTED loss terms; the trainer multiplies each by the objective's ``
      peak, so a look-alike patch farther away does not win a near tie), and a parabola through the
      peak and its neighbours on each axis gives the sub-pixel displacement ``d_l`` (differentiable
      in the render's pixels; the peak choice itself is piecewise constant);
-  3. ``psi_hat = psi0 + (J^T J + lambda I)^-1 J^T d`` (ridge ``lambda = ridge * trace(J^T J) / K``);
+  3. ``psi_hat = psi0 + (J^T C J + lambda I)^-1 J^T C d``, per image, with ``C`` the tracking
+     confidences (no gradient: the squared peak NCC, 0 for flat source patches and for peaks on the
+     search window's border) and the ridge ``lambda = ridge * trace(J^T J) / K`` (the ridge pulls
+     coefficients the landmarks cannot tell apart towards ``psi0``);
   4. loss ``sum_k u_k (psi_hat_k - psi*_k)^2 / sum_k u_k`` with ``psi*`` = the preset recipe the
      text matches (:func:`facerig.rig.text.match_text`, :func:`facerig.rig.presets.preset_recipe`
      times the intensity, plus the preset's strong shapes as :func:`facerig.rig.expression.preset_vector`
@@ -40,8 +45,12 @@ dict of UNWEIGHTED loss terms; the trainer multiplies each by the objective's ``
   closed lid that does not move its patch are invisible to it), displacements beyond ``R`` are
   clipped, the linearisation is at ``psi0``, a patch that changes shape (a lid over the eye, lips
   parting) matches worse than one that moves, and look-alike patches within the search window can
-  be confused (measured on the 64 px test face: psi_hat within 0.02 of the true psi for psi in
-  [0, 0.6], where identical blobs 7 px apart confused the tracker before the motion prior).
+  be confused. Measured: on the 64 px test face psi_hat is within 0.05 of the true psi for psi in
+  [0, 0.6] (identical blobs 7 px apart confused the tracker before the motion prior); on a real
+  photo warped by a blendshape rig (astronaut, 192 px, 52 ARKit coefficients, defaults) the mean
+  error on a preset's coefficients at intensity 0.8 was 0.10 (smile), 0.15 (sad), 0.17 (open
+  mouth), 0.24 (frown brows), 0.33 (raise brows), and closing the eyes was NOT seen (0.76: the lid
+  patches change shape, about 40 % of the lid motion was measured) -- a coarse probe, not a metric.
 """
 
 from __future__ import annotations
@@ -339,6 +348,40 @@ def _landmark_jacobian(generator: RigGenerator, psi0: torch.Tensor) -> torch.Ten
     return jac[:, :, 0, :].detach()
 
 
+def _select_landmarks(jac: torch.Tensor, points: torch.Tensor, n_max: int, min_dist: float) -> torch.Tensor:
+    """Indices of up to ``n_max`` landmarks, round-robin over the coefficients: each coefficient in
+    turn takes its most-moving landmark (``||d landmark / d psi_k||``) not yet chosen and at least
+    ``min_dist`` from the chosen ones, so every coefficient that moves something is observed (not
+    only the jaw, whose landmarks move most)."""
+    per = jac.norm(dim=1)  # (L, K)
+    tiny = 1e-6 * max(float(per.max()), 1e-30)
+    order = torch.argsort(per, dim=0, descending=True).T.tolist()  # K lists of landmark indices
+    ptr = [0] * per.shape[1]
+    chosen: list[int] = []
+    taken = torch.zeros(per.shape[0], dtype=torch.bool)
+    progress = True
+    while len(chosen) < n_max and progress:
+        progress = False
+        for kk, cand in enumerate(order):
+            while ptr[kk] < len(cand):
+                li = cand[ptr[kk]]
+                ptr[kk] += 1
+                if float(per[li, kk]) <= tiny:
+                    ptr[kk] = len(cand)
+                    break
+                if taken[li]:
+                    continue
+                if chosen and float((points[chosen] - points[li]).norm(dim=1).min()) < min_dist:
+                    continue
+                chosen.append(li)
+                taken[li] = True
+                progress = True
+                break
+            if len(chosen) >= n_max:
+                break
+    return torch.tensor(chosen, dtype=torch.long)
+
+
 def _sample_windows(img: torch.Tensor, centres: torch.Tensor, half: int) -> torch.Tensor:
     """Bilinear windows of (2 half + 1)^2 pixels centred on ``centres`` (B, L, 2) given in frame
     coordinates (pixel centres at +0.5) of ``img`` (B, C, H, W) -> (B, L, C, S, S)."""
@@ -366,9 +409,9 @@ class OfflineExpressionObjective:
     estimator = OFFLINE_ESTIMATOR
 
     def __init__(self, text: str = "smile", *, target_psi: Mapping[str, float] | None = None,
-                 text_backend: str = "auto", keep_weight: float = 0.1, max_landmarks: int = 60,
+                 text_backend: str = "auto", keep_weight: float = 0.1, max_landmarks: int = 80,
                  work_size: int = 128, patch_frac: float = 0.04, search_frac: float = 0.08,
-                 motion_prior: float = 0.2, ridge: float = 1e-3, weight: float = 1.0):
+                 motion_prior: float = 0.2, ridge: float = 1e-2, weight: float = 1.0):
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("text", "a non-empty description of the target expression", text)
         for n, v in (("max_landmarks", max_landmarks), ("work_size", work_size)):
@@ -397,20 +440,19 @@ class OfflineExpressionObjective:
             lm0 = generator.landmarks(psi0).detach().to(src)[0]  # (L, 2)
         jac = _landmark_jacobian(generator, psi0).to(src)  # (L, 2, K)
         k = jac.shape[-1]
-        moves = jac.flatten(1).norm(dim=1)
-        n_keep = min(self.max_landmarks, int((moves > 1e-9 * max(float(moves.max()), 1e-30)).sum()))
-        if n_keep == 0:
-            raise InvalidInput("generator.landmarks", "landmarks that move with psi (non-zero d landmarks / d psi)",
-                               "all derivatives zero")
-        idx = torch.argsort(moves, descending=True)[:n_keep]
         fscale = torch.tensor([sx, sy], dtype=src.dtype, device=src.device)
-        centres = lm0[idx] * fscale  # work-frame coordinates
-        jw = (jac[idx] * fscale[None, :, None]).reshape(-1, k)  # (2L', K) in work pixels per unit psi
-        jtj = jw.T @ jw
-        lam = self.ridge * float(torch.trace(jtj)) / k
-        solve = torch.linalg.solve(jtj + lam * torch.eye(k, dtype=jw.dtype, device=jw.device), jw.T)  # (K, 2L')
         r = max(1, round(self.patch_frac * max(size)))
         big = max(1, round(self.search_frac * max(size)))
+        jac_w = jac * fscale[None, :, None]  # work pixels per unit psi
+        idx = _select_landmarks(jac_w, lm0 * fscale, self.max_landmarks, min_dist=float(r))
+        if idx.numel() == 0:
+            raise InvalidInput("generator.landmarks", "landmarks that move with psi (non-zero d landmarks / d psi)",
+                               "all derivatives zero")
+        n_keep = int(idx.numel())
+        centres = lm0[idx] * fscale  # work-frame coordinates
+        jw = jac_w[idx].reshape(-1, k)  # (2L', K)
+        lam = self.ridge * float(torch.trace(jw.T @ jw)) / k
+        eye = torch.eye(k, dtype=jw.dtype, device=jw.device)
         src_w = F.interpolate(src, size=size, mode="bilinear", align_corners=False, antialias=True) \
             if size != (h, w) else src
         tpl = _sample_windows(src_w, centres[None], r)[0]  # (L', C, P, P)
@@ -430,7 +472,7 @@ class OfflineExpressionObjective:
         prior = self.motion_prior * (ar[:, None] ** 2 + ar[None, :] ** 2)  # peak choice prefers small motions
         valid = (~flat).to(src.dtype)
 
-        def track(images: torch.Tensor) -> torch.Tensor:
+        def track(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             x = _check_images(images)
             if tuple(x.shape[-2:]) != (h, w):
                 raise InvalidInput("images", f"renders of the generator's size {(h, w)}", tuple(x.shape[-2:]))
@@ -462,11 +504,18 @@ class OfflineExpressionObjective:
                 curv = (lo - 2 * c0 + hi).clamp(max=-1e-4)
                 frac.append(torch.where(inside, (0.5 * (lo - hi) / curv).clamp(-0.5, 0.5), torch.zeros_like(c0)))
             disp = torch.stack([ix.to(xw.dtype) - big + frac[0], iy.to(xw.dtype) - big + frac[1]], dim=-1)
-            return disp * valid.to(xw)[None, :, None]
+            # confidence (no gradient): the squared peak NCC, 0 for flat templates and for peaks on the
+            # window's border (the motion may be larger than the search range)
+            conf = c0.detach().clamp(0, 1) ** 2 * valid.to(xw)[None] * ((ix == cx) & (iy == cy)).to(xw.dtype)
+            return disp * valid.to(xw)[None, :, None], conf
 
         def estimate(images: torch.Tensor) -> torch.Tensor:
-            d = track(images)
-            return psi0.to(d) + d.reshape(d.shape[0], -1) @ solve.T.to(d)
+            d, conf = track(images)
+            cw = conf.repeat_interleave(2, dim=1)  # (B, 2L') x and y rows
+            jt = jw.T.to(d)
+            a = (jt[None] * cw[:, None, :]) @ jw.to(d)[None] + lam * eye.to(d)[None]  # (B, K, K)
+            rhs = (jt[None] @ (cw * d.reshape(d.shape[0], -1))[..., None])  # (B, K, 1)
+            return psi0.to(d) + torch.linalg.solve(a, rhs)[..., 0]
 
         def terms(images: torch.Tensor) -> dict[str, torch.Tensor]:
             ph = estimate(images)
@@ -474,7 +523,8 @@ class OfflineExpressionObjective:
             return {"expression": err.mean()}
 
         terms.estimate = estimate  # type: ignore[attr-defined]
-        terms.track = track  # type: ignore[attr-defined]
+        terms.track = lambda images: track(images)[0]  # type: ignore[attr-defined]
+        terms.track_confidence = track  # type: ignore[attr-defined]
         terms.info = info  # type: ignore[attr-defined]
         terms.target = tgt  # type: ignore[attr-defined]
         return terms
