@@ -118,6 +118,19 @@ def test_edit_with_mappers_composes(make_gen):
         edit_with_mappers(gen, other)
 
 
+def test_factory_of_sources(make_gen):
+    made = []
+
+    def factory(rng):
+        made.append(make_gen(seed=int(torch.randint(3, (1,), generator=rng))))
+        return made[-1]
+
+    _, h = train_mapper(factory, "smile", "smile", OfflineExpressionObjective("smile", text_backend="keyword"),
+                        steps=3, batch=2, generator=torch.Generator().manual_seed(0), mapper_config=SMALL,
+                        progress=False)
+    assert len(h["total"]) == 3 and len(made) == 1 + 3 * 2  # the layout probe, then batch x steps
+
+
 def test_train_mapper_argument_errors(make_gen):
     gen = make_gen(seed=0)
     obj = OfflineExpressionObjective("smile", text_backend="keyword")

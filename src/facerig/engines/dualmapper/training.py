@@ -7,8 +7,8 @@ draws ``batch`` sources (from a sequence of generators, uniformly with the given
 
 ``sum_objectives weight * term(render) + w_weight * l2_dw + psi_weight * l2_dpsi``
 
-averaged over the batch, with Adam. Objectives are bound to each source once (their source-side
-targets are cached per generator object). The history records every term (unweighted, batch mean)
+averaged over the batch, with Adam. Objectives are bound to each source of a sequence once (their
+source-side targets are cached per generator object); a factory's sources are bound when drawn. The history records every term (unweighted, batch mean)
 and the weighted ``total`` at every step.
 
 Checkpoints (``save_dir``): ``final/`` (``save_pretrained``: config + safetensors) and
@@ -137,11 +137,16 @@ def train_mapper(generators: GeneratorSource, target: str, text: str, objectives
         log.info("dual mapper %r: resumed at step %d from %s", target, start, ck)
     bound: dict[int, tuple[RigGenerator, list[BoundObjective]]] = {}
 
+    cache = isinstance(generators, Sequence)  # a factory's sources are bound afresh (and not kept)
+
     def bind(g: RigGenerator) -> list[BoundObjective]:
         key = id(g)
         if key not in bound:
             _check_layout(net, g, "generators")
-            bound[key] = (g, [o.bind(g) for o in objs])
+            fns = [o.bind(g) for o in objs]
+            if not cache:
+                return fns
+            bound[key] = (g, fns)  # the generator is kept with its targets, so its id stays unique
         return bound[key][1]
 
     weights = {o.name: float(o.weight) for o in objs}
