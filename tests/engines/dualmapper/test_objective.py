@@ -45,6 +45,10 @@ def test_hf_clip_encoder_is_differentiable(tiny_clip_dir):
     assert not torch.allclose(t[0], t[1])
     with pytest.raises(InvalidInput, match="clip_model"):
         HFClipEncoder(tiny_clip_dir / "nowhere")
+    same = HFClipEncoder(clip.model, clip.tokenizer)  # a model object and its tokenizer
+    assert torch.allclose(same.encode_text(["a smiling person"]), t[:1], atol=1e-5)
+    with pytest.raises(InvalidInput, match="tokenizer"):
+        HFClipEncoder(clip.model)
 
 
 def test_clip_objective_targets_the_subspace_projection(tiny_clip_dir, tiny_gen):

@@ -131,6 +131,20 @@ def test_factory_of_sources(make_gen):
     assert len(h["total"]) == 3 and len(made) == 1 + 3 * 2  # the layout probe, then batch x steps
 
 
+def test_float64_generator(make_gen):
+    gen = make_gen(seed=0).to(dtype=torch.float64)
+    objs = [OfflineExpressionObjective("smile", text_backend="keyword")]
+    ident = IdentityObjective(weight=0.2)
+    try:
+        ident.loss  # noqa: B018
+        objs.append(ident)
+    except AssetMissing:
+        pass
+    mapper, h = train_mapper([gen], "smile", "smile", objs, steps=2, mapper_config=SMALL, progress=False)
+    assert mapper.dtype == torch.float64 and all(map(lambda v: v == v, h["total"]))  # finite, no NaN
+    assert edit_with_mappers(gen, mapper).dtype == torch.float64
+
+
 def test_train_mapper_argument_errors(make_gen):
     gen = make_gen(seed=0)
     obj = OfflineExpressionObjective("smile", text_backend="keyword")

@@ -260,14 +260,15 @@ class IdentityObjective:
     def bind(self, generator: RigGenerator) -> BoundObjective:
         loss = self.loss
         src = generator.source_image()
-        p5 = generator.points5().to(src)
         loss.to(src.device)
+        dt = next(loss.parameters()).dtype  # the network's dtype (float32); renders are cast to it
+        p5 = generator.points5().to(device=src.device, dtype=dt)
         with torch.no_grad():
-            target = loss.embed(src, p5).detach()
+            target = loss.embed(src.to(dt), p5).detach()
 
         def terms(images: torch.Tensor) -> dict[str, torch.Tensor]:
             x = _check_images(images)
-            return {"identity": loss(x, p5.expand(x.shape[0], 5, 2), target)}
+            return {"identity": loss(x.to(dt), p5.expand(x.shape[0], 5, 2), target).to(x.dtype)}
 
         return terms
 
