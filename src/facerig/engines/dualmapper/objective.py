@@ -45,7 +45,9 @@ dict of UNWEIGHTED loss terms; the trainer multiplies each by the objective's ``
   closed lid that does not move its patch are invisible to it), displacements beyond ``R`` are
   clipped, the linearisation is at ``psi0``, a patch that changes shape (a lid over the eye, lips
   parting) matches worse than one that moves, and look-alike patches within the search window can
-  be confused. Measured: on the 64 px test face psi_hat is within 0.05 of the true psi for psi in
+  be confused; the appearance latent can shift NCC peaks too (a texture mapper under a weak w
+  penalty painted blotches that moved the tracker instead of the expression: keep
+  ``DeltaPenalty.w_weight`` high, the default 1.0, with this objective). Measured: on the 64 px test face psi_hat is within 0.05 of the true psi for psi in
   [0, 0.6] (identical blobs 7 px apart confused the tracker before the motion prior); on a real
   photo warped by a blendshape rig (astronaut, 192 px, 52 ARKit coefficients, defaults) the mean
   error on a preset's coefficients at intensity 0.8 was 0.10 (smile), 0.15 (sad), 0.17 (open
