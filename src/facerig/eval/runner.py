@@ -291,13 +291,21 @@ class _HFClip:
 
         imgs = [(t.permute(1, 2, 0).clamp(0, 1) * 255).byte().numpy() for t in x]
         with torch.no_grad():
-            return self.model.get_image_features(**self.proc(images=imgs, return_tensors="pt"))
+            return _clip_features(self.model.get_image_features(**self.proc(images=imgs, return_tensors="pt")))
 
     def encode_text(self, texts: list[str]) -> Any:
         import torch
 
         with torch.no_grad():
-            return self.model.get_text_features(**self.proc(text=texts, return_tensors="pt", padding=True))
+            return _clip_features(self.model.get_text_features(**self.proc(text=texts, return_tensors="pt", padding=True)))
+
+
+def _clip_features(out: Any) -> Any:
+    """transformers < 5 returns the projected features, >= 5 an output holding them as pooler_output
+    (``torch.as_tensor`` of that output failed: "Could not infer dtype of BaseModelOutputWithPooling")."""
+    import torch
+
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def _clean(v: Any) -> Any:
