@@ -18,9 +18,12 @@ default) on a square crop around the face:
   the identity map about ``falloff`` face sizes away (the neck stretches when the jaw drops; hair
   follows the brows a little) -- no tear at the face edge. The photo is sampled with
   ``F.grid_sample`` (bilinear).
-* **mouth interior**: pixels of the model's ``mouth_interior`` triangles get a dark colour measured
-  on the photo's lips, with weight ``relu(1 - area_source / area_target)`` per triangle: 0 at
-  ``psi0`` (exact reproduction), towards 1 as the lips part (differentiable in ``psi``).
+* **fills**: pixels of the model's ``mouth_interior`` triangles get a dark colour measured on the
+  photo's lips, with weight ``relu(1 - area_source / area_target)`` per triangle (towards 1 as the
+  lips part); pixels of the ``eyes`` triangles get the photo's lash-line colour with weight
+  ``relu(1 - area_target / area_source)`` (towards 1 as the lids close, so the seam of a closed eye
+  is a lash line, not a squeezed sclera). Both are 0 at ``psi0`` (exact reproduction), differentiable
+  in ``psi``, and softened by a 0.6 px blur.
 * **appearance** (``w``): a low-resolution UV texture of the face (``texture_size``^2, the photo
   sampled into the model's UV layout through the source mesh), as tokens of ``patch`` x ``patch`` x 3
   texels (32 px, patch 8: N = 16 tokens of D = 192). ``render`` adds ``(w - w0)`` sampled at the
@@ -191,7 +194,7 @@ class WarpRigGenerator:
     (256); ``crop_scale`` crop side / face size (1.8); ``texture_size`` and ``patch``: the UV texture
     of ``w`` and its token patches (32, 8 -> w_shape (16, 192)); ``falloff`` width of the off-face
     extension in face sizes (0.12); ``use_detections`` anchor the mesh on the detected landmarks
-    (builtin model only; True); ``mouth_fill`` darken the opened mouth (True); ``backend`` the
+    (builtin model only; True); ``fills`` darken the opened mouth and the seam of closing eyes (True); ``backend`` the
     rasteriser's visibility backend ("auto"); ``device``, ``dtype``.
     """
 
@@ -209,7 +212,7 @@ class WarpRigGenerator:
         patch: int = 8,
         falloff: float = 0.12,
         use_detections: bool = True,
-        mouth_fill: bool = True,
+        fills: bool = True,
         backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
@@ -229,7 +232,7 @@ class WarpRigGenerator:
         self.texture_size = int(texture_size)
         self.patch = int(patch)
         self.falloff = float(falloff)
-        self.mouth_fill = bool(mouth_fill)
+        self.fills = bool(fills)
         self.backend = backend
         self.model = model
         self.params = params.detach()
@@ -280,10 +283,17 @@ class WarpRigGenerator:
         faces = self._faces
         names = tuple(getattr(model, "region_names", ()) or ())
         reg = model.face_region.long()
-        self._mouth_tris = (reg == names.index("mouth_interior")) if "mouth_interior" in names else None
         a = self._areas(self._src_xy[None])[0]
         self._src_area = a.abs()
+        nf = faces.shape[0]
+        # fills: triangles whose pixels blend towards a colour as the expression changes their area
+        self._mouth_tris = reg == names.index("mouth_interior") if "mouth_interior" in names else torch.zeros(nf, dtype=torch.bool)
+        self._eye_tris = reg == names.index("eyes") if "eyes" in names else torch.zeros(nf, dtype=torch.bool)
         self._interior = self._interior_colour(names, reg)
+        lash = self._lash_colour(self._vertices_are_landmarks(model))
+        self._fill_rgb = torch.zeros(nf, 3)
+        self._fill_rgb[self._mouth_tris] = self._interior
+        self._fill_rgb[self._eye_tris] = lash
         self._w0 = self._source_texture(faces)
 
     def _to_crop_np(self, pts: np.ndarray) -> np.ndarray:
@@ -337,6 +347,18 @@ class WarpRigGenerator:
         a, b, c = xy[:, f[:, 0]], xy[:, f[:, 1]], xy[:, f[:, 2]]
         e1, e2 = b - a, c - a
         return e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]
+
+    def _lash_colour(self, landmarks: bool) -> torch.Tensor:
+        """The colour a closed eye's seam gets: the photo at the upper-lid contour (the lash line),
+        median over both eyes, darkened a little (the mouth-interior colour when the model's vertices
+        are not MediaPipe points)."""
+        if not landmarks:
+            return self._interior.clone()
+        ids = [u for eye in self.LID_PAIRS for u, _ in eye[1:-1]]
+        with torch.no_grad():
+            grid = _pixel_grid(self._src_xy[ids], self.size, self.size).reshape(1, 1, -1, 2)
+            cols = F.grid_sample(self._source, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0]
+        return (cols.median(1).values * 0.8).float()
 
     def _interior_colour(self, names: tuple[str, ...], reg: torch.Tensor) -> torch.Tensor:
         """A dark mouth-interior colour from the photo: the median of the darker quarter of the lip
@@ -457,12 +479,18 @@ class WarpRigGenerator:
         out = F.grid_sample(self._source.expand(b, -1, -1, -1), grid, mode="bilinear",
                             padding_mode="border", align_corners=False)
 
-        if self.mouth_fill and self._mouth_tris is not None:
+        if self.fills:
+            # opened mouth: weight 1 - A_src/A_tgt on the interior; closing eye: 1 - A_tgt/A_src on the
+            # eye opening (its last pixels become the lash line, not the sclera's seam). 0 at psi0.
             area_t = self._areas(tgt[..., :2]).abs()  # (B, F)
-            grow = F.relu(1 - self._src_area / area_t.clamp_min(1e-6)) * self._mouth_tris.to(area_t)
-            a_rows = grow.reshape(-1).index_select(0, p.batch * faces.shape[0] + p.face)
-            alpha = scatter_pixels(a_rows[None], p, b, s, s)
-            out = out * (1 - alpha) + alpha * self._interior.to(out).view(1, 3, 1, 1)
+            area_s = self._src_area.to(area_t)
+            grow = F.relu(1 - area_s / area_t.clamp_min(1e-6)) * self._mouth_tris.to(area_t)
+            shrink = F.relu(1 - area_t / area_s.clamp_min(1e-6)) * self._eye_tris.to(area_t)
+            wgt = (grow + shrink).reshape(-1).index_select(0, p.batch * faces.shape[0] + p.face)
+            rgb = self._fill_rgb.to(wgt).index_select(0, p.face).T  # (3, P)
+            fill = scatter_pixels(torch.cat([wgt[None], wgt[None] * rgb], 0), p, b, s, s)
+            fill = gaussian_blur(fill, 0.6)  # soften the hard triangle edges by about a pixel
+            out = out * (1 - fill[:, :1]) + fill[:, 1:]
 
         dtex = tokens_to_texture(w - self._w0.to(w), self.patch)  # (B, 3, T, T)
         uvg = torch.stack([img[:, 2] * 2 - 1, 1 - img[:, 3] * 2], -1)  # (B, S, S, 2), v up
@@ -477,8 +505,8 @@ class WarpRigGenerator:
         self.model = copy.deepcopy(self.model).to(device=dev, dtype=dt)
         self.params = self.params.to(device=dev, dtype=dt)
         self._faces = self._faces.to(dev)
-        for k in ("_source", "_resid", "_gain", "_model_xy0", "_psi0", "_src_xy", "_src_area", "_interior", "_w0"):
+        for k in ("_source", "_resid", "_gain", "_model_xy0", "_psi0", "_src_xy", "_src_area", "_interior", "_fill_rgb", "_w0"):
             setattr(self, k, getattr(self, k).to(device=dev, dtype=dt))
-        if self._mouth_tris is not None:
-            self._mouth_tris = self._mouth_tris.to(dev)
+        self._mouth_tris = self._mouth_tris.to(dev)
+        self._eye_tris = self._eye_tris.to(dev)
         return self
