@@ -198,3 +198,38 @@ def test_render_gradcheck_float64_small(fitted):
     sub = base[0, idx].clone().requires_grad_()
     dw = torch.full_like(w0, 0.01).requires_grad_()
     assert torch.autograd.gradcheck(f, (sub, dw), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+CLOSE_EYES = {"eyeBlink_L": 1.0, "eyeBlink_R": 1.0, "eyeWide_L": 0.0, "eyeWide_R": 0.0, "eyeSquint_L": 0.0,
+              "eyeSquint_R": 0.0, "eyeLookUp_L": 0.0, "eyeLookUp_R": 0.0, "eyeLookDown_L": 0.0, "eyeLookDown_R": 0.0}
+
+
+def test_closed_eyes_close_on_the_photo(gen):
+    w0, psi0 = gen.initial()
+    closed = _psi(gen, psi0, **CLOSE_EYES)
+    with torch.no_grad():
+        src, out = gen.source_image()[0], gen.render(w0, closed)[0]
+        l0, l1 = gen.landmarks(psi0)[0], gen.landmarks(closed)[0]
+    for up, lo in ((159, 145), (386, 374)):
+        gap0, gap1 = float((l0[up] - l0[lo]).norm()), float((l1[up] - l1[lo]).norm())
+        assert gap0 > 4.0  # open on the photo
+        # the lid gains scale the model's closing to the photo's own gap (the source's other
+        # coefficients, e.g. cheekPuff, keep the model's lids a little apart): measured 1.5 of 7.2 px
+        assert gap1 < 0.3 * gap0, (gap0, gap1)
+        c = ((l0[up] + l0[lo]) / 2).long()
+        patch = (slice(None), slice(c[1] - 2, c[1] + 3), slice(c[0] - 3, c[0] + 4))
+        assert float((out[patch] - src[patch]).abs().mean()) > 0.08  # the iris is covered
+
+
+def test_raised_brows_move_up_with_their_pixels(gen):
+    w0, psi0 = gen.initial()
+    a = _psi(gen, psi0, browInnerUp=0.0, browOuterUp_L=0.0, browOuterUp_R=0.0)
+    b = _psi(gen, psi0, browInnerUp=1.0, browOuterUp_L=1.0, browOuterUp_R=1.0)
+    with torch.no_grad():
+        ia, ib = gen.render(w0, a)[0], gen.render(w0, b)[0]
+        la, lb = gen.landmarks(a)[0], gen.landmarks(b)[0]
+    for idx in (105, 334):  # MediaPipe: the middle of each brow
+        moved = lb[idx] - la[idx]
+        assert float(moved[1]) < -2.0
+        found = _match(ia, ib, la[idx])
+        assert float((found - moved).abs().max()) <= 1.5, (idx, found.tolist(), moved.tolist())
