@@ -18,12 +18,14 @@ default) on a square crop around the face:
   the identity map about ``falloff`` face sizes away (the neck stretches when the jaw drops; hair
   follows the brows a little) -- no tear at the face edge. The photo is sampled with
   ``F.grid_sample`` (bilinear).
-* **fills**: pixels of the model's ``mouth_interior`` triangles get a dark colour measured on the
-  photo's lips, with weight ``relu(1 - area_source / area_target)`` per triangle (towards 1 as the
-  lips part); pixels of the ``eyes`` triangles get the photo's lash-line colour with weight
-  ``relu(1 - area_target / area_source)`` (towards 1 as the lids close, so the seam of a closed eye
-  is a lash line, not a squeezed sclera). Both are 0 at ``psi0`` (exact reproduction), differentiable
-  in ``psi``, and softened by a 0.6 px blur.
+* **fills** (``fills=True``): pixels of the model's ``mouth_interior`` triangles sample the photo
+  TRANSLATED with the upper inner lip (the photo's teeth move rigidly with it instead of stretching),
+  and where that translated position leaves the photo's own mouth interior they get a dark colour
+  measured on the photo's lips (a closed-mouth photo opens onto that colour); pixels of the ``eyes``
+  triangles get the photo's lash-line colour with weight ``relu(1 - area_target / area_source)``
+  (towards 1 as the lids close, so the seam of a closed eye is a lash line, not a squeezed sclera,
+  softened by a 0.6 px blur). Both are the identity at ``psi0`` (exact reproduction) and
+  differentiable in ``psi``.
 * **appearance** (``w``): a low-resolution UV texture of the face (``texture_size``^2, the photo
   sampled into the model's UV layout through the source mesh), as tokens of ``patch`` x ``patch`` x 3
   texels (32 px, patch 8: N = 16 tokens of D = 192). ``render`` adds ``(w - w0)`` sampled at the
@@ -290,7 +292,14 @@ class WarpRigGenerator:
         self._mouth_tris = reg == names.index("mouth_interior") if "mouth_interior" in names else torch.zeros(nf, dtype=torch.bool)
         self._eye_tris = reg == names.index("eyes") if "eyes" in names else torch.zeros(nf, dtype=torch.bool)
         self._interior = self._interior_colour(names, reg)
-        lash = self._lash_colour(self._vertices_are_landmarks(model))
+        landmarks = self._vertices_are_landmarks(model)
+        lash = self._lash_colour(landmarks)
+        self._int_mask = self._source_region_mask(self._mouth_tris)
+        if landmarks:
+            self._upper_lip = torch.tensor(self.UPPER_INNER_LIP)
+        else:  # the mouth-interior triangles' vertices
+            self._upper_lip = torch.unique(faces[self._mouth_tris].reshape(-1)) if bool(self._mouth_tris.any()) \
+                else torch.arange(1)
         self._fill_rgb = torch.zeros(nf, 3)
         self._fill_rgb[self._mouth_tris] = self._interior
         self._fill_rgb[self._eye_tris] = lash
@@ -324,6 +333,19 @@ class WarpRigGenerator:
         ((246, 7), (161, 163), (160, 144), (159, 145), (158, 153), (157, 154), (173, 155)),
         ((466, 249), (388, 390), (387, 373), (386, 374), (385, 380), (384, 381), (398, 382)),
     )
+
+    #: MediaPipe upper inner lip contour (the upper teeth move with it)
+    UPPER_INNER_LIP = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308)
+
+    def _source_region_mask(self, tris: torch.Tensor) -> torch.Tensor:
+        """(1, 1, S, S) 0/1 mask of the source mesh's triangles ``tris`` (F,) bool."""
+        from facerig.render.raster import rasterize
+
+        with torch.no_grad():
+            scr = torch.cat([self._src_xy, torch.zeros(self._src_xy.shape[0], 1)], 1)[None]
+            fi = rasterize(scr, self._faces, self.size, self.size, backend=self.backend).face_index[0]
+            on = (fi >= 0) & tris[fi.clamp_min(0)]
+        return on.float()[None, None]
 
     @classmethod
     def _lid_gains(cls, det: np.ndarray, model_xy: np.ndarray) -> torch.Tensor:
@@ -480,17 +502,27 @@ class WarpRigGenerator:
                             padding_mode="border", align_corners=False)
 
         if self.fills:
-            # opened mouth: weight 1 - A_src/A_tgt on the interior; closing eye: 1 - A_tgt/A_src on the
-            # eye opening (its last pixels become the lash line, not the sclera's seam). 0 at psi0.
+            # closing eye: weight 1 - A_tgt/A_src on the eye opening (its last pixels become the lash
+            # line, not the sclera's seam); 0 at psi0, softened by about a pixel
             area_t = self._areas(tgt[..., :2]).abs()  # (B, F)
             area_s = self._src_area.to(area_t)
-            grow = F.relu(1 - area_s / area_t.clamp_min(1e-6)) * self._mouth_tris.to(area_t)
             shrink = F.relu(1 - area_t / area_s.clamp_min(1e-6)) * self._eye_tris.to(area_t)
-            wgt = (grow + shrink).reshape(-1).index_select(0, p.batch * faces.shape[0] + p.face)
+            wgt = shrink.reshape(-1).index_select(0, p.batch * faces.shape[0] + p.face)
             rgb = self._fill_rgb.to(wgt).index_select(0, p.face).T  # (3, P)
             fill = scatter_pixels(torch.cat([wgt[None], wgt[None] * rgb], 0), p, b, s, s)
-            fill = gaussian_blur(fill, 0.6)  # soften the hard triangle edges by about a pixel
+            fill = gaussian_blur(fill, 0.6)
             out = out * (1 - fill[:, :1]) + fill[:, 1:]
+            # mouth interior: the photo's own interior (teeth) moves rigidly with the upper inner lip,
+            # not stretched; where that leaves the photo's interior, the dark interior colour
+            inside = scatter_pixels(self._mouth_tris.to(rows).index_select(0, p.face)[None], p, b, s, s)
+            shift = (tgt[:, self._upper_lip, :2] - self._src_xy[self._upper_lip].to(tgt)).mean(1)  # (B, 2)
+            g2 = _pixel_grid((pos - field - shift[:, :, None, None]).permute(0, 2, 3, 1), s, s)
+            im = self._int_mask.to(self._source)
+            both = torch.cat([self._source * im, im], 1).expand(b, -1, -1, -1)  # premultiplied
+            smp = F.grid_sample(both, g2, mode="bilinear", padding_mode="zeros", align_corners=False)
+            m = smp[:, 3:4]
+            mouth = smp[:, :3] + (1 - m) * self._interior.to(out).view(1, 3, 1, 1)
+            out = out * (1 - inside) + inside * mouth
 
         dtex = tokens_to_texture(w - self._w0.to(w), self.patch)  # (B, 3, T, T)
         uvg = torch.stack([img[:, 2] * 2 - 1, 1 - img[:, 3] * 2], -1)  # (B, S, S, 2), v up
@@ -505,8 +537,9 @@ class WarpRigGenerator:
         self.model = copy.deepcopy(self.model).to(device=dev, dtype=dt)
         self.params = self.params.to(device=dev, dtype=dt)
         self._faces = self._faces.to(dev)
-        for k in ("_source", "_resid", "_gain", "_model_xy0", "_psi0", "_src_xy", "_src_area", "_interior", "_fill_rgb", "_w0"):
+        for k in ("_source", "_resid", "_gain", "_model_xy0", "_psi0", "_src_xy", "_src_area", "_interior", "_fill_rgb", "_int_mask", "_w0"):
             setattr(self, k, getattr(self, k).to(device=dev, dtype=dt))
         self._mouth_tris = self._mouth_tris.to(dev)
         self._eye_tris = self._eye_tris.to(dev)
+        self._upper_lip = self._upper_lip.to(dev)
         return self
