@@ -236,3 +236,19 @@ def test_raised_brows_move_up_with_their_pixels(gen):
         assert float(moved[1]) < -2.0
         found = _match(ia, ib, la[idx])
         assert float((found - moved).abs().max()) <= 1.5, (idx, found.tolist(), moved.tolist())
+
+
+def test_second_package_photo_grace_hopper(grace_hopper):
+    from facerig.edit import _fit_one
+    from facerig.morphable import load_face_model
+
+    model = load_face_model("builtin")
+    params = _fit_one(grace_hopper, model, "largest", "grace_hopper")
+    gen = WarpRigGenerator(grace_hopper, params, model, size=128)
+    check_generator(gen)
+    w0, psi0 = gen.initial()
+    opened = _psi(gen, psi0, jawOpen=0.7)
+    with torch.no_grad():
+        assert float((gen.render(w0, psi0) - gen.source_image()).abs().mean()) < 1e-4
+        l0, l1 = gen.landmarks(psi0)[0], gen.landmarks(opened)[0]
+    assert float(l1[152, 1] - l0[152, 1]) > 2.0  # the chin drops (128 px crop)
