@@ -252,3 +252,22 @@ def test_second_package_photo_grace_hopper(grace_hopper):
         assert float((gen.render(w0, psi0) - gen.source_image()).abs().mean()) < 1e-4
         l0, l1 = gen.landmarks(psi0)[0], gen.landmarks(opened)[0]
     assert float(l1[152, 1] - l0[152, 1]) > 2.0  # the chin drops (128 px crop)
+
+
+def test_appearance_latent_is_laid_out_in_the_model_uv(gen, fitted):
+    """A bright texel block at the UV of the nose tip shows up on the rendered nose tip."""
+    _, _, model = fitted
+    w0, psi0 = gen.initial()
+    t = gen.texture_size
+    u, v = (float(x) for x in model.uv[4])  # MediaPipe 4: the nose tip
+    col, row = int(u * t), int((1 - v) * t)  # v up in the UV layout
+    tex = tokens_to_texture(torch.zeros_like(w0), gen.patch)
+    tex[:, :, row - 1: row + 2, col - 1: col + 2] = 0.5
+    with torch.no_grad():
+        out = gen.render(w0 + texture_to_tokens(tex, gen.patch), psi0)
+        tip = gen.landmarks(psi0)[0, 4]
+    diff = (out - gen.source_image()).abs().sum(1)[0]
+    ys, xs = torch.nonzero(diff > 0.05, as_tuple=True)
+    assert ys.numel() > 4
+    centre = torch.stack([xs.float().mean(), ys.float().mean()]) + 0.5
+    assert float((centre - tip).norm()) < 0.04 * gen.size, (centre.tolist(), tip.tolist())
