@@ -110,3 +110,14 @@ def test_missing_weights_and_bad_options(fitted, tmp_path):
         build_generator("diffusionrig", image, params, model, pipeline=pipe, tokens=7)
     with pytest.raises(InvalidInput, match="steps"):
         build_generator("diffusionrig", image, params, model, pipeline=pipe, steps=0)
+
+
+def test_builds_from_a_saved_pipeline_folder(fitted, tmp_path, gen):
+    image, params, model = fitted
+    gen.pipe.save_pretrained(tmp_path / "w")
+    again = build_generator("diffusionrig", image, params, model, weights=tmp_path / "w", steps=3)
+    w0, psi0 = gen.initial()
+    w1, psi1 = again.initial()
+    assert torch.allclose(w0, w1, atol=1e-6) and torch.equal(psi0, psi1)
+    with torch.no_grad():
+        assert torch.allclose(again.render(w1, psi1), gen.render(w0, psi0), atol=1e-5)
