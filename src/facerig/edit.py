@@ -301,7 +301,7 @@ def _prepare_spec(es: Any, cls: Any, clamp: bool) -> tuple[Any, list[str]]:
     (clamped with ``clamp``). Returns the (possibly clamped) spec and notes."""
     import dataclasses
 
-    if es.is_empty:
+    if es.is_empty and not getattr(cls, "edits_itself", False):  # (the dualmapper engine's mappers are the edit)
         raise InvalidInput("edit", "at least one change", "none", hint=_NO_CHANGE_HINT)
     notes: list[str] = []
     if es.pose_relative and any(getattr(es, a) is not None for a in ("yaw", "pitch", "roll")):
@@ -519,7 +519,7 @@ class EditSession:
 
             name, inten = text_to_preset(es.text)
             mapped = (name, es.intensity if es.intensity is not None else inten)
-        if _same_params(params, after):
+        if _same_params(params, after) and not getattr(eng, "edits_itself", False):
             notes.append("the edit changes nothing (the face already has these values); the photo is "
                          "returned unchanged")
         for n in notes[len(self.notes):]:

@@ -21,6 +21,7 @@ _REGISTRY: dict[str, str | type] = {
     "rigface": "facerig.engines.rigface.engine:RigFaceEngine",
     "magicportrait": "facerig.engines.magicportrait.engine:MagicPortraitEngine",
     "instaface": "facerig.engines.instaface.engine:InstaFaceEngine",
+    "dualmapper": "facerig.engines.dualmapper.engine:DualMapperEngine",
 }
 
 
