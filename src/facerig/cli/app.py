@@ -129,7 +129,7 @@ def edit(
     take: Annotated[str | None, typer.Option(help="what to copy from --reference: expression,pose,light")] = None,
     batch: Annotated[Path | None, typer.Option("--batch", help="JSON list of edits (each {\"name\":..., \"preset\":..., "
                                                "\"yaw\":..., ...}), all of one fit; with an -o pattern/folder")] = None,
-    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | magicportrait (--weights, --base) | diffusionrig (--weights) | instaface (--weights, --base; --engine-option clip=PATH)")] = "warp",
+    engine: Annotated[str, typer.Option(help="engine: warp (default, no weights) | rigface (--weights, --base) | magicportrait (--weights, --base) | diffusionrig (--weights) | instaface (--weights, --base; --engine-option clip=PATH) | dualmapper (--mapper)")] = "warp",
     face: Annotated[str, typer.Option(help="which face: largest, or an index (0 = largest)")] = "largest",
     model: ModelOpt = "builtin",
     model_path: ModelPathOpt = None,
@@ -146,6 +146,9 @@ def edit(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     engine_option: EngineOptOpt = None,
+    mapper: Annotated[list[str] | None, typer.Option(
+        "--mapper", help="dualmapper: a mapper folder from `facerig train dualmapper`, repeatable (applied in "
+                         "order)")] = None,
 ) -> None:
     """Edit the expression, head pose or lighting of the face in a photo."""
     if list_presets:
@@ -167,6 +170,15 @@ def edit(
         reference = like
     if anchor is not None and anchor not in ("face", "head"):
         raise InvalidInput("--anchor", "face or head", anchor)
+    opts = _engine_options(weights, base, steps, device, dtype, engine_option)
+    if mapper and engine != "dualmapper":
+        raise InvalidInput("--mapper", "--engine dualmapper with it", f"--engine {engine}")
+    if engine == "dualmapper":
+        from facerig.engines.dualmapper.engine import mapper_paths
+
+        if not mapper:
+            raise InvalidInput("--mapper", "a mapper folder from `facerig train dualmapper` (repeatable)", None)
+        opts = {**(opts or {}), "mapper": mapper_paths(mapper)}
     from facerig.edit import run_edit
 
     run_edit(image, output, preview=preview, engine=engine, reference=reference, model=model, face=face, seed=seed,
@@ -177,8 +189,7 @@ def edit(
              preset_mode=preset_mode,
              pose_relative=False if absolute else None, light=light, light_azimuth=light_azimuth,
              light_elevation=light_elevation, light_intensity=light_intensity if light_intensity != 1.0 else None,
-             take=take, anchor=anchor,
-             engine_options=_engine_options(weights, base, steps, device, dtype, engine_option))
+             take=take, anchor=anchor, engine_options=opts)
 
 
 @app.command()
@@ -409,9 +420,11 @@ def prepare(
 
 @app.command()
 def train(
-    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig | rigface | magicportrait | instaface")],
-    data: Annotated[Path, typer.Option("--data", help="shard folder written by `facerig prepare`")],
+    engine: Annotated[str, typer.Argument(help="engine to train: diffusionrig | rigface | magicportrait | instaface | "
+                                          "dualmapper")],
     output: Annotated[Path, typer.Option("-o", "--output", help="run folder (checkpoints/, final/)")],
+    data: Annotated[Path | None, typer.Option("--data", help="shard folder written by `facerig prepare` (dualmapper: a "
+                                              "folder of portraits, or one photo)")] = None,
     config: Annotated[str, typer.Option("--config", help="recipe: tiny_cpu | paper_stage1 (diffusionrig) | paper (rigface) | a YAML path")] = "tiny_cpu",
     max_steps: Annotated[int | None, typer.Option(help="override the recipe's max_steps (smoke runs)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run's latest checkpoint")] = False,
@@ -419,12 +432,36 @@ def train(
     stage: Annotated[int, typer.Option("--stage", help="magicportrait: 1 (frame pairs) | 2 (clips, motion modules)")] = 1,
     init: Annotated[str | None, typer.Option("--init", help="magicportrait: stage 2's stage-1 run folder")] = None,
     clip: Annotated[str | None, typer.Option("--clip", help="instaface: CLIP vision model folder (without it: "
-                                             "face-recognition identity tokens only)")] = None,
+                                             "face-recognition identity tokens only); dualmapper: a CLIP model "
+                                             "folder (without it: the offline objective)")] = None,
     size: Annotated[int, typer.Option(help="instaface: training resolution (256 as the paper's stage 1)")] = 256,
     batch_size: Annotated[int | None, typer.Option(help="instaface: batch size per process")] = None,
+    text: Annotated[str | None, typer.Option(help="dualmapper: the expression, e.g. \"a person who is raising brow\"")] = None,
+    target: Annotated[str | None, typer.Option(help="dualmapper: the target preset (default: what --text maps to)")] = None,
+    generator: Annotated[str, typer.Option(help="dualmapper: rig generator: warp | diffusionrig | next3d")] = "warp",
+    lr: Annotated[float, typer.Option(help="dualmapper: learning rate")] = 1e-3,
+    identity_weight: Annotated[float, typer.Option(help="dualmapper: weight of the identity loss")] = 0.5,
+    max_photos: Annotated[int | None, typer.Option(help="dualmapper: use at most this many photos of --data")] = None,
+    seed: Annotated[int, typer.Option(help="dualmapper: random seed")] = 0,
 ) -> None:
-    """Train an engine's model on prepared shards (stage 1 for diffusionrig; frame pairs for rigface)."""
+    """Train an engine's model on prepared shards (stage 1 for diffusionrig; frame pairs for rigface), or a
+    dual mapper for a text-described expression on a folder of portraits."""
     from facerig.errors import InvalidInput
+
+    if engine == "dualmapper":
+        from facerig.train.dualmapper import train_dualmapper
+
+        if data is None:
+            raise InvalidInput("--data", "a folder of portraits (or one photo) to train the mapper on", None)
+        out = train_dualmapper(data, output, text=text or "", target=target, generator=generator, clip=clip,
+                               steps=max_steps if max_steps is not None else 200, lr=lr,
+                               batch=batch_size or 1, identity_weight=identity_weight, seed=seed,
+                               max_photos=max_photos, resume=resume)
+        print(f"trained -> {out} (edit with --engine dualmapper --mapper {out}; curves {out / 'losses.png'}, "
+              f"preview {out / 'preview.png'})")
+        return
+    if data is None:
+        raise InvalidInput("--data", "the shard folder written by `facerig prepare`", None)
 
     if engine == "magicportrait":
         from facerig.engines.magicportrait.training import train_magicportrait
@@ -453,7 +490,7 @@ def train(
         print(f"trained -> {out}")
         return
     if engine != "diffusionrig":
-        raise InvalidInput("engine", "diffusionrig, rigface, magicportrait or instaface", engine)
+        raise InvalidInput("engine", "diffusionrig, rigface, magicportrait, instaface or dualmapper", engine)
     from facerig.engines.diffusionrig.engine import train_diffusionrig
 
     out = train_diffusionrig(config, data, output, max_steps=max_steps, resume=resume)
