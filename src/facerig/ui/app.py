@@ -178,7 +178,7 @@ def build_app(studio: Studio | None = None) -> Any:
                                         allow_preview=False, visible=False)
                     with gr.Accordion("Engine", open=False):
                         engine = gr.Dropdown(list(ENGINE_CHOICES), value="warp", label="Engine", elem_id="engine")
-                        weights = gr.Textbox(label="Weights path (neural engines)", elem_id="weights")
+                        weights = gr.Textbox(label="Weights path (neural engines; dualmapper: mapper folders, comma-separated)", elem_id="weights")
                         base = gr.Textbox(label="Stable Diffusion 1.5 base (rigface, magicportrait, instaface)", elem_id="base")
                         steps = gr.Number(0, precision=0, label="Sampling steps (0: the engine's default)",
                                           elem_id="steps")

@@ -36,7 +36,7 @@ DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
 SESSION_CACHE = 6
 
 #: engines the selector offers; the neural ones need weights (and the [diffusion] extra)
-ENGINE_CHOICES = ("warp", "rigface", "diffusionrig", "magicportrait", "instaface")
+ENGINE_CHOICES = ("warp", "rigface", "diffusionrig", "magicportrait", "instaface", "dualmapper")
 
 
 def _env_number(name: str, default: float) -> float:
