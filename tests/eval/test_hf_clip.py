@@ -4,8 +4,6 @@ get_image_features / get_text_features, which clip_score could not turn into a t
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -14,29 +12,9 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    from facerig.engines.sd.base import _bytes_to_unicode
+    from facerig.engines.sd.base import write_tiny_clip
 
-    out = tmp_path_factory.mktemp("clip")
-    alphabet = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for t in alphabet + [a + "</w>" for a in alphabet] + ["<|startoftext|>", "<|endoftext|>"]:
-        vocab[t] = len(vocab)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    transformers.CLIPTokenizer(vocab=str(out / "vocab.json"), merges=str(out / "merges.txt"),
-                               model_max_length=77).save_pretrained(str(out))
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32},
-                                    crop_size={"height": 32, "width": 32}).save_pretrained(str(out))
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                pad_token_id=vocab["<|endoftext|>"])
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=8)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision,
-                                                       projection_dim=16)).save_pretrained(str(out))
-    return out
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_clip_score_through_the_local_clip_wrapper(clip_dir):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -121,26 +119,7 @@ def make_gen():
 def tiny_clip_dir(tmp_path_factory):
     """A tiny random transformers CLIPModel (hidden 32, 2 layers, 32 px images, patch 8) and a byte-level
     CLIP tokenizer without merges, saved to a folder (no downloads)."""
-    transformers = pytest.importorskip("transformers")
-    from facerig.engines.sd.base import _bytes_to_unicode
+    pytest.importorskip("transformers")
+    from facerig.engines.sd.base import write_tiny_clip
 
-    out = tmp_path_factory.mktemp("tiny_clip")
-    alphabet = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for t in alphabet + [a + "</w>" for a in alphabet] + ["<|startoftext|>", "<|endoftext|>"]:
-        vocab[t] = len(vocab)
-    (out / "vocab.json").write_text(json.dumps(vocab))
-    (out / "merges.txt").write_text("#version: 0.2\n")
-    tok = transformers.CLIPTokenizer(vocab=str(out / "vocab.json"), merges=str(out / "merges.txt"), model_max_length=77)
-    tok.save_pretrained(str(out))
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                pad_token_id=vocab["<|endoftext|>"])
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=8)
-    cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = transformers.CLIPModel(cfg)
-    model.save_pretrained(str(out))
-    return out
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))

@@ -222,6 +222,51 @@ def _bytes_to_unicode() -> dict[int, str]:
 TINY_TEXT_HIDDEN = 32
 
 
+def _byte_vocab() -> dict[str, int]:
+    """A CLIP tokenizer vocabulary over the 256 byte-level symbols (and their word-final forms), no merges."""
+    alphabet = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for tokn in alphabet + [a + "</w>" for a in alphabet] + ["<|startoftext|>", "<|endoftext|>"]:
+        vocab[tokn] = len(vocab)
+    return vocab
+
+
+def _write_byte_tokenizer(tok_dir: Path, vocab: dict[str, int]) -> None:
+    from transformers import CLIPTokenizer
+
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), model_max_length=77)
+    tok.save_pretrained(str(tok_dir))
+
+
+def write_tiny_clip(dir: str | os.PathLike[str], seed: int = 0, *, image_size: int = 32,
+                    projection_dim: int = 16) -> Path:
+    """Write a tiny random transformers ``CLIPModel`` folder (text and vision towers of hidden size 32,
+    2 layers; ``image_size`` px images in patches of 8) with the byte-level tokenizer and a CLIP image
+    processor, loadable offline like a real CLIP folder (``--clip`` options, tests). Deterministic."""
+    import transformers
+
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _byte_vocab()
+    _write_byte_tokenizer(out, vocab)
+    transformers.CLIPImageProcessor(size={"shortest_edge": image_size},
+                                    crop_size={"height": image_size, "width": image_size}).save_pretrained(str(out))
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                pad_token_id=vocab["<|endoftext|>"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=image_size, patch_size=8)
+    cfg = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = transformers.CLIPModel(cfg)
+    model.save_pretrained(str(out))
+    return out
+
+
 def write_tiny_sd_base(dir: str | os.PathLike[str], seed: int = 0) -> Path:
     """Write a tiny random SD-1.5-layout diffusers folder at ``dir`` and return its path.
 
@@ -231,7 +276,7 @@ def write_tiny_sd_base(dir: str | os.PathLike[str], seed: int = 0) -> Path:
     scheduler config (as the real base ships). Deterministic for a given ``seed``.
     """
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -242,10 +287,7 @@ def write_tiny_sd_base(dir: str | os.PathLike[str], seed: int = 0) -> Path:
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
                             sample_size=64, scaling_factor=0.18215)
-        alphabet = list(_bytes_to_unicode().values())
-        vocab: dict[str, int] = {}
-        for tokn in alphabet + [a + "</w>" for a in alphabet] + ["<|startoftext|>", "<|endoftext|>"]:
-            vocab[tokn] = len(vocab)
+        vocab = _byte_vocab()
         te_cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=TINY_TEXT_HIDDEN, intermediate_size=64,
                                 projection_dim=TINY_TEXT_HIDDEN, num_hidden_layers=2, num_attention_heads=2,
                                 max_position_embeddings=77, hidden_act="quick_gelu",
@@ -254,12 +296,7 @@ def write_tiny_sd_base(dir: str | os.PathLike[str], seed: int = 0) -> Path:
         text_encoder = CLIPTextModel(te_cfg)
     vae.save_pretrained(str(out / "vae"))  # type: ignore[attr-defined]
     text_encoder.save_pretrained(str(out / "text_encoder"))
-    tok_dir = out / "tokenizer"
-    tok_dir.mkdir(exist_ok=True)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"), model_max_length=77)
-    tok.save_pretrained(str(tok_dir))
+    _write_byte_tokenizer(out / "tokenizer", vocab)
     (out / "scheduler").mkdir(exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(bundled_config("scheduler"), indent=2))
     (out / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "_facerig": "tiny"}))
