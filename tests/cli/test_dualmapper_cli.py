@@ -22,7 +22,7 @@ def test_train_then_edit(tmp_path, astronaut, run_cli):
     assert rc == 0, se
     assert "trained ->" in so
     log = json.loads((run / "train_log.json").read_text())
-    assert log["target"] == "raise_brows" and log["objective"].startswith("offline")
+    assert log["target"] == "raise_brows" and log["objective"].startswith("offline") and log["hold_others"] == 30
     assert len(log["history"]["total"]) == 3
     assert (run / "losses.png").is_file() and (run / "preview.png").is_file()
     out = tmp_path / "out.png"

@@ -95,11 +95,15 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
                      steps: int = 200, lr: float = 1e-3, batch: int = 1, identity_weight: float = 0.5,
                      seed: int = 0, model: Any = "builtin", max_photos: int | None = None,
                      generator_options: dict[str, Any] | None = None, mapper_config: dict[str, Any] | None = None,
-                     resume: bool = False, progress: bool = True) -> Path:
-    """Train one mapper pair for ``text`` on the portraits of ``data``; returns the run folder."""
+                     hold_others: float = 30.0, resume: bool = False, progress: bool = True) -> Path:
+    """Train one mapper pair for ``text`` on the portraits of ``data``; returns the run folder.
+
+    ``hold_others``: offline objective only, the L2 factor on the deltas of the coefficients the
+    target's preset does not name (1 = plain L2; the preset's own coefficients keep factor 1)."""
     from facerig.engines.dualmapper.adapters import build_generator
     from facerig.engines.dualmapper.objective import (
         ClipObjective,
+        DeltaPenalty,
         HFClipEncoder,
         IdentityObjective,
         OfflineExpressionObjective,
@@ -129,16 +133,25 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
         objective_name = f"offline: expression re-estimated on the render vs preset {name!r} + identity"
     if identity_weight > 0:
         objectives.append(IdentityObjective(weight=identity_weight))
+    penalty = DeltaPenalty()
+    if clip is None and hold_others > 0:
+        # the landmark probe confuses motions (a raise-brows mapper opened the jaw): in offline mode
+        # the coefficients the target's preset does not name are held by a stronger L2
+        from facerig.rig.presets import preset_recipe
+
+        named = set(preset_recipe(name))
+        penalty = DeltaPenalty(psi_scale=[1.0 if n in named else float(hold_others) for n in gens[0].psi_names])
     cfg = dict(mapper_config or {})  # (mapper_for records the generator's name)
     out.mkdir(parents=True, exist_ok=True)
     mapper, history = train_mapper(gens, name, text or name, objectives, steps=steps, lr=lr, batch=batch,
-                                   generator=torch.Generator().manual_seed(int(seed)), mapper_config=cfg,
+                                   generator=torch.Generator().manual_seed(int(seed)), mapper_config=cfg, penalty=penalty,
                                    progress=progress, save_dir=out / "checkpoints", resume=resume)
     mapper.save_pretrained(str(out))
     summary = {
         "target": name, "text": text, "target_from": how, "generator": generator,
         "generator_options": dict(generator_options or {}), "objective": objective_name,
-        "clip": str(clip) if clip else None, "identity_weight": identity_weight, "steps": steps, "lr": lr,
+        "clip": str(clip) if clip else None, "identity_weight": identity_weight,
+        "hold_others": hold_others if clip is None else None, "steps": steps, "lr": lr,
         "batch": batch, "seed": seed, "model": fm.name,
         "photos": [str(p) for p, _, _ in fitted], "skipped": len(photos) - len(fitted),
         "wall_seconds": round(time.perf_counter() - t0, 1), "history": history,

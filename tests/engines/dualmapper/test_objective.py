@@ -85,6 +85,13 @@ def test_delta_penalty_hand_values():
     dpsi = torch.tensor([[3.0, 4.0], [0.0, 0.0]])  # 25 and 0 -> 12.5
     t = DeltaPenalty(w_weight=0.3, psi_weight=0.7)(dw, dpsi)
     assert float(t["l2_dw"]) == pytest.approx(0.5) and float(t["l2_dpsi"]) == pytest.approx(12.5)
+    # a factor per coefficient: 9 * 1 + 16 * 10 = 169 -> batch mean 84.5
+    s = DeltaPenalty(psi_scale=[1.0, 10.0])(dw, dpsi)
+    assert float(s["l2_dpsi"]) == pytest.approx(84.5)
+    with pytest.raises(InvalidInput, match="psi_scale"):
+        DeltaPenalty(psi_scale=[1.0, 2.0, 3.0])(dw, dpsi)
+    with pytest.raises(InvalidInput, match="psi_scale"):
+        DeltaPenalty(psi_scale=[-1.0, 1.0])
 
 
 def test_tiny_generator_names(tiny_gen):

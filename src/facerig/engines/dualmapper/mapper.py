@@ -12,8 +12,8 @@ to DELTAS ``dw`` (B, N, D) and ``dpsi`` (B, K):
   cross-attention both ways computed from the same states (w tokens query the psi tokens, psi tokens
   query the w tokens), then a GELU MLP per stream; pre-norm residual blocks on
   ``torch.nn.MultiheadAttention`` (stock PyTorch blocks);
-* heads: ``Linear(hidden, D)`` per w token -> dw and ``Linear(hidden, 1)`` per psi token -> dpsi,
-  both ZERO-initialised, so a fresh mapper is the identity edit (dw = 0, dpsi = 0) while its
+* heads: ``Linear(hidden, D)`` per w token -> dw and, per psi token k, its own row
+  ``<h_k, a_k> + b_k`` -> dpsi_k; both ZERO-initialised, so a fresh mapper is the identity edit (dw = 0, dpsi = 0) while its
   gradients are not zero (the heads' weight gradients see the hidden states).
 
 ``apply(w, psi) = (w + dw, clamp(psi + dpsi, psi_lower, psi_upper))`` (bounds optional, per
@@ -70,6 +70,20 @@ class _Block(nn.Module):
         return hw, hp
 
 
+class _PerCoefficientHead(nn.Module):
+    """``dpsi_k = <h_k, weight_k> + bias_k``: one output row per expression coefficient. A head
+    shared by all coefficients (one Linear(hidden, 1)) learned mostly its common bias first and moved
+    every coefficient together (+0.07 on all 51 blendshapes of a smile mapper after 100 steps)."""
+
+    def __init__(self, n: int, hidden: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n, hidden))
+        self.bias = nn.Parameter(torch.zeros(n))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, K, hidden) -> (B, K)
+        return (h * self.weight).sum(-1) + self.bias
+
+
 class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' own config_name clash
     """Texture mapper (-> dw) and emotion mapper (-> dpsi) of one target expression, joined by
     cross-attention. See the module docstring.
@@ -122,10 +136,9 @@ class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' o
         self.blocks = nn.ModuleList(_Block(hidden, heads) for _ in range(layers))
         self.out_norm_w, self.out_norm_p = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.dw_head = nn.Linear(hidden, w_dim)
-        self.dpsi_head = nn.Linear(hidden, 1)
-        for head in (self.dw_head, self.dpsi_head):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
+        self.dpsi_head = _PerCoefficientHead(n_psi, hidden)
+        nn.init.zeros_(self.dw_head.weight)
+        nn.init.zeros_(self.dw_head.bias)
         lo = torch.tensor(list(psi_lower), dtype=torch.float32) if psi_lower is not None else torch.empty(0)
         hi = torch.tensor(list(psi_upper), dtype=torch.float32) if psi_upper is not None else torch.empty(0)
         # bounds as (non-persistent) buffers so they follow .to(); the config is their record
@@ -159,7 +172,7 @@ class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' o
         for block in self.blocks:
             hw, hp = block(hw, hp)
         dw = self.dw_head(self.out_norm_w(hw))
-        dpsi = self.dpsi_head(self.out_norm_p(hp))[..., 0]
+        dpsi = self.dpsi_head(self.out_norm_p(hp))
         return dw.to(w.dtype), dpsi.to(psi.dtype)
 
     def clamp_psi(self, psi: torch.Tensor) -> torch.Tensor:

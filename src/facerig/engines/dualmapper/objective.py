@@ -281,15 +281,28 @@ class DeltaPenalty:
 
     Defaults from one run (the warp adapter, astronaut + grace_hopper, offline objective, 60 steps):
     with ``w_weight=0.01`` the texture mapper painted blotches that shift the NCC tracker's peaks
-    instead of changing the expression; ``1.0`` kept the texture clean and the expression moved."""
+    instead of changing the expression; ``1.0`` kept the texture clean and the expression moved.
+
+    ``psi_scale`` (K,), optional: a factor per coefficient inside ``l2_dpsi`` (``sum_k s_k dpsi_k^2``);
+    ``facerig train dualmapper`` uses it with the offline objective to hold still the coefficients the
+    target's preset does not name (the landmark probe confuses motions: a brow mapper opened the jaw).
+    """
 
     name = "l2"
 
-    def __init__(self, w_weight: float = 1.0, psi_weight: float = 0.01):
+    def __init__(self, w_weight: float = 1.0, psi_weight: float = 0.01, psi_scale: Sequence[float] | None = None):
         self.w_weight, self.psi_weight = float(w_weight), float(psi_weight)
+        self.psi_scale = None if psi_scale is None else torch.as_tensor(list(psi_scale), dtype=torch.float32)
+        if self.psi_scale is not None and bool((self.psi_scale < 0).any()):
+            raise InvalidInput("psi_scale", "factors >= 0", list(psi_scale or []))
 
     def __call__(self, dw: torch.Tensor, dpsi: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"l2_dw": dw.pow(2).sum(dim=(1, 2)).mean() / dw.shape[1], "l2_dpsi": dpsi.pow(2).sum(dim=1).mean()}
+        sq = dpsi.pow(2)
+        if self.psi_scale is not None:
+            if self.psi_scale.numel() != dpsi.shape[1]:
+                raise InvalidInput("psi_scale", f"{dpsi.shape[1]} factors (one per coefficient)", self.psi_scale.numel())
+            sq = sq * self.psi_scale.to(sq)
+        return {"l2_dw": dw.pow(2).sum(dim=(1, 2)).mean() / dw.shape[1], "l2_dpsi": sq.sum(dim=1).mean()}
 
     @property
     def weights(self) -> dict[str, float]:
