@@ -443,6 +443,8 @@ def train(
     identity_weight: Annotated[float, typer.Option(help="dualmapper: weight of the identity loss")] = 0.5,
     max_photos: Annotated[int | None, typer.Option(help="dualmapper: use at most this many photos of --data")] = None,
     seed: Annotated[int, typer.Option(help="dualmapper: random seed")] = 0,
+    symmetric: Annotated[bool, typer.Option("--symmetric/--asymmetric", help="dualmapper: tie left/right "
+                                            "coefficient deltas (off for one-sided targets such as a wink)")] = True,
 ) -> None:
     """Train an engine's model on prepared shards (stage 1 for diffusionrig; frame pairs for rigface), or a
     dual mapper for a text-described expression on a folder of portraits."""
@@ -456,7 +458,7 @@ def train(
         out = train_dualmapper(data, output, text=text or "", target=target, generator=generator, clip=clip,
                                steps=max_steps if max_steps is not None else 200, lr=lr,
                                batch=batch_size or 1, identity_weight=identity_weight, seed=seed,
-                               max_photos=max_photos, resume=resume)
+                               max_photos=max_photos, symmetric=symmetric, resume=resume)
         print(f"trained -> {out} (edit with --engine dualmapper --mapper {out}; curves {out / 'losses.png'}, "
               f"preview {out / 'preview.png'})")
         return

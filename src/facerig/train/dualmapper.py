@@ -95,11 +95,12 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
                      steps: int = 200, lr: float = 1e-3, batch: int = 1, identity_weight: float = 0.5,
                      seed: int = 0, model: Any = "builtin", max_photos: int | None = None,
                      generator_options: dict[str, Any] | None = None, mapper_config: dict[str, Any] | None = None,
-                     hold_others: float = 30.0, resume: bool = False, progress: bool = True) -> Path:
+                     hold_others: float = 30.0, symmetric: bool = True, resume: bool = False, progress: bool = True) -> Path:
     """Train one mapper pair for ``text`` on the portraits of ``data``; returns the run folder.
 
     ``hold_others``: offline objective only, the L2 factor on the deltas of the coefficients the
-    target's preset does not name (1 = plain L2; the preset's own coefficients keep factor 1)."""
+    target's preset does not name (1 = plain L2; the preset's own coefficients keep factor 1).
+    ``symmetric``: tie the deltas of left/right coefficient pairs (``X_L`` / ``X_R``) to their mean."""
     from facerig.engines.dualmapper.adapters import build_generator
     from facerig.engines.dualmapper.objective import (
         ClipObjective,
@@ -141,7 +142,13 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
 
         named = set(preset_recipe(name))
         penalty = DeltaPenalty(psi_scale=[1.0 if n in named else float(hold_others) for n in gens[0].psi_names])
-    cfg = dict(mapper_config or {})  # (mapper_for records the generator's name)
+    cfg = dict(mapper_config or {})  # (mapper_for records the generator's name and psi bounds)
+    if symmetric and "mirror_pairs" not in cfg:
+        from facerig.engines.dualmapper.mapper import mirror_pairs
+
+        # the six targets are symmetric expressions: tie each left/right pair's delta (untied, the
+        # probe's weaker view of one side closed one eye of two, a wink)
+        cfg["mirror_pairs"] = mirror_pairs(gens[0].psi_names)
     out.mkdir(parents=True, exist_ok=True)
     mapper, history = train_mapper(gens, name, text or name, objectives, steps=steps, lr=lr, batch=batch,
                                    generator=torch.Generator().manual_seed(int(seed)), mapper_config=cfg, penalty=penalty,
@@ -151,7 +158,7 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
         "target": name, "text": text, "target_from": how, "generator": generator,
         "generator_options": dict(generator_options or {}), "objective": objective_name,
         "clip": str(clip) if clip else None, "identity_weight": identity_weight,
-        "hold_others": hold_others if clip is None else None, "steps": steps, "lr": lr,
+        "hold_others": hold_others if clip is None else None, "symmetric": symmetric, "steps": steps, "lr": lr,
         "batch": batch, "seed": seed, "model": fm.name,
         "photos": [str(p) for p, _, _ in fitted], "skipped": len(photos) - len(fitted),
         "wall_seconds": round(time.perf_counter() - t0, 1), "history": history,

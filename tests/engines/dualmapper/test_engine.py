@@ -84,3 +84,24 @@ def test_two_mappers_compose_and_bad_mapper_paths_are_named(fitted, tmp_path):
         get_engine("dualmapper", mapper=str(tmp_path / "missing"))
     with pytest.raises(InvalidInput, match="--mapper"):
         get_engine("dualmapper")
+
+
+def test_edited_expression_stays_in_the_blendshape_range(fitted, tmp_path):
+    """A mapper saved without bounds (or driving past them) never hands the warp engine a negative
+    or > 1 blendshape (a sad mapper drove mouthLowerDown to -0.44 and painted grey patches); the
+    warp generator declares [0, 1] so trained mappers clamp themselves."""
+    from facerig.engines import get_engine
+    from facerig.engines.dualmapper.adapters import build_generator
+    from facerig.engines.dualmapper.mapper import DualMapper
+
+    img, params, model = fitted
+    names = list(model.expression_names)
+    assert build_generator("warp", img, params, model).psi_bounds == ([0.0] * len(names), [1.0] * len(names))
+    m = DualMapper(w_tokens=16, w_dim=192, n_psi=len(names), psi_names=names, hidden=32, heads=2, layers=1,
+                   generator="warp")
+    with torch.no_grad():
+        m.dpsi_head.bias.copy_(torch.linspace(-2, 2, len(names)))
+    m.save_pretrained(tmp_path / "m")
+    eng = get_engine("dualmapper", mapper=str(tmp_path / "m"))
+    _, psi1, _ = eng.edited(eng.prepare(img, params, model), params)
+    assert float(psi1.min()) == 0.0 and float(psi1.max()) == 1.0

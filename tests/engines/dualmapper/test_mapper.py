@@ -106,3 +106,22 @@ def test_shape_errors_name_the_argument():
     with pytest.raises(InvalidInput, match="heads"):
         DualMapper(**{**CFG, "heads": 3})
     assert m.apply(lambda mod: None) is m  # nn.Module.apply(fn) keeps its meaning
+
+
+def test_mirror_pairs_tie_left_and_right_deltas(tmp_path):
+    """A symmetric target moves both sides alike: paired coefficients get the mean of their deltas,
+    others stay free; the pairs are part of the saved config."""
+    from facerig.engines.dualmapper.mapper import DualMapper, mirror_pairs
+
+    names = ["browDown_L", "browDown_R", "jawOpen", "eyeLookInLeft", "eyeLookInRight"]
+    pairs = mirror_pairs(names)
+    assert sorted(map(tuple, pairs)) == [(0, 1), (3, 4)]
+    m = DualMapper(w_tokens=2, w_dim=3, n_psi=5, psi_names=names, hidden=8, heads=2, layers=1, mirror_pairs=pairs)
+    with torch.no_grad():
+        m.dpsi_head.bias.copy_(torch.tensor([0.2, 0.6, 0.5, -0.1, 0.3]))
+    w, psi = torch.zeros(1, 2, 3), torch.zeros(1, 5)
+    _, dpsi = m(w, psi)
+    assert torch.allclose(dpsi[0], torch.tensor([0.4, 0.4, 0.5, 0.1, 0.1]), atol=1e-6)
+    m.save_pretrained(tmp_path / "m")
+    m2 = DualMapper.from_pretrained(tmp_path / "m")
+    assert torch.equal(m2(w, psi)[1], dpsi)

@@ -161,6 +161,9 @@ class DualMapperEngine(Engine):
             raise InvalidInput("target_params.expression", f"{tuple(state.psi0.shape)} coefficients",
                                tuple(psi_t.shape))
         w1, psi1 = compose(self.mappers, state.w0, psi_t)
+        rng = getattr(state.model, "expression_range", None)
+        if rng is not None:  # a mapper saved without bounds must not drive a blendshape negative
+            psi1 = psi1.clamp(float(rng[0]), float(rng[1]))
         return w1, psi1, psi_t
 
     def render_frame(self, state: _State, target_params: Any, *, generator: Any = None, **kw: Any) -> np.ndarray:

@@ -39,7 +39,7 @@ from torch import nn
 
 from facerig.errors import InvalidInput
 
-__all__ = ["DualMapper", "compose"]
+__all__ = ["DualMapper", "compose", "mirror_pairs"]
 
 
 class _Block(nn.Module):
@@ -92,7 +92,9 @@ class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' o
     ``psi_names`` (K names, or empty), ``hidden`` width, attention ``heads``, ``layers`` blocks,
     ``target`` (e.g. ``"smile"``) and ``text`` (the prompt/description it was trained for),
     ``psi_lower`` / ``psi_upper`` (K bounds each, or None for unbounded), ``generator`` (the name of
-    the generator it was trained against, informational).
+    the generator it was trained against, informational), ``mirror_pairs`` ((left, right) index pairs
+    of coefficients whose deltas are tied to their mean: a symmetric target moves both sides alike;
+    see :func:`mirror_pairs`).
     """
 
     @register_to_config
@@ -110,6 +112,7 @@ class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' o
         psi_lower: Sequence[float] | None = None,
         psi_upper: Sequence[float] | None = None,
         generator: str = "",
+        mirror_pairs: Sequence[Sequence[int]] | None = None,
     ):
         super().__init__()
         for name, v in (("w_tokens", w_tokens), ("w_dim", w_dim), ("n_psi", n_psi), ("hidden", hidden),
@@ -126,6 +129,11 @@ class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' o
         if psi_lower is not None and psi_upper is not None and any(
                 lo > hi for lo, hi in zip(psi_lower, psi_upper, strict=True)):
             raise InvalidInput("psi_lower", "bounds <= psi_upper", list(psi_lower))
+        pairs = [tuple(int(i) for i in pr) for pr in (mirror_pairs or [])]
+        if any(len(pr) != 2 or not all(0 <= i < n_psi for i in pr) for pr in pairs):
+            raise InvalidInput("mirror_pairs", f"(left, right) index pairs in [0, {n_psi})", list(mirror_pairs or []))
+        self._mirror = (torch.tensor([pr[0] for pr in pairs], dtype=torch.long),
+                        torch.tensor([pr[1] for pr in pairs], dtype=torch.long))
         self.w_in = nn.Linear(w_dim, hidden)
         self.w_pos = nn.Parameter(torch.randn(w_tokens, hidden) * 0.02)
         self.w_norm = nn.LayerNorm(hidden)
@@ -173,6 +181,10 @@ class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' o
             hw, hp = block(hw, hp)
         dw = self.dw_head(self.out_norm_w(hw))
         dpsi = self.dpsi_head(self.out_norm_p(hp))
+        left, right = self._mirror
+        if left.numel():
+            mean = 0.5 * (dpsi[:, left] + dpsi[:, right])
+            dpsi = dpsi.index_copy(1, left.to(dpsi.device), mean).index_copy(1, right.to(dpsi.device), mean)
         return dw.to(w.dtype), dpsi.to(psi.dtype)
 
     def clamp_psi(self, psi: torch.Tensor) -> torch.Tensor:
@@ -199,6 +211,17 @@ class DualMapper(ModelMixin, ConfigMixin):  # type: ignore[misc]  # diffusers' o
         return {"target": c.target, "text": c.text, "w_shape": (c.w_tokens, c.w_dim),  # type: ignore[attr-defined]
                 "n_psi": c.n_psi, "generator": c.generator,  # type: ignore[attr-defined]
                 "parameters": sum(p.numel() for p in self.parameters())}
+
+
+def mirror_pairs(names: Sequence[str]) -> list[list[int]]:
+    """(left, right) index pairs of ARKit-style names ``X_L`` / ``X_R`` (or ``XLeft`` / ``XRight``)."""
+    idx = {n: i for i, n in enumerate(names)}
+    out = []
+    for n, i in idx.items():
+        for a, b in (("_L", "_R"), ("Left", "Right")):
+            if n.endswith(a) and n[: -len(a)] + b in idx:
+                out.append([i, idx[n[: -len(a)] + b]])
+    return out
 
 
 def compose(mappers: Sequence[DualMapper], w: torch.Tensor, psi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

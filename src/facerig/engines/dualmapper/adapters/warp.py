@@ -239,6 +239,10 @@ class WarpRigGenerator:
         self.model = model
         self.params = params.detach()
         self.psi_names = tuple(model.expression_names)
+        rng = getattr(model, "expression_range", None)  # blendshape models: [0, 1]; FLAME: unbounded
+        #: (lower K, upper K) of psi, or None: the mappers clamp their output to it (mapper_for)
+        self.psi_bounds = None if rng is None else ([float(rng[0])] * len(self.psi_names),
+                                                    [float(rng[1])] * len(self.psi_names))
         n = (self.texture_size // self.patch) ** 2
         self.w_shape = (n, 3 * self.patch * self.patch)
         self._faces = model.faces.long()
