@@ -242,3 +242,33 @@ def test_procedural_interior_takes_the_dark_lips_colour():
     img[:, 8:] = lip_dark
     got = M.dark_lip_colour(img, np.ones((4, 10), bool))
     assert got is not None and np.abs(got - lip_dark).max() < 1e-5
+
+
+def test_lips_pressed_past_each_other_are_not_an_opening(model):
+    """mouthShrugLower / mouthPress push the lower lip up onto (and in the mesh past) the upper one:
+    the opening is measured below the upper lip across the mouth's axis, so they paint no mouth
+    interior (the plain 13-14 distance counted the crossing as an opening and drew a grey teeth band
+    between the closed lips of deepface img10 with mouthShrugLower 0.4-0.7)."""
+    from facerig.edit import _fit_one
+    from facerig.io.assets import shared_dir
+    from facerig.io.image import load_image
+
+    xy = np.zeros((478, 2))
+    xy[78], xy[308], xy[152] = (0, 0), (10, 0), (5, 8)
+    xy[13], xy[14] = (5, 1.0), (5, -0.5)  # the lower lip 0.5 above the upper one
+    assert M.mouth_opening(xy) == 0.0
+    xy[14] = (5, 3.0)
+    assert M.mouth_opening(xy) == pytest.approx(2.0)
+    path = shared_dir() / "data" / "portraits" / "deepface" / "img10.jpg"
+    if not path.is_file():
+        pytest.skip("needs ../shared/data (FACERIG_SHARED)")
+    torch.set_grad_enabled(False)
+    img = load_image(path)
+    params = _fit_one(img, model, "largest", "img10")
+    eng = get_engine("warp")
+    st = eng.prepare(img, params, model)
+    for e in ({"mouthShrugLower": 0.7}, {"mouthShrugLower": 0.4, "mouthPress_L": 0.25, "mouthPress_R": 0.25}):
+        eng.render_frame(st, EditSpec(expression=e).apply(params, model), return_layers=True)
+        assert eng.last_layers["mouth_weight"] == 0.0, (e, eng.last_layers["mouth_kind"])
+    eng.render_frame(st, EditSpec(preset="open_mouth").apply(params, model), return_layers=True)
+    assert eng.last_layers["mouth_weight"] > 0.5  # a real opening still gets its interior

@@ -98,8 +98,9 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
                      hold_others: float = 30.0, symmetric: bool = True, resume: bool = False, progress: bool = True) -> Path:
     """Train one mapper pair for ``text`` on the portraits of ``data``; returns the run folder.
 
-    ``hold_others``: offline objective only, the L2 factor on the deltas of the coefficients the
-    target's preset does not name (1 = plain L2; the preset's own coefficients keep factor 1).
+    ``hold_others``: offline objective only, the L2 factor on the deltas of the coefficients of face
+    parts (eyes, brows, nose, mouth) the target's preset does not move (1 = plain L2; the moved
+    parts keep factor 1).
     ``symmetric``: tie the deltas of left/right coefficient pairs (``X_L`` / ``X_R``) to their mean."""
     from facerig.engines.dualmapper.adapters import build_generator
     from facerig.engines.dualmapper.objective import (
@@ -137,11 +138,14 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
     penalty = DeltaPenalty()
     if clip is None and hold_others > 0:
         # the landmark probe confuses motions (a raise-brows mapper opened the jaw): in offline mode
-        # the coefficients the target's preset does not name are held by a stronger L2
+        # the coefficients of face parts the target's preset does not move are held by a stronger L2
+        # (parts, not names: closing eyes may also lower eyeWide)
+        from facerig.rig.expression import expression_part
         from facerig.rig.presets import preset_recipe
 
-        named = set(preset_recipe(name))
-        penalty = DeltaPenalty(psi_scale=[1.0 if n in named else float(hold_others) for n in gens[0].psi_names])
+        parts = {expression_part(n) for n in preset_recipe(name)}
+        penalty = DeltaPenalty(psi_scale=[1.0 if expression_part(n) in parts else float(hold_others)
+                                          for n in gens[0].psi_names])
     cfg = dict(mapper_config or {})  # (mapper_for records the generator's name and psi bounds)
     if symmetric and "mirror_pairs" not in cfg:
         from facerig.engines.dualmapper.mapper import mirror_pairs

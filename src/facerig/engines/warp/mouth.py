@@ -36,8 +36,21 @@ OUTER_LOOP = UPPER_OUTER + tuple(reversed(LOWER_OUTER[1:-1]))
 
 
 def mouth_opening(xy: np.ndarray) -> float:
-    """Inner-lip opening at the centre (vertices 13 / 14), in the units of ``xy``."""
-    return float(np.linalg.norm(xy[14] - xy[13]))
+    """Inner-lip opening at the centre (vertices 13 / 14), in the units of ``xy``: how far the lower
+    lip lies below the upper one across the mouth's axis (78 -> 308), 0 when it reaches above it.
+    (The plain distance counted lips pressed past each other - mouthShrugLower, mouthPress - as an
+    opening, and a grey teeth band was painted between closed lips.)"""
+    d = xy[14, :2] - xy[13, :2]
+    axis = xy[308, :2] - xy[78, :2]
+    n = np.array([-axis[1], axis[0]], dtype=np.float64)
+    nn = float(np.linalg.norm(n))
+    if nn < 1e-9:
+        return float(np.linalg.norm(d))
+    n /= nn
+    down = xy[152, :2] - xy[13, :2] if xy.shape[0] > 152 else np.array([0.0, 1.0])  # towards the chin
+    if float(np.dot(down, n)) < 0:
+        n = -n
+    return max(float(np.dot(d, n)), 0.0)
 
 
 def mouth_width(xy: np.ndarray) -> float:
