@@ -20,7 +20,7 @@ engine rendering at the photo's resolution), re-fitted with facerig's MediaPipe 
 
 It prints a table and a JSON summary, writes ``sheet.jpg`` (rows: held-out photos; columns: photo,
 then each target's edit) and the mappers' loss curves under ``--out``; ``--docs`` also writes
-``docs/figures/dualmapper_sheet.jpg`` (a downscaled copy) and ``docs/figures/dualmapper_losses.png``.
+``docs/images/dualmapper_sheet.jpg`` (a downscaled copy) and ``docs/images/dualmapper_losses.png``.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def main() -> None:
     if a.docs and sheet_rows:
         import cv2
 
-        figs = Path(__file__).resolve().parents[1] / "docs" / "figures"
+        figs = Path(__file__).resolve().parents[1] / "docs" / "images"
         figs.mkdir(parents=True, exist_ok=True)
         small = sheet_rows[: min(6, len(sheet_rows))]
         wmax = max(r.shape[1] for r in small)

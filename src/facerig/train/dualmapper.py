@@ -29,7 +29,7 @@ from facerig.errors import FacerigError, InvalidInput
 
 log = logging.getLogger(__name__)
 
-__all__ = ["list_photos", "target_for_text", "train_dualmapper"]
+__all__ = ["ANTAGONISTS", "free_coefficients", "list_photos", "target_for_text", "train_dualmapper"]
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -68,6 +68,27 @@ def target_for_text(text: str, target: str | None = None) -> tuple[str, dict[str
     return m.preset, {"source": "text", "backend": m.backend, "intensity": m.intensity}
 
 
+#: coefficient families whose motions oppose each other (the free set of a preset includes the
+#: antagonists of what it names: closing the eyes also lowers eyeWide, a frown lowers browInnerUp)
+ANTAGONISTS = {"eyeBlink": ("eyeWide",), "eyeWide": ("eyeBlink", "eyeSquint"), "eyeSquint": ("eyeWide",),
+               "browDown": ("browInnerUp", "browOuterUp"), "browInnerUp": ("browDown",),
+               "browOuterUp": ("browDown",), "mouthSmile": ("mouthFrown",), "mouthFrown": ("mouthSmile",)}
+
+
+def free_coefficients(target: str, names: Sequence[str]) -> tuple[set[str], set[str]]:
+    """``(named, antagonists)`` among ``names`` for preset ``target``: the coefficients its recipe (and
+    its strong shapes) name, and those of the families that oppose them (:data:`ANTAGONISTS`), which a
+    mapper may lower but not raise."""
+    from facerig.rig.presets import preset_recipe, strong_recipe
+
+    def fam(n: str) -> str:
+        return n[:-2] if n.endswith(("_L", "_R")) else n
+
+    named = {n for n in names if n in set(preset_recipe(target)) | set(strong_recipe(target))}
+    opp = {a for n in named for a in ANTAGONISTS.get(fam(n), ())}
+    return named, {n for n in names if fam(n) in opp and n not in named}
+
+
 def _fit_all(paths: Sequence[Path], model: Any, progress: bool) -> list[tuple[Path, np.ndarray, Any]]:
     from facerig.edit import _fit_one
     from facerig.io.image import load_image
@@ -98,9 +119,8 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
                      hold_others: float = 30.0, symmetric: bool = True, resume: bool = False, progress: bool = True) -> Path:
     """Train one mapper pair for ``text`` on the portraits of ``data``; returns the run folder.
 
-    ``hold_others``: offline objective only, the L2 factor on the deltas of the coefficients of face
-    parts (eyes, brows, nose, mouth) the target's preset does not move (1 = plain L2; the moved
-    parts keep factor 1).
+    ``hold_others``: offline objective only, the L2 factor on the deltas of the coefficients the
+    preset does not name (:func:`free_coefficients`; their antagonists only on increases).
     ``symmetric``: tie the deltas of left/right coefficient pairs (``X_L`` / ``X_R``) to their mean."""
     from facerig.engines.dualmapper.adapters import build_generator
     from facerig.engines.dualmapper.objective import (
@@ -137,15 +157,14 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
         objectives.append(IdentityObjective(weight=identity_weight))
     penalty = DeltaPenalty()
     if clip is None and hold_others > 0:
-        # the landmark probe confuses motions (a raise-brows mapper opened the jaw): in offline mode
-        # the coefficients of face parts the target's preset does not move are held by a stronger L2
-        # (parts, not names: closing eyes may also lower eyeWide)
-        from facerig.rig.expression import expression_part
-        from facerig.rig.presets import preset_recipe
-
-        parts = {expression_part(n) for n in preset_recipe(name)}
-        penalty = DeltaPenalty(psi_scale=[1.0 if expression_part(n) in parts else float(hold_others)
-                                          for n in gens[0].psi_names])
+        # the landmark probe confuses motions (a raise-brows mapper opened the jaw, a sad one smiled):
+        # in offline mode the coefficients the target's preset names move freely, their direct
+        # antagonists may only decrease (closing eyes lowers eyeWide), the others are held by a
+        # stronger L2
+        named, anta = free_coefficients(name, gens[0].psi_names)
+        hold = float(hold_others)
+        penalty = DeltaPenalty(psi_scale=[1.0 if n in named else hold for n in gens[0].psi_names],
+                               psi_scale_down=[1.0 if n in named or n in anta else hold for n in gens[0].psi_names])
     cfg = dict(mapper_config or {})  # (mapper_for records the generator's name and psi bounds)
     if symmetric and "mirror_pairs" not in cfg:
         from facerig.engines.dualmapper.mapper import mirror_pairs

@@ -88,6 +88,11 @@ def test_delta_penalty_hand_values():
     # a factor per coefficient: 9 * 1 + 16 * 10 = 169 -> batch mean 84.5
     s = DeltaPenalty(psi_scale=[1.0, 10.0])(dw, dpsi)
     assert float(s["l2_dpsi"]) == pytest.approx(84.5)
+    # a coefficient that may decrease freely: only positive deltas take the factor
+    s = DeltaPenalty(psi_scale=[10.0, 10.0], psi_scale_down=[1.0, 10.0])(dw, -dpsi)
+    assert float(s["l2_dpsi"]) == pytest.approx((9 * 1 + 16 * 10) / 2)
+    s = DeltaPenalty(psi_scale=[10.0, 10.0], psi_scale_down=[1.0, 10.0])(dw, dpsi)
+    assert float(s["l2_dpsi"]) == pytest.approx((9 * 10 + 16 * 10) / 2)
     with pytest.raises(InvalidInput, match="psi_scale"):
         DeltaPenalty(psi_scale=[1.0, 2.0, 3.0])(dw, dpsi)
     with pytest.raises(InvalidInput, match="psi_scale"):

@@ -283,25 +283,35 @@ class DeltaPenalty:
     with ``w_weight=0.01`` the texture mapper painted blotches that shift the NCC tracker's peaks
     instead of changing the expression; ``1.0`` kept the texture clean and the expression moved.
 
-    ``psi_scale`` (K,), optional: a factor per coefficient inside ``l2_dpsi`` (``sum_k s_k dpsi_k^2``);
+    ``psi_scale`` (K,), optional: a factor per coefficient inside ``l2_dpsi`` (``sum_k s_k dpsi_k^2``),
+    and ``psi_scale_down`` (K,) the factor for negative deltas when it differs (a coefficient that
+    may decrease freely but not increase);
     ``facerig train dualmapper`` uses it with the offline objective to hold still the coefficients the
     target's preset does not name (the landmark probe confuses motions: a brow mapper opened the jaw).
     """
 
     name = "l2"
 
-    def __init__(self, w_weight: float = 1.0, psi_weight: float = 0.01, psi_scale: Sequence[float] | None = None):
+    def __init__(self, w_weight: float = 1.0, psi_weight: float = 0.01, psi_scale: Sequence[float] | None = None,
+                 psi_scale_down: Sequence[float] | None = None):
         self.w_weight, self.psi_weight = float(w_weight), float(psi_weight)
         self.psi_scale = None if psi_scale is None else torch.as_tensor(list(psi_scale), dtype=torch.float32)
-        if self.psi_scale is not None and bool((self.psi_scale < 0).any()):
-            raise InvalidInput("psi_scale", "factors >= 0", list(psi_scale or []))
+        self.psi_scale_down = (None if psi_scale_down is None
+                               else torch.as_tensor(list(psi_scale_down), dtype=torch.float32))
+        for name, t in (("psi_scale", self.psi_scale), ("psi_scale_down", self.psi_scale_down)):
+            if t is not None and bool((t < 0).any()):
+                raise InvalidInput(name, "factors >= 0", t.tolist())
 
     def __call__(self, dw: torch.Tensor, dpsi: torch.Tensor) -> dict[str, torch.Tensor]:
         sq = dpsi.pow(2)
+        k = dpsi.shape[1]
+        for name, t in (("psi_scale", self.psi_scale), ("psi_scale_down", self.psi_scale_down)):
+            if t is not None and t.numel() != k:
+                raise InvalidInput(name, f"{k} factors (one per coefficient)", t.numel())
         if self.psi_scale is not None:
-            if self.psi_scale.numel() != dpsi.shape[1]:
-                raise InvalidInput("psi_scale", f"{dpsi.shape[1]} factors (one per coefficient)", self.psi_scale.numel())
-            sq = sq * self.psi_scale.to(sq)
+            up = self.psi_scale.to(sq)
+            down = self.psi_scale_down.to(sq) if self.psi_scale_down is not None else up
+            sq = sq * torch.where(dpsi >= 0, up, down)
         return {"l2_dw": dw.pow(2).sum(dim=(1, 2)).mean() / dw.shape[1], "l2_dpsi": sq.sum(dim=1).mean()}
 
     @property
