@@ -59,7 +59,7 @@ from facerig.engines.warp.field import (
     sample,
     use_kernels,
 )
-from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask
+from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask, texture_fill
 from facerig.engines.warp.glasses import detect_glasses, glasses_taper
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import (
@@ -136,6 +136,8 @@ class WarpOptions:
     expression_reach: float = 0.3   # how far expression motion carries on outside the mesh, x face size
     relight_skin: float = 0.6       # relight reach over skin-coloured pixels next to the face (forehead,
                                     # neck, ears), x face size (0: off)
+    reveal_texture: bool = True     # a revealed cheek: the face's colours next to it (membrane) + the texture one
+                                    # strip further in (fill.texture_fill), not a per-pixel mirror (bands on beards)
     glasses: bool = True            # detect glasses on the source; their frame then moves rigidly with the head
     reveal_stretch: tuple[float, float] = (1.3, 3.0)  # outer-ring triangles stretched beyond these (target/
                                     # source area) are "not seen" (filled from the face) where the photo shows
@@ -934,6 +936,11 @@ class WarpEngine(Engine):
             seen_face = ~hidden_all & face_src[sy, sx]
             vis_face[iy[seen_face], ix[seen_face]] = True
             fill = seamless_offset(fill, warped_w, reg, vis_face)
+            if o.reveal_texture and reg.any():  # its colour from the face next to it, its texture too
+                cen = (vt[:, :2].min(0) + vt[:, :2].max(0)) / 2
+                col_t, ok_t = texture_fill(warped_w, reg, vis_face, cen, max(0.6, 0.012 * F))
+                ry_, rx_ = np.nonzero(reg)
+                fill[ry_[ok_t], rx_[ok_t]] = col_t[ok_t]
         if frame_t is not None and alpha.any():  # the glasses' frame stays on top of every fill
             alpha = np.where(alpha <= 1.0, alpha * (1.0 - frame_t), alpha)
         if alpha.any():

@@ -103,3 +103,48 @@ def seamless_offset(fill: np.ndarray, warped: np.ndarray, region: np.ndarray, an
     sub = out[y0:y1, x0:x1]
     sub[r] = sub[r] + corr[r]
     return out
+
+
+def texture_fill(warped: np.ndarray, region: np.ndarray, anchor: np.ndarray, centre: np.ndarray, sigma: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A fill for ``region`` (the revealed strip of a turned cheek) made of the visible face around
+    it, in two bands: the low frequencies are a membrane (:func:`push_pull`) of the warp's colours
+    on the ``anchor`` pixels (the visible face) next to the region, the high frequencies (the warp
+    less its Gaussian blur of ``sigma`` px: pores, stubble, beard hair) are those of the visible
+    face one strip-width further in, towards ``centre`` (x, y: the face's centre), copied with one
+    constant offset per connected part of the region: texture at its own scale, neither stretched
+    nor repeated row by row. A per-pixel mirror of the other cheek jumps from row to row where it
+    meets that cheek's silhouette and drew bands across a beard. Returns ``(colours (N, 3), mask)``:
+    the new colours of the region's pixels (row-major order of ``np.nonzero(region)``) and which of
+    them had both parts (the rest keep their fill)."""
+    ys, xs = np.nonzero(region)
+    if ys.size == 0:
+        return np.zeros((0, 3), np.float32), np.zeros(0, bool)
+    h, w = region.shape
+    reg8 = region.astype(np.uint8)
+    k = np.ones((3, 3), np.uint8)
+    outer = (cv2.dilate(reg8, k, iterations=2) > 0) & ~region & anchor
+    base = push_pull(warped * outer[..., None], outer.astype(np.float32)) if outer.any() else None
+    hp = warped - cv2.GaussianBlur(warped, (0, 0), max(float(sigma), 0.5))
+    n, lab = cv2.connectedComponents(reg8, connectivity=8)
+    dist = cv2.distanceTransform(reg8, cv2.DIST_L2, 3)
+    col = np.zeros((ys.size, 3), np.float32)
+    ok = np.zeros(ys.size, bool)
+    if base is None:
+        return col, ok
+    col[:] = base[ys, xs]
+    comp = lab[ys, xs]
+    for c in range(1, n):
+        sel = comp == c
+        d = np.asarray(centre, np.float64) - np.array([xs[sel].mean(), ys[sel].mean()])
+        nd = float(np.hypot(*d))
+        if nd < 1e-6:
+            continue
+        t = d / nd * (2.0 * float(dist[ys[sel], xs[sel]].max()) + 2.0)
+        sx = np.clip(np.rint(xs[sel] + t[0]).astype(np.int64), 0, w - 1)
+        sy = np.clip(np.rint(ys[sel] + t[1]).astype(np.int64), 0, h - 1)
+        good = anchor[sy, sx]
+        idx = np.nonzero(sel)[0]
+        col[idx[good]] += hp[sy[good], sx[good]]
+        ok[idx] = True
+    return col, ok
