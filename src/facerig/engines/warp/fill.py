@@ -117,33 +117,44 @@ def texture_fill(warped: np.ndarray, region: np.ndarray, anchor: np.ndarray, cen
     meets that cheek's silhouette and drew bands across a beard. Returns ``(colours (N, 3), mask)``:
     the new colours of the region's pixels (row-major order of ``np.nonzero(region)``) and which of
     them had both parts (the rest keep their fill)."""
-    ys, xs = np.nonzero(region)
-    if ys.size == 0:
-        return np.zeros((0, 3), np.float32), np.zeros(0, bool)
-    h, w = region.shape
-    reg8 = region.astype(np.uint8)
+    ys_all, xs_all = np.nonzero(region)
+    col = np.zeros((ys_all.size, 3), np.float32)
+    ok = np.zeros(ys_all.size, bool)
+    if ys_all.size == 0:
+        return col, ok
+    # (everything on the region's box, grown by the reach of the offsets and the blur)
+    H, W = region.shape
+    y0, y1, x0, x1 = int(ys_all.min()), int(ys_all.max()) + 1, int(xs_all.min()), int(xs_all.max()) + 1
+    inner = cv2.distanceTransform(np.pad(region[y0:y1, x0:x1], 1).astype(np.uint8), cv2.DIST_L2, 3)
+    reach = int(2.0 * float(inner.max()) + 4 * max(float(sigma), 0.5) + 8)
+    cy0, cy1, cx0, cx1 = max(0, y0 - reach), min(H, y1 + reach), max(0, x0 - reach), min(W, x1 + reach)
+    reg = region[cy0:cy1, cx0:cx1]
+    anc = anchor[cy0:cy1, cx0:cx1]
+    wp = np.ascontiguousarray(warped[cy0:cy1, cx0:cx1])
+    ys, xs = ys_all - cy0, xs_all - cx0
+    h, w = reg.shape
+    reg8 = reg.astype(np.uint8)
     k = np.ones((3, 3), np.uint8)
-    outer = (cv2.dilate(reg8, k, iterations=2) > 0) & ~region & anchor
-    base = push_pull(warped * outer[..., None], outer.astype(np.float32)) if outer.any() else None
-    hp = warped - cv2.GaussianBlur(warped, (0, 0), max(float(sigma), 0.5))
+    outer = (cv2.dilate(reg8, k, iterations=2) > 0) & ~reg & anc
+    if not outer.any():
+        return col, ok
+    base = push_pull(wp * outer[..., None], outer.astype(np.float32))
+    hp = wp - cv2.GaussianBlur(wp, (0, 0), max(float(sigma), 0.5))
     n, lab = cv2.connectedComponents(reg8, connectivity=8)
     dist = cv2.distanceTransform(reg8, cv2.DIST_L2, 3)
-    col = np.zeros((ys.size, 3), np.float32)
-    ok = np.zeros(ys.size, bool)
-    if base is None:
-        return col, ok
     col[:] = base[ys, xs]
     comp = lab[ys, xs]
+    cen = np.asarray(centre, np.float64) - (cx0, cy0)
     for c in range(1, n):
         sel = comp == c
-        d = np.asarray(centre, np.float64) - np.array([xs[sel].mean(), ys[sel].mean()])
+        d = cen - np.array([xs[sel].mean(), ys[sel].mean()])
         nd = float(np.hypot(*d))
         if nd < 1e-6:
             continue
         t = d / nd * (2.0 * float(dist[ys[sel], xs[sel]].max()) + 2.0)
         sx = np.clip(np.rint(xs[sel] + t[0]).astype(np.int64), 0, w - 1)
         sy = np.clip(np.rint(ys[sel] + t[1]).astype(np.int64), 0, h - 1)
-        good = anchor[sy, sx]
+        good = anc[sy, sx]
         idx = np.nonzero(sel)[0]
         col[idx[good]] += hp[sy[good], sx[good]]
         ok[idx] = True

@@ -311,7 +311,7 @@ def predicted_lightness(colours: np.ndarray, log_gain: np.ndarray, dark_ref: flo
 
 def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, clamp: tuple[float, float],
                   colours: np.ndarray | None = None, dark_ref: float | None = None,
-                  dark_floor_down: float | None = None, samples: int = 6000) -> float:
+                  dark_floor_down: float | None = None, samples: int = 800) -> float:
     """Factor for the per-pixel shading ratios ``ratio`` (N,) of the face so that their geometric
     mean over the ``visible`` pixels equals the lights' own exposure change (the ratio of their mean
     frontal shading, :func:`facerig.rig.light.mean_frontal_shading`: 1 for a preset relit with the
@@ -328,7 +328,8 @@ def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, c
     lift of bright pixels is rolled off and that of dark ones (a beard, brows) kept small, while
     their darkening was applied in full; on a bearded face, whose fitted light reads the beard as
     shadow (a ratio of 1.3-1.7 there), the skin then went 8-14 L* darker to pay for a beard that
-    hardly rose. Solved by bisection over at most ``samples`` evenly spaced visible pixels."""
+    hardly rose. Solved on at most ``samples`` evenly spaced visible pixels (25 factors from 0.5 to 2
+    in one pass, the crossing interpolated)."""
     import torch
 
     from facerig.rig.light import mean_frontal_shading
@@ -347,23 +348,18 @@ def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, c
     step = max(1, rr.size // max(int(samples), 50))
     rr, col = rr[::step], col[::step]
     target = float(predicted_lightness(col, np.full(rr.shape, np.log(max(want, 1e-6)), np.float32)).mean())
-
-    def mean_l(t: float) -> float:
-        lg = np.log(np.clip(rr * np.exp(t), clamp[0], clamp[1])).astype(np.float32)
-        return float(predicted_lightness(col, lg, dark_ref, dark_floor_down).mean())
-
-    lo, hi = np.log(0.5), np.log(2.0)
-    if mean_l(lo) >= target:
+    # the face's rendered mean L* on a grid of factors 0.5-2 in one pass, the crossing interpolated
+    ts = np.linspace(np.log(0.5), np.log(2.0), 25)
+    lg = np.log(np.clip(rr[None, :] * np.exp(ts)[:, None], clamp[0], clamp[1])).astype(np.float32)
+    ml = predicted_lightness(np.tile(col, (ts.size, 1)), lg.ravel(), dark_ref, dark_floor_down)
+    ml = ml.reshape(ts.size, -1).mean(1)
+    if ml[0] >= target:
         return 0.5
-    if mean_l(hi) <= target:
+    if ml[-1] <= target:
         return 2.0
-    for _ in range(14):
-        mid = (lo + hi) / 2
-        if mean_l(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return float(np.exp((lo + hi) / 2))
+    i = int(np.argmax(ml >= target))
+    f = (target - ml[i - 1]) / max(float(ml[i] - ml[i - 1]), 1e-9)
+    return float(np.exp(ts[i - 1] + f * (ts[i] - ts[i - 1])))
 
 
 def head_relight(st: Any, target_params: Any, vt: np.ndarray, hwq: tuple[int, int], q: int, rim_log: np.ndarray,
