@@ -75,7 +75,6 @@ from facerig.engines.warp.mouth import (
 )
 from facerig.engines.warp.relight import (
     apply_gain_lab,
-    dark_from_skin,
     face_exposure,
     head_relight,
     skin_lightness,
@@ -105,8 +104,6 @@ class WarpOptions:
     relight_dark_down: float = 0.5  # (with relight_keep_dark) a darkening light darkens them this much at least
                                     # (share of the log gain; 1: in full, as before 2026-12-03)
     relight_beard: bool = True      # a bearded face's source shading re-fitted on its skin (relight.beard_source_shading)
-    relight_dark_from_skin: bool = True  # (with relight_keep_dark) a new light gives tones much darker than the
-                                    # skin (a beard) the ratio of the skin around them, not their own
     relight_exposure_lab: bool = True  # a new light keeps the face's mean L* as rendered (relight.face_exposure),
                                     # not the geometric mean of its ratios (bearded faces went 4-7 L* darker)
     brow_unfold: bool = True        # raised brows: the brow and its shadow rise rigidly, the lid skin unfolds (brows.py)
@@ -612,12 +609,6 @@ class WarpEngine(Engine):
             lo_c, hi_c = max(lo_c, o.same_light_clamp[0]), min(hi_c, o.same_light_clamp[1])
         k_exp = 1.0
         ga = _gain_lab_args(st, o)
-        if light_changed and o.relight_dark_from_skin and ga["dark_ref"] is not None:
-            # a beard, brows: the ratio of the skin around them, not the fit's shadow (relight.py)
-            if "src_L" not in st.fill_cache:
-                st.fill_cache["src_L"] = cv2.cvtColor(st.image, cv2.COLOR_RGB2Lab)[..., 0]
-            r_l = np.exp(dark_from_skin(np.log(np.maximum(r_l, 1e-3)), st.fill_cache["src_L"][sy, sx],
-                                        ga["dark_ref"], iy, ix, ~hidden, (h, w)))
         if o.relight_head and light_changed:  # the face's exposure changes as the lights' (relight.py)
             k_exp = face_exposure(r_l, ~hidden, st.params.light[0], target_params.light[0], (lo_c, hi_c),
                                   colours=st.image[sy, sx] if o.relight_exposure_lab else None,

@@ -197,8 +197,8 @@ def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chro
         if up.any():
             wd = dark_weight(lab_s[up, 0], dark_ref)
             g_sel[up, 0] = np.exp(np.log(g_sel[up, 0]) * wd)
-        down = ~up if dark_floor_down is not None else np.zeros_like(up)
-        if down.any():
+        down = ~up
+        if dark_floor_down is not None and down.any():
             wd = dark_weight(lab_s[down, 0], dark_ref, floor=float(dark_floor_down))
             g_sel[down, 0] = np.exp(np.log(np.maximum(g_sel[down, 0], 1e-6)) * wd)
         mul_rgb = apply_gain(image[sel][:, None, :], g_sel[:, None, :], white)[:, 0]
@@ -260,33 +260,6 @@ def beard_source_shading(basis: np.ndarray, light: np.ndarray, lum: np.ndarray, 
     return np.maximum(s1, 1e-3), wgt
 
 
-def dark_from_skin(log_ratio: np.ndarray, lightness: np.ndarray, ref: float, iy: np.ndarray, ix: np.ndarray,
-                   visible: np.ndarray, hw: tuple[int, int], keep: tuple[float, float] = (0.45, 0.7)) -> np.ndarray:
-    """The log shading ratios (N,) of the covered pixels ``(iy, ix)`` of a ``hw`` grid with those of
-    tones much darker than the skin (their source L* ``lightness`` below ``keep`` x the skin's
-    ``ref``: a beard, brows, nostrils) replaced by the ratio of the skin around them (a smooth
-    membrane of the ``visible`` lighter pixels' ratios, :func:`.field.push_pull`), blended in
-    between. The photometric fit's albedo is skin, so it explains a dark beard partly as shadow:
-    the SH ratio under a new light lifted the beard (log ratio +0.3..+0.7 over the skin's on the
-    shared bearded portraits), which turned it grey, and the face's exposure paid for it."""
-    from facerig.engines.warp.field import push_pull
-
-    rel = np.asarray(lightness, np.float32) / max(float(ref), 1.0)
-    ws = _smoothstep((rel - keep[0]) / max(keep[1] - keep[0], 1e-6))
-    if not (ws < 1.0).any():
-        return log_ratio
-    grid = np.zeros(hw, np.float32)
-    wg = np.zeros(hw, np.float32)
-    grid[iy, ix] = log_ratio
-    wg[iy, ix] = ws * visible
-    if wg.max() <= 0:
-        return log_ratio
-    smooth = push_pull(grid, wg)
-    if smooth.ndim == 3:
-        smooth = smooth[..., 0]
-    return (ws * log_ratio + (1.0 - ws) * smooth[iy, ix]).astype(log_ratio.dtype)
-
-
 def predicted_lightness(colours: np.ndarray, log_gain: np.ndarray, dark_ref: float | None = None,
                         dark_floor_down: float | None = None, onset: tuple[float, float] = (0.11, 0.2)) -> np.ndarray:
     """CIE L* (N,) that :func:`apply_gain_lab` gives pixels of colour ``colours`` (N, 3, [0, 1]) under
@@ -328,7 +301,7 @@ def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, c
     lift of bright pixels is rolled off and that of dark ones (a beard, brows) kept small, while
     their darkening was applied in full; on a bearded face, whose fitted light reads the beard as
     shadow (a ratio of 1.3-1.7 there), the skin then went 8-14 L* darker to pay for a beard that
-    hardly rose. Solved on at most ``samples`` evenly spaced visible pixels (25 factors from 0.5 to 2
+    hardly rose. Solved on at most ``samples`` evenly spaced visible pixels (17 factors from 0.5 to 2
     in one pass, the crossing interpolated)."""
     import torch
 
@@ -349,7 +322,7 @@ def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, c
     rr, col = rr[::step], col[::step]
     target = float(predicted_lightness(col, np.full(rr.shape, np.log(max(want, 1e-6)), np.float32)).mean())
     # the face's rendered mean L* on a grid of factors 0.5-2 in one pass, the crossing interpolated
-    ts = np.linspace(np.log(0.5), np.log(2.0), 25)
+    ts = np.linspace(np.log(0.5), np.log(2.0), 17)
     lg = np.log(np.clip(rr[None, :] * np.exp(ts)[:, None], clamp[0], clamp[1])).astype(np.float32)
     ml = predicted_lightness(np.tile(col, (ts.size, 1)), lg.ravel(), dark_ref, dark_floor_down)
     ml = ml.reshape(ts.size, -1).mean(1)
