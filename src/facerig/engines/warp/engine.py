@@ -929,9 +929,8 @@ class WarpEngine(Engine):
             fill = seamless_offset(fill, warped_w, reg, vis_face)
             if o.reveal_texture and reg.any():  # its colour from the face next to it, its texture too
                 cen = (vt[:, :2].min(0) + vt[:, :2].max(0)) / 2
-                col_t, ok_t = texture_fill(warped_w, reg, vis_face, cen, max(0.6, 0.012 * F))
-                ry_, rx_ = np.nonzero(reg)
-                fill[ry_[ok_t], rx_[ok_t]] = col_t[ok_t]
+                ty_, tx_, col_t = texture_fill(warped_w, reg, vis_face, cen, max(0.6, 0.012 * F))
+                fill[ty_, tx_] = col_t
         if frame_t is not None and alpha.any():  # the glasses' frame stays on top of every fill
             alpha = np.where(alpha <= 1.0, alpha * (1.0 - frame_t), alpha)
         if alpha.any():

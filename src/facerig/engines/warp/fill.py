@@ -106,7 +106,7 @@ def seamless_offset(fill: np.ndarray, warped: np.ndarray, region: np.ndarray, an
 
 
 def texture_fill(warped: np.ndarray, region: np.ndarray, anchor: np.ndarray, centre: np.ndarray, sigma: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A fill for ``region`` (the revealed strip of a turned cheek) made of the visible face around
     it, in two bands: the low frequencies are a membrane (:func:`push_pull`) of the warp's colours
     on the ``anchor`` pixels (the visible face) next to the region, the high frequencies (the warp
@@ -114,35 +114,33 @@ def texture_fill(warped: np.ndarray, region: np.ndarray, anchor: np.ndarray, cen
     face one strip-width further in, towards ``centre`` (x, y: the face's centre), copied with one
     constant offset per connected part of the region: texture at its own scale, neither stretched
     nor repeated row by row. A per-pixel mirror of the other cheek jumps from row to row where it
-    meets that cheek's silhouette and drew bands across a beard. Returns ``(colours (N, 3), mask)``:
-    the new colours of the region's pixels (row-major order of ``np.nonzero(region)``) and which of
-    them had both parts (the rest keep their fill)."""
-    ys_all, xs_all = np.nonzero(region)
-    col = np.zeros((ys_all.size, 3), np.float32)
-    ok = np.zeros(ys_all.size, bool)
-    if ys_all.size == 0:
-        return col, ok
+    meets that cheek's silhouette and drew bands across a beard. Returns ``(ys, xs, colours)``: the
+    region's pixels that got a colour (none where no visible face borders the region) and their
+    colours (N, 3)."""
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
+    bx, by, bw, bh = cv2.boundingRect(region.astype(np.uint8))
+    if bw == 0:
+        return none
     # (everything on the region's box, grown by the reach of the offsets and the blur)
     H, W = region.shape
-    y0, y1, x0, x1 = int(ys_all.min()), int(ys_all.max()) + 1, int(xs_all.min()), int(xs_all.max()) + 1
-    inner = cv2.distanceTransform(np.pad(region[y0:y1, x0:x1], 1).astype(np.uint8), cv2.DIST_L2, 3)
+    inner = cv2.distanceTransform(np.pad(region[by:by + bh, bx:bx + bw], 1).astype(np.uint8), cv2.DIST_L2, 3)
     reach = int(2.0 * float(inner.max()) + 4 * max(float(sigma), 0.5) + 8)
-    cy0, cy1, cx0, cx1 = max(0, y0 - reach), min(H, y1 + reach), max(0, x0 - reach), min(W, x1 + reach)
+    cy0, cy1, cx0, cx1 = max(0, by - reach), min(H, by + bh + reach), max(0, bx - reach), min(W, bx + bw + reach)
     reg = region[cy0:cy1, cx0:cx1]
     anc = anchor[cy0:cy1, cx0:cx1]
     wp = np.ascontiguousarray(warped[cy0:cy1, cx0:cx1])
-    ys, xs = ys_all - cy0, xs_all - cx0
     h, w = reg.shape
     reg8 = reg.astype(np.uint8)
     k = np.ones((3, 3), np.uint8)
     outer = (cv2.dilate(reg8, k, iterations=2) > 0) & ~reg & anc
     if not outer.any():
-        return col, ok
+        return none
     base = push_pull(wp * outer[..., None], outer.astype(np.float32))
     hp = wp - cv2.GaussianBlur(wp, (0, 0), max(float(sigma), 0.5))
     n, lab = cv2.connectedComponents(reg8, connectivity=8)
     dist = cv2.distanceTransform(reg8, cv2.DIST_L2, 3)
-    col[:] = base[ys, xs]
+    ys, xs = np.nonzero(reg8)
+    col = base[ys, xs]
     comp = lab[ys, xs]
     cen = np.asarray(centre, np.float64) - (cx0, cy0)
     for c in range(1, n):
@@ -157,5 +155,4 @@ def texture_fill(warped: np.ndarray, region: np.ndarray, anchor: np.ndarray, cen
         good = anc[sy, sx]
         idx = np.nonzero(sel)[0]
         col[idx[good]] += hp[sy[good], sx[good]]
-        ok[idx] = True
-    return col, ok
+    return ys + cy0, xs + cx0, col
