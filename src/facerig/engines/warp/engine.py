@@ -59,7 +59,7 @@ from facerig.engines.warp.field import (
     sample,
     use_kernels,
 )
-from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask
+from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask, texture_fill
 from facerig.engines.warp.glasses import detect_glasses, glasses_taper
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import (
@@ -73,7 +73,12 @@ from facerig.engines.warp.mouth import (
     target_box,
     transfer_interior,
 )
-from facerig.engines.warp.relight import apply_gain_lab, face_exposure, head_relight, skin_lightness
+from facerig.engines.warp.relight import (
+    apply_gain_lab,
+    face_exposure,
+    head_relight,
+    skin_lightness,
+)
 from facerig.engines.warp.segment import skin_likelihood
 from facerig.errors import IncompatibleModel, InvalidInput
 
@@ -96,6 +101,11 @@ class WarpOptions:
     relight_chroma: float = 0.5     # chroma follows the relit lightness to this power (Lab; 1 = plain product)
     relight_chroma_up: float = 0.2  # the same where the light brightens (lit dark brown skin turned orange at 0.5)
     relight_keep_dark: bool = True  # a brightening light lifts tones much darker than the skin (beard, brows) less
+    relight_dark_down: float = 0.5  # (with relight_keep_dark) a darkening light darkens them this much at least
+                                    # (share of the log gain; 1: in full, as before 2026-12-03)
+    relight_beard: bool = True      # a bearded face's source shading re-fitted on its skin (relight.beard_source_shading)
+    relight_exposure_lab: bool = True  # a new light keeps the face's mean L* as rendered (relight.face_exposure),
+                                    # not the geometric mean of its ratios (bearded faces went 4-7 L* darker)
     brow_unfold: bool = True        # raised brows: the brow and its shadow rise rigidly, the lid skin unfolds (brows.py)
     ratio_clamp: tuple[float, float] = (0.25, 4.0)
     same_light_clamp: tuple[float, float] = (0.9, 1.1)  # ratio range when only geometry changes
@@ -123,6 +133,8 @@ class WarpOptions:
     expression_reach: float = 0.3   # how far expression motion carries on outside the mesh, x face size
     relight_skin: float = 0.6       # relight reach over skin-coloured pixels next to the face (forehead,
                                     # neck, ears), x face size (0: off)
+    reveal_texture: bool = True     # a revealed cheek: the face's colours next to it (membrane) + the texture one
+                                    # strip further in (fill.texture_fill), not a per-pixel mirror (bands on beards)
     glasses: bool = True            # detect glasses on the source; their frame then moves rigidly with the head
     reveal_stretch: tuple[float, float] = (1.3, 3.0)  # outer-ring triangles stretched beyond these (target/
                                     # source area) are "not seen" (filled from the face) where the photo shows
@@ -583,16 +595,24 @@ class WarpEngine(Engine):
         # (the channel mean written out: numpy's reduction over a 3-long axis is slow; same sums)
         lum_t = (s_t[:, 0] + s_t[:, 1] + s_t[:, 2]) / 3
         lum_s = (s_s[:, 0] + s_s[:, 1] + s_s[:, 2]) / 3
+        light_changed = not torch.allclose(target_params.light.double(), st.params.light.double(), atol=1e-5)
+        if light_changed and o.relight_beard:  # a bearded face: the fit's shadow on the beard is albedo
+            bs = self._beard_shading(st)
+            if bs is not None:
+                s_b = _interpolate(b, tri, bs[0][:, None])[:, 0]
+                lum_s = (1.0 - bs[1]) * lum_s + bs[1] * s_b
         r_l = np.where(lum_s > 1e-3, lum_t / np.maximum(lum_s, 1e-3), 1.0)
         # (the fitted light's colour is not reliable - albedo/light colour are ambiguous from one
         # photo - so a light's colour change is NOT transferred; only its luminance)
         tint = np.ones(3)
-        light_changed = not torch.allclose(target_params.light.double(), st.params.light.double(), atol=1e-5)
         if not light_changed:  # same light: only mild shading changes from the moved geometry
             lo_c, hi_c = max(lo_c, o.same_light_clamp[0]), min(hi_c, o.same_light_clamp[1])
         k_exp = 1.0
+        ga = _gain_lab_args(st, o)
         if o.relight_head and light_changed:  # the face's exposure changes as the lights' (relight.py)
-            k_exp = face_exposure(r_l, ~hidden, st.params.light[0], target_params.light[0], (lo_c, hi_c))
+            k_exp = face_exposure(r_l, ~hidden, st.params.light[0], target_params.light[0], (lo_c, hi_c),
+                                  colours=st.image[sy, sx] if o.relight_exposure_lab else None,
+                                  dark_ref=ga["dark_ref"], dark_floor_down=ga["dark_floor_down"])
             r_l = r_l * k_exp
         ratio = np.clip(r_l, lo_c, hi_c)[:, None]  # one (luminance) channel: the tint is neutral
         tm["correspond"] = time.perf_counter() - t0
@@ -910,6 +930,10 @@ class WarpEngine(Engine):
             seen_face = ~hidden_all & face_src[sy, sx]
             vis_face[iy[seen_face], ix[seen_face]] = True
             fill = seamless_offset(fill, warped_w, reg, vis_face)
+            if o.reveal_texture and reg.any():  # its colour from the face next to it, its texture too
+                cen = (vt[:, :2].min(0) + vt[:, :2].max(0)) / 2
+                ty_, tx_, col_t = texture_fill(warped_w, reg, vis_face, cen, max(0.6, 0.012 * F))
+                fill[ty_, tx_] = col_t
         if frame_t is not None and alpha.any():  # the glasses' frame stays on top of every fill
             alpha = np.where(alpha <= 1.0, alpha * (1.0 - frame_t), alpha)
         if alpha.any():
@@ -938,6 +962,40 @@ class WarpEngine(Engine):
                                 "colour_source": colour_sources(rev_map, src_map, fld[..., :2]),
                                 "source_face": face_src}
         return out
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _beard_shading(st: WarpSource) -> tuple[np.ndarray, float] | None:
+        """Per source (cached): the bearded face's re-fitted source luminance shading per vertex and
+        its weight (:func:`.relight.beard_source_shading`), None for a face without a beard."""
+        if "beard_shading" not in st.fill_cache:
+            from facerig.engines.warp.relight import beard_source_shading
+            from facerig.render.camera import pose_vertices
+            from facerig.render.raster import vertex_normals
+            from facerig.render.shading import sh_basis
+
+            res = None
+            skin_id = st.regions.get("skin", -2)
+            if skin_id >= 0 and st.verts.shape[0] > 152:
+                p = st.params
+                with torch.no_grad():
+                    v = st.model(p.identity, p.expression, p.jaw_pose)
+                    world = pose_vertices(v, p.rotation.to(v.dtype))
+                    basis = sh_basis(vertex_normals(world, st.model.faces.long()))[0].double().numpy()
+                h, w = st.work_hw
+                xi = np.clip(st.verts[:, 0].astype(np.int64), 0, w - 1)
+                yi = np.clip(st.verts[:, 1].astype(np.int64), 0, h - 1)
+                vis = st.zbuf[yi, xi] <= st.verts[:, 2] + 0.015 * st.face_px
+                vreg = np.full(st.verts.shape[0], -1, np.int64)
+                vreg[st.faces.ravel()] = np.repeat(st.model.face_region.cpu().numpy(), 3)
+                lab_l = cv2.cvtColor(st.image, cv2.COLOR_RGB2Lab)[..., 0][yi, xi]
+                lum = st.image.mean(2)[yi, xi].astype(np.float64)
+                shade, wgt = beard_source_shading(basis, p.light[0].double().cpu().numpy(), lum, lab_l,
+                                                  skin_lightness(st.skin_rgb), vis & (vreg == skin_id),
+                                                  st.verts[:, 1] > st.verts[1, 1])
+                res = (shade, wgt) if shade is not None else None
+            st.fill_cache["beard_shading"] = res
+        return st.fill_cache["beard_shading"]
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
@@ -1394,7 +1452,8 @@ class WarpEngine(Engine):
 def _gain_lab_args(st: WarpSource, o: WarpOptions) -> dict[str, Any]:
     """:func:`apply_gain_lab`'s dark-tone and lit-chroma arguments for this source (relight.py)."""
     ref = skin_lightness(st.skin_rgb) if o.relight_keep_dark else None
-    return {"dark_ref": ref, "chroma_follow_up": o.relight_chroma_up}
+    down = float(o.relight_dark_down) if (o.relight_keep_dark and o.relight_dark_down < 1.0) else None
+    return {"dark_ref": ref, "chroma_follow_up": o.relight_chroma_up, "dark_floor_down": down}
 
 
 def _on_mask(D: np.ndarray, chans: list[int], mask: np.ndarray) -> np.ndarray:

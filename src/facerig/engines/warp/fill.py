@@ -103,3 +103,56 @@ def seamless_offset(fill: np.ndarray, warped: np.ndarray, region: np.ndarray, an
     sub = out[y0:y1, x0:x1]
     sub[r] = sub[r] + corr[r]
     return out
+
+
+def texture_fill(warped: np.ndarray, region: np.ndarray, anchor: np.ndarray, centre: np.ndarray, sigma: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fill for ``region`` (the revealed strip of a turned cheek) made of the visible face around
+    it, in two bands: the low frequencies are a membrane (:func:`push_pull`) of the warp's colours
+    on the ``anchor`` pixels (the visible face) next to the region, the high frequencies (the warp
+    less its Gaussian blur of ``sigma`` px: pores, stubble, beard hair) are those of the visible
+    face one strip-width further in, towards ``centre`` (x, y: the face's centre), copied with one
+    constant offset per connected part of the region: texture at its own scale, neither stretched
+    nor repeated row by row. A per-pixel mirror of the other cheek jumps from row to row where it
+    meets that cheek's silhouette and drew bands across a beard. Returns ``(ys, xs, colours)``: the
+    region's pixels that got a colour (none where no visible face borders the region) and their
+    colours (N, 3)."""
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
+    bx, by, bw, bh = cv2.boundingRect(region.astype(np.uint8))
+    if bw == 0:
+        return none
+    # (everything on the region's box, grown by the reach of the offsets and the blur)
+    H, W = region.shape
+    inner = cv2.distanceTransform(np.pad(region[by:by + bh, bx:bx + bw], 1).astype(np.uint8), cv2.DIST_L2, 3)
+    reach = int(2.0 * float(inner.max()) + 4 * max(float(sigma), 0.5) + 8)
+    cy0, cy1, cx0, cx1 = max(0, by - reach), min(H, by + bh + reach), max(0, bx - reach), min(W, bx + bw + reach)
+    reg = region[cy0:cy1, cx0:cx1]
+    anc = anchor[cy0:cy1, cx0:cx1]
+    wp = np.ascontiguousarray(warped[cy0:cy1, cx0:cx1])
+    h, w = reg.shape
+    reg8 = reg.astype(np.uint8)
+    k = np.ones((3, 3), np.uint8)
+    outer = (cv2.dilate(reg8, k, iterations=2) > 0) & ~reg & anc
+    if not outer.any():
+        return none
+    base = push_pull(wp * outer[..., None], outer.astype(np.float32))
+    hp = wp - cv2.GaussianBlur(wp, (0, 0), max(float(sigma), 0.5))
+    n, lab = cv2.connectedComponents(reg8, connectivity=8)
+    dist = cv2.distanceTransform(reg8, cv2.DIST_L2, 3)
+    ys, xs = np.nonzero(reg8)
+    col = base[ys, xs]
+    comp = lab[ys, xs]
+    cen = np.asarray(centre, np.float64) - (cx0, cy0)
+    for c in range(1, n):
+        sel = comp == c
+        d = cen - np.array([xs[sel].mean(), ys[sel].mean()])
+        nd = float(np.hypot(*d))
+        if nd < 1e-6:
+            continue
+        t = d / nd * (2.0 * float(dist[ys[sel], xs[sel]].max()) + 2.0)
+        sx = np.clip(np.rint(xs[sel] + t[0]).astype(np.int64), 0, w - 1)
+        sy = np.clip(np.rint(ys[sel] + t[1]).astype(np.int64), 0, h - 1)
+        good = anc[sy, sx]
+        idx = np.nonzero(sel)[0]
+        col[idx[good]] += hp[sy[good], sx[good]]
+    return ys + cy0, xs + cx0, col

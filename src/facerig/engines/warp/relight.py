@@ -159,7 +159,7 @@ def dark_weight(lightness: np.ndarray, ref: float, keep: tuple[float, float] = (
 
 def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chroma_follow: float = 0.5,
                    onset: tuple[float, float] = (0.11, 0.2), dark_ref: float | None = None,
-                   chroma_follow_up: float | None = None) -> np.ndarray:
+                   chroma_follow_up: float | None = None, dark_floor_down: float | None = None) -> np.ndarray:
     """``image`` (H, W, 3) relit by ``gain`` (H, W, 1): the lightness is that of the
     tone-preserving product (:func:`facerig.engines.warp.field.apply_gain`), the hue angle (Lab)
     is the source's, and the chroma C* follows the change of L* only to the power
@@ -175,7 +175,12 @@ def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chro
     normals, not a beard's or a brow's dark albedo nor the photo's cast shadows, and lifting those
     by the skin's ratio turned a black beard grey and a dark face washed out. ``chroma_follow_up``:
     the chroma exponent where the gain brightens (default ``chroma_follow``); below
-    ``chroma_follow`` the lit side of saturated (dark brown) skin turns less orange."""
+    ``chroma_follow`` the lit side of saturated (dark brown) skin turns less orange.
+    ``dark_floor_down`` (with ``dark_ref``): a darkening gain is reduced the same way on tones much
+    darker than the skin, down to this share (None: darkening untouched). A beard's ratio is no
+    more reliable when it darkens: the photometric fit explains part of a dark beard as shadow (its
+    albedo model is skin), so the ratio there swings both ways, and a beard darkened by the full
+    ratio went black and lost its texture."""
     from facerig.engines.warp.field import apply_gain
 
     out = apply_gain(image, gain, white)
@@ -187,11 +192,15 @@ def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chro
     lab_s = cv2.cvtColor(np.ascontiguousarray(src), cv2.COLOR_RGB2Lab)[:, 0]
     g_sel = gain[sel]
     if dark_ref is not None:
+        g_sel = g_sel.copy()
         up = g_sel[:, 0] > 1.0
         if up.any():
             wd = dark_weight(lab_s[up, 0], dark_ref)
-            g_sel = g_sel.copy()
             g_sel[up, 0] = np.exp(np.log(g_sel[up, 0]) * wd)
+        down = ~up
+        if dark_floor_down is not None and down.any():
+            wd = dark_weight(lab_s[down, 0], dark_ref, floor=float(dark_floor_down))
+            g_sel[down, 0] = np.exp(np.log(np.maximum(g_sel[down, 0], 1e-6)) * wd)
         mul_rgb = apply_gain(image[sel][:, None, :], g_sel[:, None, :], white)[:, 0]
     else:
         mul_rgb = out[sel]
@@ -212,7 +221,70 @@ def apply_gain_lab(image: np.ndarray, gain: np.ndarray, white: float = 1.0, chro
     return res
 
 
-def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, clamp: tuple[float, float]) -> float:
+#: a face counts as bearded from this share of dark skin-region vertices below the nose (fully from
+#: + 0.15); measured 2026-12-03: 5 bearded shared portraits 0.41-0.61, 6 without (one with stubble)
+#: 0.05-0.20
+BEARD_FRACTION = 0.25
+
+
+def beard_source_shading(basis: np.ndarray, light: np.ndarray, lum: np.ndarray, lightness: np.ndarray,
+                         ref: float, skin: np.ndarray, lower: np.ndarray, reg: float = 0.02
+                         ) -> tuple[np.ndarray | None, float]:
+    """A source luminance shading (V,) for the relight ratio of a bearded face, and its weight.
+
+    The photometric fit's albedo is skin, so it explains a dark beard partly as shadow on the lower
+    face (its shading there 0.76-0.84 of the upper face's on the shared bearded portraits): the
+    ratio under a new light then lifts the whole lower face and the beard turns grey while the rest
+    pays for it. Here the SH luminance (9 coefficients, regularised by ``reg`` towards the fitted
+    ``light`` (9, 3)) is re-fitted to the photo's luminance ``lum`` (V,) at the visible skin-region
+    vertices ``skin`` that are not much darker than the skin (``lightness`` >= 0.7 x ``ref``, L*),
+    with one skin albedo. ``basis`` (V, 9): the SH basis at the vertex normals. Weight 0 (and None)
+    when less than :data:`BEARD_FRACTION` of the skin vertices below the nose (``lower``) are dark
+    (< 0.6 x ``ref``), 1 from that + 0.15."""
+    sk_low = skin & lower
+    frac = float((sk_low & (lightness < 0.6 * ref)).sum() / max(int(sk_low.sum()), 1))
+    wgt = float(_smoothstep(np.array((frac - BEARD_FRACTION) / 0.15)))
+    use = skin & (lightness >= 0.7 * ref)
+    if wgt <= 0.0 or use.sum() < 30:
+        return None, 0.0
+    l0 = np.asarray(light, np.float64).mean(1)
+    s0 = basis @ l0
+    a = float(lum[use].mean() / max(float(s0[use].mean()), 1e-6))
+    A = basis[use]
+    y = lum[use] / max(a, 1e-6)
+    n = float(y.size)
+    coef = np.linalg.solve(A.T @ A + reg * n * np.eye(A.shape[1]), A.T @ y + reg * n * l0)
+    s1 = basis @ coef
+    # the same mean over the visible skin as the fit's (the exposure is the fit's)
+    s1 *= float(s0[skin].mean() / max(float(s1[skin].mean()), 1e-6))
+    return np.maximum(s1, 1e-3), wgt
+
+
+def predicted_lightness(colours: np.ndarray, log_gain: np.ndarray, dark_ref: float | None = None,
+                        dark_floor_down: float | None = None, onset: tuple[float, float] = (0.11, 0.2)) -> np.ndarray:
+    """CIE L* (N,) that :func:`apply_gain_lab` gives pixels of colour ``colours`` (N, 3, [0, 1]) under
+    log gains ``log_gain`` (N,): the tone-preserving product with its highlight roll-off, the
+    dark-tone weights (``dark_ref``, ``dark_floor_down``) blended in over ``onset`` as there (the
+    Lab path keeps the product's lightness; the blend of the two colours is taken as it is)."""
+    from facerig.engines.warp.field import apply_gain_reference
+
+    c = np.clip(np.asarray(colours, np.float32), 0.0, 1.0)
+    lg = np.asarray(log_gain, np.float32)
+    plain = apply_gain_reference(c[:, None, :], np.exp(lg)[:, None, None])[:, 0]
+    if dark_ref is not None:
+        ls = cv2.cvtColor(np.ascontiguousarray(c[:, None, :]), cv2.COLOR_RGB2Lab)[:, 0, 0]
+        wd = np.where(lg > 0, dark_weight(ls, dark_ref),
+                      dark_weight(ls, dark_ref, floor=float(dark_floor_down)) if dark_floor_down is not None else 1.0)
+        kept = apply_gain_reference(c[:, None, :], np.exp(lg * wd)[:, None, None])[:, 0]
+        a = _smoothstep((np.abs(lg) - onset[0]) / max(onset[1] - onset[0], 1e-6))[:, None]
+        plain = plain * (1 - a) + kept * a
+    out = np.clip(plain, 0.0, 1.0).astype(np.float32)
+    return cv2.cvtColor(np.ascontiguousarray(out[:, None, :]), cv2.COLOR_RGB2Lab)[:, 0, 0]
+
+
+def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, clamp: tuple[float, float],
+                  colours: np.ndarray | None = None, dark_ref: float | None = None,
+                  dark_floor_down: float | None = None, samples: int = 800) -> float:
     """Factor for the per-pixel shading ratios ``ratio`` (N,) of the face so that their geometric
     mean over the ``visible`` pixels equals the lights' own exposure change (the ratio of their mean
     frontal shading, :func:`facerig.rig.light.mean_frontal_shading`: 1 for a preset relit with the
@@ -220,7 +292,17 @@ def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, c
 
     The exposure calibration of the presets averages over a hemisphere of normals; a real face's
     normals and a fitted light are not that average, so a side or top light made most faces darker
-    (about 3-5 L* on average, up to 10 on photos lit from above), which read as a grey face."""
+    (about 3-5 L* on average, up to 10 on photos lit from above), which read as a grey face.
+
+    ``colours`` (N, 3, [0, 1]): the photo's colour at each pixel's source point. Then the factor is
+    the one under which the face's mean L* as :func:`apply_gain_lab` renders it
+    (:func:`predicted_lightness`, with ``dark_ref`` / ``dark_floor_down``) equals the photo's mean
+    L* under the lights' exposure change alone. A geometric mean of the ratios is not that: the
+    lift of bright pixels is rolled off and that of dark ones (a beard, brows) kept small, while
+    their darkening was applied in full; on a bearded face, whose fitted light reads the beard as
+    shadow (a ratio of 1.3-1.7 there), the skin then went 8-14 L* darker to pay for a beard that
+    hardly rose. Solved on at most ``samples`` evenly spaced visible pixels (17 factors from 0.5 to 2
+    in one pass, the crossing interpolated)."""
     import torch
 
     from facerig.rig.light import mean_frontal_shading
@@ -232,7 +314,25 @@ def face_exposure(ratio: Any, visible: np.ndarray, light_s: Any, light_t: Any, c
         want = float(mean_frontal_shading(torch.as_tensor(light_t).double()).mean()
                      / max(float(mean_frontal_shading(torch.as_tensor(light_s).double()).mean()), 1e-6))
     got = float(np.exp(np.log(r).mean()))
-    return float(np.clip(want / max(got, 1e-6), 0.5, 2.0))
+    if colours is None:
+        return float(np.clip(want / max(got, 1e-6), 0.5, 2.0))
+    rr = np.asarray(ratio, np.float64)[visible]
+    col = np.asarray(colours, np.float32)[visible]
+    step = max(1, rr.size // max(int(samples), 50))
+    rr, col = rr[::step], col[::step]
+    target = float(predicted_lightness(col, np.full(rr.shape, np.log(max(want, 1e-6)), np.float32)).mean())
+    # the face's rendered mean L* on a grid of factors 0.5-2 in one pass, the crossing interpolated
+    ts = np.linspace(np.log(0.5), np.log(2.0), 17)
+    lg = np.log(np.clip(rr[None, :] * np.exp(ts)[:, None], clamp[0], clamp[1])).astype(np.float32)
+    ml = predicted_lightness(np.tile(col, (ts.size, 1)), lg.ravel(), dark_ref, dark_floor_down)
+    ml = ml.reshape(ts.size, -1).mean(1)
+    if ml[0] >= target:
+        return 0.5
+    if ml[-1] <= target:
+        return 2.0
+    i = int(np.argmax(ml >= target))
+    f = (target - ml[i - 1]) / max(float(ml[i] - ml[i - 1]), 1e-9)
+    return float(np.exp(ts[i - 1] + f * (ts[i] - ts[i - 1])))
 
 
 def head_relight(st: Any, target_params: Any, vt: np.ndarray, hwq: tuple[int, int], q: int, rim_log: np.ndarray,
