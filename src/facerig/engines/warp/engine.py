@@ -1243,6 +1243,15 @@ class WarpEngine(Engine):
             pos = np.stack([xs + 0.5, ys + 0.5], 1) - shift
             px = np.clip(np.floor(pos).astype(np.int64), 0, [w - 1, h - 1])
             inside = st.eye_full[px[:, 1], px[:, 0]] == eye
+            # white only where the lids moved away: inside the target's contour but outside the
+            # source's (carried with the eye); elsewhere the photo shows something else there (hair
+            # over a far eye's corner, a contour that misses the photo's) and the warp is kept (a
+            # lilac crescent was painted over hair and lower-lid skin)
+            lp = list(loop)
+            m_src = np.zeros((h, w), np.uint8)
+            moved = model_src[lp] + (vt[lp, :2] - model_src[lp]).mean(0)
+            cv2.fillPoly(m_src, [np.round(moved * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
+            keep = inside | (m_src[ys, xs] == 0)  # (and the iris the photo's lids covered, below)
             # the white in the lids' shadow: darker towards the contour
             dist = cv2.distanceTransform(m, cv2.DIST_L2, 3)[ys, xs]
             gap = float(np.linalg.norm(vt[159 if eye == 1 else 386, :2] - vt[145 if eye == 1 else 374, :2]))
@@ -1271,9 +1280,12 @@ class WarpEngine(Engine):
                     if mean_i is not None:
                         ic[~seen] = mean_i
                     col[in_iris] = ic
+                    keep = keep | in_iris
             col = col * gain_w[ys, xs]
             # soft inside the contour, so the lids' own edge (lashes) stays the warp's
-            a = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 0.8)[ys, xs] * (m[ys, xs] > 0) * wgt
+            lay = np.zeros((h, w), np.float32)
+            lay[ys[keep], xs[keep]] = 1.0
+            a = cv2.GaussianBlur(lay, (0, 0), 0.8)[ys, xs] * keep * wgt
             a_old = alpha[ys, xs].clip(0, 1)
             base = np.where(a_old[:, None] > 0, fill[ys, xs], col)
             fill[ys, xs] = base * (1 - a[:, None]) + col * a[:, None]
