@@ -174,11 +174,9 @@ def edit(
     if mapper and engine != "dualmapper":
         raise InvalidInput("--mapper", "--engine dualmapper with it", f"--engine {engine}")
     if engine == "dualmapper":
-        from facerig.engines.dualmapper.engine import mapper_paths
-
         if not mapper:
             raise InvalidInput("--mapper", "a mapper folder from `facerig train dualmapper` (repeatable)", None)
-        opts = {**(opts or {}), "mapper": mapper_paths(mapper)}
+        opts = {**(opts or {}), "mapper": list(mapper)}
     from facerig.edit import run_edit
 
     run_edit(image, output, preview=preview, engine=engine, reference=reference, model=model, face=face, seed=seed,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,15 +39,14 @@ __all__ = ["DualMapperEngine", "load_mappers", "paste_offset"]
 
 
 def load_mappers(paths: Any) -> list[Any]:
-    """DualMapper pairs from a path, a comma-separated string of paths, or a list of them."""
+    """DualMapper pairs from a path, a list of paths (``--mapper`` repeated), each possibly a
+    comma-separated string of paths (the UI's weights field)."""
     from facerig.engines.dualmapper.mapper import DualMapper
 
-    if paths is None or (isinstance(paths, (list, tuple)) and not paths):
+    given = [paths] if isinstance(paths, (str, Path)) else list(paths or [])
+    items = [p for it in given for p in str(it).split(",") if p.strip()]
+    if not items:
         raise InvalidInput("--mapper", "a mapper folder written by `facerig train dualmapper` (repeatable)", None)
-    if isinstance(paths, (str, Path)):
-        items = [p for p in str(paths).split(",") if p.strip()]
-    else:
-        items = [str(p) for p in paths]
     out = []
     for p in items:
         path = Path(p.strip()).expanduser()
@@ -120,8 +118,9 @@ class DualMapperEngine(Engine):
         self.mappers = load_mappers(mapper)
         self.generator_name = str(self.mappers[0].config.generator or "warp")
         self.generator_options = dict(generator_options or {})
-        self.device = "cpu" if device in (None, "auto") and not torch.cuda.is_available() else (
-            "cuda" if device in (None, "auto") else device)
+        if device in (None, "auto"):
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
         for m in self.mappers:
             m.to(self.device)
         self._warp = None
@@ -175,6 +174,8 @@ class DualMapperEngine(Engine):
                 assert self._warp is not None
                 tgt = dataclasses.replace(target_params, expression=psi1.to(target_params.expression))
                 out = self._warp.render_frame(state.warp_state, tgt)
+                if torch.equal(w1, state.w0):  # no appearance change: no adapter renders
+                    return out
                 off = g.render(w1, psi1) - g.render(state.w0, psi1)
             else:
                 sp, tp = state.source_params, target_params
@@ -191,9 +192,3 @@ class DualMapperEngine(Engine):
                                type(g).__name__)
         return paste_offset(out, off[0].permute(1, 2, 0).float().cpu().numpy(), origin, float(k))
 
-
-def mapper_paths(items: Sequence[str] | None) -> list[str] | None:
-    """``--mapper`` values (repeatable, or comma-separated) as a list, or None."""
-    if not items:
-        return None
-    return [p for it in items for p in str(it).split(",") if p.strip()]
