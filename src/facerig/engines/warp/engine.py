@@ -504,6 +504,7 @@ class WarpEngine(Engine):
         faces = st.faces
         F = st.face_px
         vt, shade_t, vhead_t = self._geometry(st.model, target_params, st.roi, st.k, head=True)
+        vt = self._gaze_down_lids(st, target_params, vt)
         if st.lid_delta is not None:
             vt[:, :2] += _target_lid_delta(st.lid_delta, st.verts[:, :2] - st.lid_delta, vt[:, :2])
         fi, iy, ix, b = self._raster_covered(vt, st.model.faces.long(), (h, w))
@@ -1137,6 +1138,29 @@ class WarpEngine(Engine):
                 out[eye] = float(np.linalg.norm(vt[up, :2] - vt[lo, :2])) / g_s
         return out
 
+    @classmethod
+    def _gaze_down_lids(cls, st: WarpSource, target_params: Any, vt: np.ndarray) -> np.ndarray:
+        """A look down: the iris moves with the model's ``eyeLookDown`` shapes, the rest of the eye
+        (lids, corners, lid skin) by ``GAZE_DOWN_LIDS`` of their motion. The blendshape lowers the
+        upper lid twice as far as the iris (its lid gap 38 % of the open one: half-closed eyes on
+        every photo); a real upper lid follows the top of the iris (gap about 70 %)."""
+        names = tuple(getattr(target_params, "expression_names", ()))
+        if vt.shape[0] < 478 or tuple(getattr(st.params, "expression_names", ())) != names:
+            return vt
+        idx = [names.index(n) for n in ("eyeLookDown_L", "eyeLookDown_R") if n in names]
+        if not idx:
+            return vt
+        e_t = target_params.expression
+        e_s = st.params.expression.to(e_t)
+        more = (e_t[0, idx] - e_s[0, idx]).clamp(min=0.0)
+        if float(more.max()) < 1e-4:
+            return vt
+        e_l = e_t.clone()
+        e_l[0, idx] = e_t[0, idx] - (1.0 - GAZE_DOWN_LIDS) * more
+        v_l = cls._geometry(st.model, target_params.replace(expression=e_l), st.roi, st.k)[0]
+        v_l[468:478] = vt[468:478]
+        return v_l
+
     @staticmethod
     def _gaze_shifts(st: WarpSource, vt: np.ndarray) -> dict[int, float]:
         """Per eye, how far the iris moves WITHIN its opening (the iris centre's motion minus the
@@ -1570,6 +1594,10 @@ def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int,
         out[(m > 0) & (out == 0)] = eye
     return out
 
+
+#: the share of the eyeLookDown shapes' motion the lids and lid skin keep (the iris keeps all of it):
+#: the upper lid then moves as far as the iris (``WarpEngine._gaze_down_lids``)
+GAZE_DOWN_LIDS = 0.5
 
 #: MediaPipe's upper-lid vertex -> the lower-lid vertex below it (subject's right eye, then left)
 _LID_PAIRS = ((246, 7), (161, 163), (160, 144), (159, 145), (158, 153), (157, 154), (173, 155),
