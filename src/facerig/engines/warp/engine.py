@@ -1275,7 +1275,16 @@ class WarpEngine(Engine):
             m_src = np.zeros((h, w), np.uint8)
             moved = model_src[lp] + (vt[lp, :2] - model_src[lp]).mean(0)
             cv2.fillPoly(m_src, [np.round(moved * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
-            keep = inside | (m_src[ys, xs] == 0)  # (and the iris the photo's lids covered, below)
+            # Below the iris the lids move away from nothing (a look up raises the lower lid less
+            # than the iris): there the photo's eye moved with the iris brought its lower lash line
+            # up as a dark line under the iris, and the white between it and the lower lid drew a
+            # thin pale line along it; the lower lid's own warp (the photo's lower white moved with
+            # the lid) is kept there, the rigid move only for the iris disc itself
+            upper = (ys + 0.5) < vt[iris, 1]
+            if model_src.shape[0] >= 478:
+                r_i = float(np.linalg.norm(model_src[iris + 1:iris + 5] - model_src[iris], axis=1).mean())
+                inside &= upper | (np.linalg.norm(pos - model_src[iris], axis=1) < r_i)
+            keep = inside | ((m_src[ys, xs] == 0) & upper)  # (and the iris the photo's lids covered, below)
             # the white in the lids' shadow: darker towards the contour
             dist = cv2.distanceTransform(m, cv2.DIST_L2, 3)[ys, xs]
             gap = float(np.linalg.norm(vt[159 if eye == 1 else 386, :2] - vt[145 if eye == 1 else 374, :2]))
