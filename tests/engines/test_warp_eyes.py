@@ -133,3 +133,32 @@ def test_looking_up_draws_no_pale_line_along_the_lower_lid():
         th = [cv2.morphologyEx(x.astype(np.float32).mean(2), cv2.MORPH_TOPHAT, k)[m > 0].mean() for x in (img, out)]
         ratios.append(th[1] / max(th[0], 1e-3))
     assert max(ratios) < 0.8, ratios
+
+
+def test_bare_eye_fills_the_iris_with_the_white_round_it():
+    """Where a look aside moves the iris away, the photo's eye with its iris inpainted is shown: on
+    a synthetic eye (a dark disc on a white that darkens towards one corner, inside an opening)
+    the disc takes the white's own shading (it painted the white's one flat colour before, a pale
+    patch in a shadowed corner), and nothing outside the disc changes."""
+    from types import SimpleNamespace
+
+    from facerig.engines.warp.engine import WarpEngine
+
+    h, w = 60, 90
+    x = np.linspace(0.35, 0.85, w, dtype=np.float32)
+    img = np.repeat(np.repeat(x[None, :, None], h, 0), 3, 2).copy()
+    yy, xx = np.mgrid[:h, :w]
+    disc = np.hypot(xx + 0.5 - 45, yy + 0.5 - 30) < 10
+    img[disc] = 0.1
+    eye_full = np.zeros((h, w), np.uint8)
+    eye_full[15:45, 10:80] = 1
+    st = SimpleNamespace(work_hw=(h, w), image=img, eye_full=eye_full, fill_cache={})
+    bare = WarpEngine._bare_eye(st, 1, np.array([45.0, 30.0]), 10.0)
+    inner = np.hypot(xx + 0.5 - 45, yy + 0.5 - 30) < 8
+    white = np.repeat(x[None], h, 0)
+    assert np.abs(bare[inner].mean(1) - white[inner]).max() < 0.12
+    # the white's gradient carries on across the disc (left darker than right)
+    assert bare[30, 38].mean() < bare[30, 52].mean()
+    far = np.hypot(xx + 0.5 - 45, yy + 0.5 - 30) > 14
+    assert np.array_equal(bare[far], img[far])
+    assert ("bare_eye", 1) in st.fill_cache

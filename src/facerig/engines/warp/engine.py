@@ -1184,9 +1184,8 @@ class WarpEngine(Engine):
                    fill: np.ndarray, alpha: np.ndarray) -> None:
         """A gaze edit: the photo's iris disc moves rigidly by the iris's own shift (the mesh
         alone drags its surroundings with it, so a full look to the side moved the iris 2-5 % of
-        the eye distance), clipped to the photo's visible opening; where it leaves, the eye white
-        beside it is mirrored in (the white on the far side of the disc's trailing edge), or the
-        white's colour where the mirror leaves the opening."""
+        the eye distance), clipped to the photo's visible opening; where it leaves, the photo's eye
+        with the iris inpainted from the white round it (:meth:`_bare_eye`)."""
         from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
 
         assert st.eye_full is not None and st.sclera_rgb is not None
@@ -1203,7 +1202,6 @@ class WarpEngine(Engine):
             n_rel = float(np.linalg.norm(rel))
             if r <= 1.0 or n_rel < 1e-3:
                 continue
-            u = rel / n_rel
             m = np.zeros((h, w), np.uint8)
             cv2.fillPoly(m, [np.round(vt[loop, :2] * 4).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=2)
             ys, xs = np.nonzero(m)
@@ -1220,19 +1218,20 @@ class WarpEngine(Engine):
             in_eye = st.eye_full[qi[:, 1], qi[:, 0]] == eye  # the photo's opening, carried along
             ok_i = in_new & in_eye & (st.eye_full[pi[:, 1], pi[:, 0]] == eye)
             vac = ~in_new & in_eye & (np.linalg.norm(q - c_s, axis=1) < 1.08 * r)
-            mir = q - 2.0 * ((q - (c_s - 1.08 * r * u)) @ u)[:, None] * u[None]
-            mi = np.clip(np.floor(mir).astype(np.int64), 0, [w - 1, h - 1])
-            white = (st.eye_full[mi[:, 1], mi[:, 0]] == eye) & (np.linalg.norm(mir - c_s, axis=1) >= 1.08 * r)
             sel = ok_i | vac
             if not sel.any():
                 continue
             col = np.empty((int(sel.sum()), 3), np.float32)
             oi, ov = ok_i[sel], vac[sel]
-            vw = ov & white[sel]
-            for pick, pos in ((oi, src_i[sel]), (vw, mir[sel])):
-                if pick.any():
-                    col[pick] = sample(st.image, pos[pick])
-            col[ov & ~white[sel]] = st.sclera_rgb[eye - 1][None]
+            # what the disc leaves: the photo's eye with its iris inpainted from the white and lids
+            # round it (carried with the eye), so the white there has the shading of the white next
+            # to it; the white mirrored across the disc's trailing edge (or the white's one colour
+            # where the mirror left the opening) painted flat pale patches over a 3/4 view's far
+            # eye corner and a shadowed inner corner
+            if ov.any():
+                col[ov] = sample(WarpEngine._bare_eye(st, eye, c_s, r), q[sel][ov])
+            if oi.any():
+                col[oi] = sample(st.image, src_i[sel][oi])
             ys_s, xs_s = ys[sel], xs[sel]
             col = col * gain_w[ys_s, xs_s]
             lay = np.zeros((h, w), np.float32)
@@ -1242,6 +1241,32 @@ class WarpEngine(Engine):
             base = np.where(a_old[:, None] > 0, fill[ys_s, xs_s], col)
             fill[ys_s, xs_s] = base * (1 - a[:, None]) + col * a[:, None]
             alpha[ys_s, xs_s] = np.maximum(a_old, a)
+
+    @staticmethod
+    def _bare_eye(st: WarpSource, eye: int, c: np.ndarray, r: float) -> np.ndarray:
+        """The work image with the eye's iris disc (1.15 radii, inside the detected opening)
+        inpainted from what surrounds it: the eyeball's white as it would show without the iris
+        (cached per source and eye)."""
+        key = ("bare_eye", eye)
+        if key not in st.fill_cache:
+            h, w = st.work_hw
+            m = np.zeros((h, w), np.uint8)
+            cv2.circle(m, (int(round(c[0] * 4)), int(round(c[1] * 4))), int(round(1.15 * r * 4)), 1, -1, shift=2)
+            m &= (st.eye_full == eye).astype(np.uint8)
+            m = cv2.dilate(m, np.ones((3, 3), np.uint8))
+            out = st.image
+            if m.any():
+                rad = max(2.0, 0.5 * r)
+                bx, by, bw, bh = cv2.boundingRect(m)
+                pad = int(rad) + 2
+                y0, y1, x0, x1 = max(0, by - pad), min(h, by + bh + pad), max(0, bx - pad), min(w, bx + bw + pad)
+                u8 = np.clip(st.image[y0:y1, x0:x1] * 255 + 0.5, 0, 255).astype(np.uint8)
+                mb = m[y0:y1, x0:x1]
+                inp = cv2.inpaint(u8, mb, rad, cv2.INPAINT_TELEA)
+                out = st.image.copy()
+                out[y0:y1, x0:x1][mb > 0] = inp[mb > 0].astype(np.float32) / 255
+            st.fill_cache[key] = out
+        return st.fill_cache[key]
 
     @staticmethod
     def _fill_wider_eyes(st: WarpSource, vt: np.ndarray, widening: list[tuple[int, float]], gain_w: np.ndarray,
