@@ -1140,10 +1140,13 @@ class WarpEngine(Engine):
 
     @classmethod
     def _gaze_down_lids(cls, st: WarpSource, target_params: Any, vt: np.ndarray) -> np.ndarray:
-        """A look down: the iris moves with the model's ``eyeLookDown`` shapes, the rest of the eye
-        (lids, corners, lid skin) by ``GAZE_DOWN_LIDS`` of their motion. The blendshape lowers the
-        upper lid twice as far as the iris (its lid gap 38 % of the open one: half-closed eyes on
-        every photo); a real upper lid follows the top of the iris (gap about 70 %)."""
+        """A look down (or less of one): the iris moves with the model's ``eyeLookDown`` shapes, the
+        rest of the eye (lids, corners, lid skin) by ``GAZE_DOWN_LIDS`` of their motion. The
+        blendshape lowers the upper lid twice as far as the iris (its lid gap 38 % of the open one:
+        half-closed eyes on every photo); a real upper lid follows the top of the iris (gap about
+        70 %). The same for a fitted look down that an edit drops (a preset sets the whole
+        expression): the lids rose by the shape's full lid motion (077559 under raise_brows: a
+        band of white above the iris)."""
         names = tuple(getattr(target_params, "expression_names", ()))
         if vt.shape[0] < 478 or tuple(getattr(st.params, "expression_names", ())) != names:
             return vt
@@ -1152,11 +1155,11 @@ class WarpEngine(Engine):
             return vt
         e_t = target_params.expression
         e_s = st.params.expression.to(e_t)
-        more = (e_t[0, idx] - e_s[0, idx]).clamp(min=0.0)
-        if float(more.max()) < 1e-4:
+        diff = e_t[0, idx] - e_s[0, idx]
+        if float(diff.abs().max()) < 1e-4:
             return vt
         e_l = e_t.clone()
-        e_l[0, idx] = e_t[0, idx] - (1.0 - GAZE_DOWN_LIDS) * more
+        e_l[0, idx] = e_t[0, idx] - (1.0 - GAZE_DOWN_LIDS) * diff
         v_l = cls._geometry(st.model, target_params.replace(expression=e_l), st.roi, st.k)[0]
         v_l[468:478] = vt[468:478]
         return v_l
@@ -1164,16 +1167,18 @@ class WarpEngine(Engine):
     @staticmethod
     def _gaze_shifts(st: WarpSource, vt: np.ndarray) -> dict[int, float]:
         """Per eye, how far the iris moves WITHIN its opening (the iris centre's motion minus the
-        eye contour's mean motion), in iris radii; only for models with iris points."""
-        from facerig.detect.landmark_sets import LEFT_EYE, RIGHT_EYE
-
+        eye corners' mean motion, not the contour's: lids that open move that), in iris radii;
+        only for models with iris points."""
         if vt.shape[0] < 478 or st.verts.shape[0] < 478:
             return {}
         model_src = st.verts[:, :2] - (st.lid_delta if st.lid_delta is not None else 0.0)
         out = {}
-        for eye, loop, iris in ((1, RIGHT_EYE, 468), (2, LEFT_EYE, 473)):
-            lp = list(loop)
-            rel = (vt[iris, :2] - model_src[iris]) - (vt[lp, :2] - model_src[lp]).mean(0)
+        for eye, iris in ((1, 468), (2, 473)):
+            # (the corners' motion from the source's own corners: vt carries the detected lids'
+            # offsets, which the fitted contour does not, and the contour's mean moves with lids
+            # that open or close)
+            cn = list(_EYE_CORNERS[eye])
+            rel = (vt[iris, :2] - model_src[iris]) - (vt[cn, :2] - st.verts[cn, :2]).mean(0)
             r = float(np.linalg.norm(model_src[iris + 1:iris + 5] - model_src[iris], axis=1).mean())
             if r > 0.5:
                 out[eye] = float(np.linalg.norm(rel)) / r
@@ -1197,7 +1202,10 @@ class WarpEngine(Engine):
             c_s = model_src[iris]
             r = float(np.linalg.norm(model_src[iris + 1:iris + 5] - c_s, axis=1).mean())
             shift = vt[iris, :2] - c_s
-            m_s = (vt[loop, :2] - model_src[loop]).mean(0)  # how the eye as a whole moves
+            # how the eye as a whole moves: its corners (the contour's mean moves with lids that
+            # open or close, and a look down lowers the upper lid most)
+            cn = list(_EYE_CORNERS[eye])
+            m_s = (vt[cn, :2] - st.verts[cn, :2]).mean(0)
             rel = shift - m_s
             n_rel = float(np.linalg.norm(rel))
             if r <= 1.0 or n_rel < 1e-3:
@@ -1632,6 +1640,9 @@ def _eye_openings(params: Any, origin: tuple[int, int], k: float, hw: tuple[int,
 #: the share of the eyeLookDown shapes' motion the lids and lid skin keep (the iris keeps all of it):
 #: the upper lid then moves as far as the iris (``WarpEngine._gaze_down_lids``)
 GAZE_DOWN_LIDS = 0.5
+
+#: MediaPipe's eye corners (outer, inner) per eye (1 = subject's right, 2 = left)
+_EYE_CORNERS = {1: (33, 133), 2: (263, 362)}
 
 #: MediaPipe's upper-lid vertex -> the lower-lid vertex below it (subject's right eye, then left)
 _LID_PAIRS = ((246, 7), (161, 163), (160, 144), (159, 145), (158, 153), (157, 154), (173, 155),
