@@ -504,7 +504,7 @@ class WarpEngine(Engine):
         faces = st.faces
         F = st.face_px
         vt, shade_t, vhead_t = self._geometry(st.model, target_params, st.roi, st.k, head=True)
-        vt = self._gaze_down_lids(st, target_params, vt)
+        vt = self._gaze_down_lids(st, target_params, vt, vhead_t)
         if st.lid_delta is not None:
             vt[:, :2] += _target_lid_delta(st.lid_delta, st.verts[:, :2] - st.lid_delta, vt[:, :2])
         fi, iy, ix, b = self._raster_covered(vt, st.model.faces.long(), (h, w))
@@ -1139,7 +1139,8 @@ class WarpEngine(Engine):
         return out
 
     @classmethod
-    def _gaze_down_lids(cls, st: WarpSource, target_params: Any, vt: np.ndarray) -> np.ndarray:
+    def _gaze_down_lids(cls, st: WarpSource, target_params: Any, vt: np.ndarray,
+                        v_head: np.ndarray | None = None) -> np.ndarray:
         """A look down (or less of one): the iris moves with the model's ``eyeLookDown`` shapes, the
         rest of the eye (lids, corners, lid skin) by ``GAZE_DOWN_LIDS`` of their motion. The
         blendshape lowers the upper lid twice as far as the iris (its lid gap 38 % of the open one:
@@ -1158,9 +1159,23 @@ class WarpEngine(Engine):
         diff = e_t[0, idx] - e_s[0, idx]
         if float(diff.abs().max()) < 1e-4:
             return vt
-        e_l = e_t.clone()
-        e_l[0, idx] = e_t[0, idx] - (1.0 - GAZE_DOWN_LIDS) * diff
-        v_l = cls._geometry(st.model, target_params.replace(expression=e_l), st.roi, st.k)[0]
+        basis = getattr(st.model, "expression_basis", None)
+        if v_head is not None and isinstance(basis, torch.Tensor) and basis.shape[1] == vt.shape[0]:
+            # the shapes are linear in the head frame and the screen is (nearly) an affine map of
+            # it: the lids' share of the motion without a second pass through the model and camera
+            # (the affine map fitted to this frame's vertices; exact for the weak-perspective camera)
+            key = ("look_down_basis", tuple(idx))
+            if key not in st.fill_cache:
+                st.fill_cache[key] = basis[idx].double().cpu().numpy()
+            dv = -(1.0 - GAZE_DOWN_LIDS) * np.einsum("k,kvc->vc", diff.double().cpu().numpy(), st.fill_cache[key])
+            X = np.concatenate([v_head, np.ones((v_head.shape[0], 1))], 1)
+            A = np.linalg.lstsq(X, vt[:, :3], rcond=None)[0]
+            v_l = vt.copy()
+            v_l[:, :3] += dv @ A[:3]
+        else:
+            e_l = e_t.clone()
+            e_l[0, idx] = e_t[0, idx] - (1.0 - GAZE_DOWN_LIDS) * diff
+            v_l = cls._geometry(st.model, target_params.replace(expression=e_l), st.roi, st.k)[0]
         v_l[468:478] = vt[468:478]
         return v_l
 
