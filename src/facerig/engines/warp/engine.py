@@ -1272,11 +1272,11 @@ class WarpEngine(Engine):
         (cached per source and eye)."""
         key = ("bare_eye", eye)
         if key not in st.fill_cache:
+            assert st.eye_full is not None
             h, w = st.work_hw
-            m = np.zeros((h, w), np.uint8)
-            cv2.circle(m, (int(round(c[0] * 4)), int(round(c[1] * 4))), int(round(1.15 * r * 4)), 1, -1, shift=2)
-            m &= (st.eye_full == eye).astype(np.uint8)
-            m = cv2.dilate(m, np.ones((3, 3), np.uint8))
+            disc = np.zeros((h, w), np.uint8)
+            cv2.circle(disc, (int(round(c[0] * 4)), int(round(c[1] * 4))), int(round(1.15 * r * 4)), 1, -1, shift=2)
+            m = cv2.dilate(((disc > 0) & (st.eye_full == eye)).astype(np.uint8), np.ones((3, 3), np.uint8))
             out = st.image
             if m.any():
                 rad = max(2.0, 0.5 * r)
