@@ -42,9 +42,11 @@ def _white_in_closed_eyes(name: str) -> float:
 
 
 @pytest.mark.shared_data
-@pytest.mark.parametrize("name, limit", [("077559.jpg", 1.6), ("038648.jpg", 1.15)])
+@pytest.mark.parametrize("name, limit", [("077559.jpg", 1.6), ("038648.jpg", 1.15), ("yRpe13BHdKw.jpg", 1.22)])
 def test_closed_lids_keep_no_white_sliver(name, limit):
-    # before the bright rim joined the opening: 2.26 and 1.46 (a white line under the closed lid)
+    # before the bright rim joined the opening: 2.26 and 1.46 (a white line under the closed lid);
+    # yRpe13BHdKw 1.35 before the smoothed field's own sample points were checked too (the photo's
+    # white under the shut lashes as a light crescent), 1.08 after
     assert _white_in_closed_eyes(name) < limit
 
 

@@ -757,6 +757,17 @@ class WarpEngine(Engine):
             extra = ~eye_hidden & (lab_f > 0) & (frame_t[iy, ix] < 0.5)
             eye_lab = np.where(extra, lab_f, eye_lab).astype(np.uint8)
             eye_hidden = eye_hidden | extra
+        if (frame_t is None or keep is None) and closing and st.eye_open is not None:
+            # what a pixel shows is decided by the smoothed field, not the mesh's own
+            # correspondence: between shut lids pixels whose field still reaches into the photo's
+            # opening showed its white as a light crescent under the lashes (yRpe13BHdKw)
+            fs = np.stack([ix + 0.5, iy + 0.5], 1) + fld[iy, ix, :2]
+            lab_f = st.eye_open[np.clip(np.floor(fs[:, 1]).astype(np.int64), 0, h - 1),
+                                np.clip(np.floor(fs[:, 0]).astype(np.int64), 0, w - 1)]
+            extra = ~eye_hidden & np.isin(lab_f, closing)
+            if extra.any():
+                eye_lab = np.where(extra, lab_f, eye_lab).astype(np.uint8)
+                eye_hidden = eye_hidden | extra
         tm["fields"] = time.perf_counter() - t0
 
         # ---- fill layers (work grid): mirror / inpaint for hidden points, synthesised mouth
