@@ -946,6 +946,18 @@ class WarpEngine(Engine):
                 cen = (vt[:, :2].min(0) + vt[:, :2].max(0)) / 2
                 ty_, tx_, col_t = texture_fill(warped_w, reg, vis_face, cen, max(0.6, 0.012 * F))
                 fill[ty_, tx_] = col_t
+        if eye_hidden.any() and alpha.any() and st.lid_rgb is not None:
+            # the shut lid's flat colour meets the lid skin warped round it without a step: its
+            # brightness follows that skin (a membrane from the region's edge, at most 0.12 a
+            # channel); the lid colour alone (the lighter halves of the skin above and below) read
+            # as a flat band along shut lids (077559: grey-brown, pexels-andrea: lighter)
+            reg_l = np.zeros((h, w), bool)
+            reg_l[iy[eye_hidden], ix[eye_hidden]] = True
+            reg_l &= alpha >= 1.0
+            anc = np.zeros((h, w), bool)
+            seen_l = ~hidden_all
+            anc[iy[seen_l], ix[seen_l]] = True
+            fill = seamless_offset(fill, warped_w, reg_l, anc & ~reg_l, max_step=0.12)
         if frame_t is not None and alpha.any():  # the glasses' frame stays on top of every fill
             alpha = np.where(alpha <= 1.0, alpha * (1.0 - frame_t), alpha)
         if alpha.any():
