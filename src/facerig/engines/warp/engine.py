@@ -543,7 +543,9 @@ class WarpEngine(Engine):
         if st.rim_face is not None:
             opened = st.rim_face[f] & (stretch > o.reveal_stretch[0])
             if opened.any():
-                hidden |= opened & ~face_src[sy, sx]
+                # (a glasses frame on the source's outer ring is no background: a temple arm read
+                # as "not face" there was filled over with cheek, a pale patch that cut the arm)
+                hidden |= opened & ~(face_src[sy, sx] | self._frame_px(st)[sy, sx])
             hidden |= st.rim_face[f] & (stretch > o.reveal_stretch[1])
         if hidden.any():  # drop specks: only blobs of some size are really "not seen"
             hm0 = np.zeros((h, w), np.uint8)
@@ -1019,6 +1021,15 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
+    def _frame_px(st: WarpSource) -> np.ndarray:
+        """(H, W) bool per source (cached): the glasses frame's pixels (all False without glasses)."""
+        if "frame_px" not in st.fill_cache:
+            g = st.glasses
+            st.fill_cache["frame_px"] = (g.frame > 0.3 if g is not None and g.present
+                                         else np.zeros(st.work_hw, bool))
+        return st.fill_cache["frame_px"]
+
+    @staticmethod
     def _rigid_glasses(st: WarpSource, target_params: Any, D: np.ndarray, covf: np.ndarray,
                        fld: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Glasses move rigidly with the head: where an edit changes the expression, the frame's
@@ -1028,8 +1039,9 @@ class WarpEngine(Engine):
         rigidly. Next to the frame the expression motion tapers off (``glasses_taper``): skin that
         moves away from the frame stretches rather than sample the frame a second time (what the
         frame hid is not in the photo). ``fld`` is changed in place; returns the frame's soft
-        target mask and the fraction of its expression motion each pixel kept (both None without
-        glasses or without an expression change)."""
+        target mask (kept on top of every fill, pose-only edits included: a cheek revealed by a
+        turn was filled over the temple arm) and the fraction of its expression motion each pixel
+        kept (both None without glasses; the fraction None without an expression change)."""
         g = st.glasses
         if g is None or not g.present:
             return None, None
@@ -1037,8 +1049,6 @@ class WarpEngine(Engine):
         same = tp.expression.shape == st.params.expression.shape and torch.equal(tp.expression, st.params.expression)
         if same and tp.jaw_pose is not None and st.params.jaw_pose is not None:
             same = torch.equal(tp.jaw_pose, st.params.jaw_pose)
-        if same:
-            return None, None
         h, w = st.work_hw
         if g.box is None:  # per source: the frame's reach
             fy, fx = np.nonzero(g.frame > 1e-3)
@@ -1057,6 +1067,10 @@ class WarpEngine(Engine):
         if not (m_t > 1e-3).any():
             return None, None
         m_t = (np.clip(cv2.GaussianBlur(cv2.dilate(m_t, np.ones((3, 3), np.uint8)), (0, 0), 0.7), 0, 1) * cov).astype(np.float32)
+        if same:  # a pose-only edit moves the frame rigidly already: only where it lands (kept over the fills)
+            out = np.zeros((h, w), np.float32)
+            out[y0:y1, x0:x1] = m_t
+            return out, None
         sub = fld[y0:y1, x0:x1, :2]
         # the lids inside the lens keep nearly all their motion (closing lids reach the rim: their
         # skin is plain, a strong compression there does not show), the brows above the frame
