@@ -931,10 +931,15 @@ class WarpEngine(Engine):
             vis_face = np.zeros((h, w), bool)
             seen_face = ~hidden_all & face_src[sy, sx]
             vis_face[iy[seen_face], ix[seen_face]] = True
+            sig_t = max(0.6, 0.012 * F)
+            if frame_t is not None:  # not the glasses' frame (nor its blurred halo): its rim was
+                # copied into a revealed cheek next to it (a doubled rim) and darkened the membrane
+                r_f = int(np.ceil(2.0 * sig_t)) + 1
+                vis_face &= cv2.dilate((frame_t > 0.3).astype(np.uint8), np.ones((2 * r_f + 1, 2 * r_f + 1), np.uint8)) == 0
             fill = seamless_offset(fill, warped_w, reg, vis_face)
             if o.reveal_texture and reg.any():  # its colour from the face next to it, its texture too
                 cen = (vt[:, :2].min(0) + vt[:, :2].max(0)) / 2
-                ty_, tx_, col_t = texture_fill(warped_w, reg, vis_face, cen, max(0.6, 0.012 * F))
+                ty_, tx_, col_t = texture_fill(warped_w, reg, vis_face, cen, sig_t)
                 fill[ty_, tx_] = col_t
         if frame_t is not None and alpha.any():  # the glasses' frame stays on top of every fill
             alpha = np.where(alpha <= 1.0, alpha * (1.0 - frame_t), alpha)
