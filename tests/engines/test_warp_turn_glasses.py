@@ -62,3 +62,47 @@ def test_turn_keeps_the_temple_arm(name, yaw):
     share, alpha = _painted_over(eng, st, tp)
     assert share < 0.01, share                      # 0.043 / 0.038 before
     assert np.percentile(alpha, 99) < 0.5           # no fill drawn over the frame
+
+
+def _bridge_box(pts: np.ndarray, frame: np.ndarray) -> tuple[slice, slice]:
+    """Grace Hopper's amber bridge: between the dark bars' inner ends (the frame mask's pixels in the
+    band from the brows to the inner eye corners, either side of the nose's midline), from the
+    bars' top to the inner eye corners."""
+    from facerig.engines.warp import glasses as G
+
+    iod = float(np.linalg.norm(pts[33] - pts[263]))
+    mid = (pts[G._R_IN, 0] + pts[G._L_IN, 0]) / 2
+    ya = int(min(pts[list(G._R_BROW), 1].min(), pts[list(G._L_BROW), 1].min()) - 0.05 * iod)
+    yb = int(max(pts[G._R_IN, 1], pts[G._L_IN, 1]))
+    ys, xs = np.nonzero(frame[ya:yb] > 0.5)
+    xr, xl = int(xs[xs < mid].max()), int(xs[xs >= mid].min())
+    near = (np.abs(xs - xr) < 0.1 * iod) | (np.abs(xs - xl) < 0.1 * iod)
+    return slice(ya + int(ys[near].min()), yb), slice(xr + 1, xl)
+
+
+def test_grace_hoppers_bridge_and_nostrils(grace_hopper):
+    """Her browline frame's amber bridge is part of the frame (it stays put under raised brows: its
+    top stretched up with the forehead before, 2026-12-03), and her nostrils are not (they were
+    "frame", rigid under a smile)."""
+    from facerig.edit import _fit_one
+    from facerig.engines import get_engine
+    from facerig.engines.warp import glasses as G
+    from facerig.morphable import load_face_model
+    from facerig.rig import EditSpec
+
+    model = load_face_model("builtin")
+    params = _fit_one(grace_hopper, model, "largest", "grace_hopper")
+    pts = np.asarray(params.meta["landmarks_px"], np.float64)[:, :2]
+    img = grace_hopper.astype(np.float32) / 255.0
+    g = G.detect_glasses(img, pts)
+    assert g.present
+    by, bx = _bridge_box(pts, G.frame_mask(img, pts))  # (the mask before the bridge is added)
+    assert (g.frame[by, bx] > 0.5).mean() > 0.8
+    iod = float(np.linalg.norm(pts[33] - pts[263]))
+    below = int(max(pts[G._R_LOW, 1], pts[G._L_LOW, 1]) + 0.3 * iod)
+    assert g.frame[below:].max() < 0.05                       # no nostrils
+    eng = get_engine("warp")
+    st = eng.prepare(grace_hopper, params, model)
+    out = eng.render_frame(st, EditSpec(preset="raise_brows").apply(params, model))
+    diff = np.abs(out.astype(int) - grace_hopper.astype(int)).max(-1)
+    assert (diff[by, bx] > 40).mean() < 0.05, (diff[by, bx] > 40).mean()

@@ -321,12 +321,14 @@ def detect_glasses(image: np.ndarray, pts: np.ndarray | None, threshold: float =
         return Glasses(sc, False, np.zeros(hw, np.float32), ANCHORS)
     # the decision is the dark/contrasted parts' (the traced rims would widen what crosses the bridge)
     coarse = frame_mask(image, pts, rims=False)
-    if _frame_bridges(coarse, pts) or _browline_bars(coarse, image, pts):
-        return Glasses(sc, True, frame_mask(image, pts), ANCHORS)
+    if _frame_bridges(coarse, pts):
+        return Glasses(sc, True, _not_nostrils(frame_mask(image, pts), pts), ANCHORS)
+    if _browline_bars(coarse, image, pts):
+        return Glasses(sc, True, _browline_bridge(_not_nostrils(frame_mask(image, pts), pts), pts), ANCHORS)
     lenses = _dark_lenses(image, pts)
     if lenses is not None:
         # sunglasses: the lenses themselves are the frame (the eyes behind them do not show)
-        return Glasses(sc, True, np.maximum(frame_mask(image, pts), lenses), ANCHORS)
+        return Glasses(sc, True, np.maximum(_not_nostrils(frame_mask(image, pts), pts), lenses), ANCHORS)
     return Glasses(sc, False, np.zeros(hw, np.float32), ANCHORS)
 
 
@@ -442,6 +444,49 @@ def _browline_bars(fm: np.ndarray, image: np.ndarray, pts: np.ndarray) -> bool:
         if band.any(0).mean() < BAR_COVER or px.size < 10 or np.percentile(px, 30) > BAR_DARK * skin:
             return False
     return True
+
+
+def _not_nostrils(fm: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """The frame mask without the dark blobs on the nose below the eyes (the nostrils: a frame's
+    lower rims lie less than 0.3 IOD below the lower lids and its bridge above them; Grace Hopper's
+    nostrils were "frame" and stayed put under a smile)."""
+    iod = float(np.linalg.norm(pts[_R_OUT] - pts[_L_OUT]))
+    mid = (pts[_R_IN, 0] + pts[_L_IN, 0]) / 2
+    low = max(pts[_R_LOW, 1], pts[_L_LOW, 1]) + 0.3 * iod
+    n, lab, stats, cen = cv2.connectedComponentsWithStats((fm > 0.05).astype(np.uint8), connectivity=8)
+    drop = np.zeros(n, bool)
+    drop[1:] = (cen[1:, 1] > low) & (np.abs(cen[1:, 0] - mid) < 0.3 * iod)
+    if not drop.any():
+        return fm
+    return np.where(drop[lab], 0.0, fm).astype(np.float32)
+
+
+def _browline_bridge(fm: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """A browline frame's mask with its bridge: the light (amber, translucent) piece between the two
+    dark bars' inner ends, down to the inner eye corners, which neither the darkness test nor the
+    rims find; left to the warp, its top stretched up with a raised forehead (Grace Hopper)."""
+    iod = float(np.linalg.norm(pts[_R_OUT] - pts[_L_OUT]))
+    h, w = fm.shape
+    mid = (pts[_R_IN, 0] + pts[_L_IN, 0]) / 2
+    ya = int(np.clip(min(pts[list(_R_BROW), 1].min(), pts[list(_L_BROW), 1].min()) - 0.05 * iod, 0, h - 1))
+    yb = int(np.clip(max(pts[_R_IN, 1], pts[_L_IN, 1]), ya + 1, h))
+    m = fm[ya:yb] > 0.5
+    ys, xs = np.nonzero(m)
+    right, left = xs < mid, xs >= mid
+    if not right.any() or not left.any():
+        return fm
+    xr, xl = int(xs[right].max()), int(xs[left].min())
+    if xl - xr > 0.6 * iod or xl <= xr:
+        return fm
+    near = (np.abs(xs - xr) < 0.1 * iod) | (np.abs(xs - xl) < 0.1 * iod)
+    top = ya + int(ys[near].min())
+    out = fm.copy()
+    bridge = np.zeros((h, w), np.float32)
+    k = max(1, int(round(0.02 * iod)))
+    bridge[top:yb, max(0, xr - k):min(w, xl + k + 1)] = 1.0
+    free = _poly(pts, _R_EYE, (h, w)) | _poly(pts, _L_EYE, (h, w))
+    bridge *= 1 - free
+    return np.maximum(out, np.clip(cv2.GaussianBlur(bridge, (0, 0), 0.8), 0, 1)).astype(np.float32)
 
 
 def _frame_bridges(fm: np.ndarray, pts: np.ndarray) -> bool:
