@@ -545,7 +545,11 @@ class WarpEngine(Engine):
             if opened.any():
                 # (a glasses frame on the source's outer ring is no background: a temple arm read
                 # as "not face" there was filled over with cheek, a pale patch that cut the arm)
-                hidden |= opened & ~(face_src[sy, sx] | self._frame_px(st)[sy, sx])
+                gone = opened & ~face_src[sy, sx]
+                if st.glasses is not None and st.glasses.present:
+                    gi = np.nonzero(gone)[0]
+                    gone[gi] = ~self._frame_px(st)[sy[gi], sx[gi]]
+                hidden |= gone
             hidden |= st.rim_face[f] & (stretch > o.reveal_stretch[1])
         if hidden.any():  # drop specks: only blobs of some size are really "not seen"
             hm0 = np.zeros((h, w), np.uint8)
