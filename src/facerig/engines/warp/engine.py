@@ -60,7 +60,7 @@ from facerig.engines.warp.field import (
     use_kernels,
 )
 from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask, texture_fill
-from facerig.engines.warp.glasses import detect_glasses, glasses_taper
+from facerig.engines.warp.glasses import detect_glasses, glasses_taper, splat_frame
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import (
     MouthSource,
@@ -743,7 +743,7 @@ class WarpEngine(Engine):
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
         if o.brow_unfold:  # raised brows move as they are, the lid skin unfolds under them (brows.py)
             unfold_raised_brows(fld, st.verts, vt, st.image, _detected_px(st.params, st.roi[:2], st.k))
-        frame_t, keep = self._rigid_glasses(st, target_params, D, covf, fld)
+        frame_t, keep = self._rigid_glasses(st, target_params, D, covf, fld, vt)
         if frame_t is not None and keep is not None and closing and st.eye_open is not None:
             # next to a rigid frame the lid's motion tapers off (it may not reach behind the
             # frame): pixels that now show the photo's opening of a closing eye, or a lid strip
@@ -1040,7 +1040,7 @@ class WarpEngine(Engine):
 
     @staticmethod
     def _rigid_glasses(st: WarpSource, target_params: Any, D: np.ndarray, covf: np.ndarray,
-                       fld: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+                       fld: np.ndarray, vt: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Glasses move rigidly with the head: where an edit changes the expression, the frame's
         target pixels take the pose part of the motion only (``D[..., :2] - D[..., 3:5]``: the
         displacement minus its expression part, i.e. the rigid motion of the head in 3D), so a brow
@@ -1077,6 +1077,8 @@ class WarpEngine(Engine):
             return None, None
         m_t = (np.clip(cv2.GaussianBlur(cv2.dilate(m_t, np.ones((3, 3), np.uint8)), (0, 0), 0.7), 0, 1) * cov).astype(np.float32)
         if same:  # a pose-only edit moves the frame rigidly already: only where it lands (kept over the fills)
+            if vt is not None:
+                m_t = WarpEngine._frame_in_front(st, vt, fld, m_t)
             out = np.zeros((h, w), np.float32)
             out[y0:y1, x0:x1] = m_t
             return out, None
@@ -1097,6 +1099,58 @@ class WarpEngine(Engine):
         keep = np.ones((h, w), np.float32)
         keep[y0:y1, x0:x1] = np.where(cov, lam, 1.0)
         return out, keep
+
+    @staticmethod
+    def _frame_in_front(st: WarpSource, vt: np.ndarray, fld: np.ndarray, m_t: np.ndarray) -> np.ndarray:
+        """A head turn: the frame stays in front of the nose. Each source frame pixel on the mesh is
+        carried with its surface point to the target (``vt``) and splatted there; where the warp
+        shows the nose there, nearer (in the source) than the frame's own surface point by twice the
+        occlusion tolerance, the splat's backward flow replaces the field (``fld``, in place) - the
+        nose's side turning behind its ridge took the rim lying in front of it along, and the rim
+        broke where the nose crossed it (pexels-daniel-xavier at yaw -20). Returns the frame's
+        target mask on its box (``m_t``, raised to the splat where it was put)."""
+        g = st.glasses
+        y0, y1, x0, x1 = g.box
+        if "frame_src" not in st.fill_cache:  # per source: the frame's pixels on the mesh, barycentrics
+            fy, fx = np.nonzero((g.frame > 0.02) & (st.face_index >= 0))
+            fi = st.face_index[fy, fx]
+            tri = st.verts[st.faces[fi], :2]
+            q = np.stack([fx + 0.5, fy + 0.5], 1).astype(np.float64)
+            a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+            den = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
+            den = np.where(np.abs(den) < 1e-9, 1e-9, den)
+            l0 = ((b[:, 1] - c[:, 1]) * (q[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (q[:, 1] - c[:, 1])) / den
+            l1 = ((c[:, 1] - a[:, 1]) * (q[:, 0] - c[:, 0]) + (a[:, 0] - c[:, 0]) * (q[:, 1] - c[:, 1])) / den
+            bary = np.stack([l0, l1, 1 - l0 - l1], 1)
+            st.fill_cache["frame_src"] = (q, st.faces[fi], bary, g.frame[fy, fx])
+        q, tri_v, bary, val = st.fill_cache["frame_src"]
+        if q.shape[0] == 0:
+            return m_t
+        t = np.einsum("nk,nkc->nc", bary, vt[tri_v, :2])
+        m2, fl2 = splat_frame(val, q, t, (y0, y1, x0, x1))
+        sub = fld[y0:y1, x0:x1, :2]
+        # only where the warp shows a part of the face in front of the frame's own surface point
+        # there (the nose: nearer in the source by more than the occlusion tolerance); elsewhere the
+        # warp already draws the frame, and the splat is sparse where a turn compresses or
+        # stretches it (speckles)
+        h, w = st.work_hw
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        def at(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return (np.clip(np.floor(ys + 0.5 + f[..., 1]).astype(np.int64), 0, h - 1),
+                    np.clip(np.floor(xs + 0.5 + f[..., 0]).astype(np.int64), 0, w - 1))
+        tol = 2.0 * WarpOptions.occlusion_tol * st.face_px
+        sw, sf = at(sub), at(fl2)
+        put = (m2 > m_t) & (st.zbuf[sw] > st.zbuf[sf] + tol)
+        r_nose = st.regions.get("nose", -2)
+        if r_nose >= 0:  # (the occluder is the nose: at a cheek's edge the splat is sparse, speckles)
+            fi_w = st.face_index[sw]
+            put &= (fi_w >= 0) & (st.model.face_region.cpu().numpy()[np.maximum(fi_w, 0)] == r_nose)
+        if not put.any():
+            return m_t
+        put = cv2.dilate(put.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & (m2 > m_t)
+        a2 = m2[put][:, None]
+        sub[put] = a2 * fl2[put] + (1.0 - a2) * sub[put]
+        return np.where(put, np.maximum(m_t, m2), m_t)
 
     # ------------------------------------------------------------------------------------------
     @staticmethod

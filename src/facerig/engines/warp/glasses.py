@@ -549,3 +549,36 @@ def rigid_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         m = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         m[:, 2] = (dst - src).mean(0)
     return np.asarray(m, np.float64)
+
+
+def splat_frame(values: np.ndarray, src_xy: np.ndarray, tgt_xy: np.ndarray, box: tuple[int, int, int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Frame pixels carried forward: ``values`` (N,) soft frame mask of source points ``src_xy`` (N, 2,
+    work pixels) that land at ``tgt_xy`` (N, 2) are splatted (nearest) onto the target grid within
+    ``box`` (y0, y1, x0, x1), the stronger frame pixel winning where two meet; single-pixel holes
+    (a frame stretched a little) take the mean of their neighbours. Returns the target mask (h, w) of
+    the box and there the backward flow (h, w, 2) to each pixel's source point (0 elsewhere).
+    A pure function of the arrays."""
+    y0, y1, x0, x1 = box
+    mask_t = np.zeros((y1 - y0, x1 - x0), np.float32)
+    flow_t = np.zeros((y1 - y0, x1 - x0, 2), np.float32)
+    ti = np.floor(tgt_xy).astype(np.int64)
+    ok = (ti[:, 0] >= x0) & (ti[:, 0] < x1) & (ti[:, 1] >= y0) & (ti[:, 1] < y1)
+    if not ok.any():
+        return mask_t, flow_t
+    v, ti, d = values[ok].astype(np.float32), ti[ok], (src_xy[ok] - tgt_xy[ok]).astype(np.float32)
+    order = np.argsort(v, kind="stable")
+    ty, tx = ti[order, 1] - y0, ti[order, 0] - x0
+    mask_t[ty, tx] = v[order]
+    flow_t[ty, tx] = d[order]
+    have = (mask_t > 0).astype(np.float32)
+    k = np.ones((3, 3), np.float32)
+    wsum = cv2.filter2D(have, -1, k, borderType=cv2.BORDER_CONSTANT)
+    hole = (have == 0) & (wsum >= 4)
+    if hole.any():
+        ms = cv2.filter2D(mask_t, -1, k, borderType=cv2.BORDER_CONSTANT)
+        fs = [cv2.filter2D(np.ascontiguousarray(flow_t[..., c]), -1, k, borderType=cv2.BORDER_CONSTANT) for c in (0, 1)]
+        mask_t[hole] = ms[hole] / wsum[hole]
+        flow_t[hole, 0] = fs[0][hole] / wsum[hole]
+        flow_t[hole, 1] = fs[1][hole] / wsum[hole]
+    return mask_t, flow_t
