@@ -939,7 +939,10 @@ class WarpEngine(Engine):
             if frame_t is not None:  # not the glasses' frame (nor its blurred halo): its rim was
                 # copied into a revealed cheek next to it (a doubled rim) and darkened the membrane
                 r_f = int(np.ceil(2.0 * sig_t)) + 1
-                vis_face &= cv2.dilate((frame_t > 0.3).astype(np.uint8), np.ones((2 * r_f + 1, 2 * r_f + 1), np.uint8)) == 0
+                gb = st.glasses.box if st.glasses is not None and st.glasses.box is not None else (0, h, 0, w)
+                ya, yb, xa, xb = max(0, gb[0] - r_f), min(h, gb[1] + r_f), max(0, gb[2] - r_f), min(w, gb[3] + r_f)
+                near_f = cv2.dilate((frame_t[ya:yb, xa:xb] > 0.3).astype(np.uint8), np.ones((2 * r_f + 1, 2 * r_f + 1), np.uint8))
+                vis_face[ya:yb, xa:xb] &= near_f == 0
             fill = seamless_offset(fill, warped_w, reg, vis_face)
             if o.reveal_texture and reg.any():  # its colour from the face next to it, its texture too
                 cen = (vt[:, :2].min(0) + vt[:, :2].max(0)) / 2
