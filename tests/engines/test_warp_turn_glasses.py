@@ -153,3 +153,22 @@ def test_nose_does_not_cut_the_rim_on_turning():
     wo = cv2.resize(out.astype(np.float32)[y0:y1, x0:x1] / 255, (w, h), interpolation=cv2.INTER_AREA)
     err = np.abs(wo[ys, xs] - st.image[sy, sx]).mean(1)
     assert (err > 0.15).mean() < 0.1, (err > 0.15).mean()
+
+
+def test_splat_frame_moves_a_line_and_fills_pinholes():
+    """glasses.splat_frame: a horizontal frame line shifted by (3, 2) and stretched 1.5x along x lands
+    where its points go, with the backward flow to its source points and no pinholes."""
+    from facerig.engines.warp.glasses import splat_frame
+
+    xs = np.arange(10, 40, dtype=np.float64) + 0.5
+    src = np.stack([xs, np.full_like(xs, 20.5)], 1)
+    tgt = np.stack([(xs - 10) * 1.5 + 13, np.full_like(xs, 22.5)], 1)
+    m, fl = splat_frame(np.ones(xs.size, np.float32), src, tgt, (0, 50, 0, 80))
+    row = m[22]
+    assert row[13:56].min() > 0.3 and m[20].max() == 0         # the moved line, whole, not the old one
+    on = m > 0.3
+    back = np.stack(np.nonzero(on)[::-1], 1) + 0.5 + fl[on]     # (x, y) source points
+    assert np.abs(back[:, 1] - 20.5).max() < 1e-3
+    assert back[:, 0].min() >= 10 and back[:, 0].max() <= 40
+    m0, _ = splat_frame(np.ones(2, np.float32), src[:2], tgt[:2] + 100, (0, 50, 0, 80))
+    assert m0.max() == 0                                         # outside the box: nothing

@@ -574,7 +574,13 @@ def splat_frame(values: np.ndarray, src_xy: np.ndarray, tgt_xy: np.ndarray, box:
     have = (mask_t > 0).astype(np.float32)
     k = np.ones((3, 3), np.float32)
     wsum = cv2.filter2D(have, -1, k, borderType=cv2.BORDER_CONSTANT)
-    hole = (have == 0) & (wsum >= 4)
+    # a hole: set neighbours on two opposite sides (a thin rim stretched along itself) or most round it
+    hp = np.pad(have > 0, 1)
+    hh, ww = have.shape
+    def nb(dy: int, dx: int) -> np.ndarray:
+        return hp[1 + dy:1 + dy + hh, 1 + dx:1 + dx + ww]
+    between = (nb(0, -1) & nb(0, 1)) | (nb(-1, 0) & nb(1, 0)) | (nb(-1, -1) & nb(1, 1)) | (nb(-1, 1) & nb(1, -1))
+    hole = (have == 0) & (between | (wsum >= 4))
     if hole.any():
         ms = cv2.filter2D(mask_t, -1, k, borderType=cv2.BORDER_CONSTANT)
         fs = [cv2.filter2D(np.ascontiguousarray(flow_t[..., c]), -1, k, borderType=cv2.BORDER_CONSTANT) for c in (0, 1)]
