@@ -60,7 +60,7 @@ from facerig.engines.warp.field import (
     use_kernels,
 )
 from facerig.engines.warp.fill import colour_sources, seamless_offset, source_face_mask, texture_fill
-from facerig.engines.warp.glasses import detect_glasses, glasses_taper
+from facerig.engines.warp.glasses import detect_glasses, glasses_taper, splat_frame
 from facerig.engines.warp.head import HeadProxy, affine_head_to_screen, ellipsoid_flow, fit_head
 from facerig.engines.warp.mouth import (
     MouthSource,
@@ -544,7 +544,13 @@ class WarpEngine(Engine):
         if st.rim_face is not None:
             opened = st.rim_face[f] & (stretch > o.reveal_stretch[0])
             if opened.any():
-                hidden |= opened & ~face_src[sy, sx]
+                # (a glasses frame on the source's outer ring is no background: a temple arm read
+                # as "not face" there was filled over with cheek, a pale patch that cut the arm)
+                gone = opened & ~face_src[sy, sx]
+                if st.glasses is not None and st.glasses.present:
+                    gi = np.nonzero(gone)[0]
+                    gone[gi] = ~self._frame_px(st)[sy[gi], sx[gi]]
+                hidden |= gone
             hidden |= st.rim_face[f] & (stretch > o.reveal_stretch[1])
         if hidden.any():  # drop specks: only blobs of some size are really "not seen"
             hm0 = np.zeros((h, w), np.uint8)
@@ -738,7 +744,7 @@ class WarpEngine(Engine):
         fld[..., 2] = cv2.GaussianBlur(np.ascontiguousarray(fld[..., 2]), (0, 0), sig)
         if o.brow_unfold:  # raised brows move as they are, the lid skin unfolds under them (brows.py)
             unfold_raised_brows(fld, st.verts, vt, st.image, _detected_px(st.params, st.roi[:2], st.k))
-        frame_t, keep = self._rigid_glasses(st, target_params, D, covf, fld)
+        frame_t, keep = self._rigid_glasses(st, target_params, D, covf, fld, vt)
         if frame_t is not None and keep is not None and closing and st.eye_open is not None:
             # next to a rigid frame the lid's motion tapers off (it may not reach behind the
             # frame): pixels that now show the photo's opening of a closing eye, or a lid strip
@@ -941,10 +947,18 @@ class WarpEngine(Engine):
             vis_face = np.zeros((h, w), bool)
             seen_face = ~hidden_all & face_src[sy, sx]
             vis_face[iy[seen_face], ix[seen_face]] = True
+            sig_t = max(0.6, 0.012 * F)
+            if frame_t is not None:  # not the glasses' frame (nor its blurred halo): its rim was
+                # copied into a revealed cheek next to it (a doubled rim) and darkened the membrane
+                r_f = int(np.ceil(2.0 * sig_t)) + 1
+                gb = st.glasses.box if st.glasses is not None and st.glasses.box is not None else (0, h, 0, w)
+                ya, yb, xa, xb = max(0, gb[0] - r_f), min(h, gb[1] + r_f), max(0, gb[2] - r_f), min(w, gb[3] + r_f)
+                near_f = cv2.dilate((frame_t[ya:yb, xa:xb] > 0.3).astype(np.uint8), np.ones((2 * r_f + 1, 2 * r_f + 1), np.uint8))
+                vis_face[ya:yb, xa:xb] &= near_f == 0
             fill = seamless_offset(fill, warped_w, reg, vis_face)
             if o.reveal_texture and reg.any():  # its colour from the face next to it, its texture too
                 cen = (vt[:, :2].min(0) + vt[:, :2].max(0)) / 2
-                ty_, tx_, col_t = texture_fill(warped_w, reg, vis_face, cen, max(0.6, 0.012 * F))
+                ty_, tx_, col_t = texture_fill(warped_w, reg, vis_face, cen, sig_t)
                 fill[ty_, tx_] = col_t
         if eye_hidden.any() and alpha.any() and st.lid_rgb is not None:
             # the shut lid's flat colour meets the lid skin warped round it without a step: its
@@ -1043,8 +1057,17 @@ class WarpEngine(Engine):
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
+    def _frame_px(st: WarpSource) -> np.ndarray:
+        """(H, W) bool per source (cached): the glasses frame's pixels (all False without glasses)."""
+        if "frame_px" not in st.fill_cache:
+            g = st.glasses
+            st.fill_cache["frame_px"] = (g.frame > 0.3 if g is not None and g.present
+                                         else np.zeros(st.work_hw, bool))
+        return st.fill_cache["frame_px"]
+
+    @staticmethod
     def _rigid_glasses(st: WarpSource, target_params: Any, D: np.ndarray, covf: np.ndarray,
-                       fld: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+                       fld: np.ndarray, vt: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Glasses move rigidly with the head: where an edit changes the expression, the frame's
         target pixels take the pose part of the motion only (``D[..., :2] - D[..., 3:5]``: the
         displacement minus its expression part, i.e. the rigid motion of the head in 3D), so a brow
@@ -1052,8 +1075,9 @@ class WarpEngine(Engine):
         rigidly. Next to the frame the expression motion tapers off (``glasses_taper``): skin that
         moves away from the frame stretches rather than sample the frame a second time (what the
         frame hid is not in the photo). ``fld`` is changed in place; returns the frame's soft
-        target mask and the fraction of its expression motion each pixel kept (both None without
-        glasses or without an expression change)."""
+        target mask (kept on top of every fill, pose-only edits included: a cheek revealed by a
+        turn was filled over the temple arm) and the fraction of its expression motion each pixel
+        kept (both None without glasses; the fraction None without an expression change)."""
         g = st.glasses
         if g is None or not g.present:
             return None, None
@@ -1061,8 +1085,6 @@ class WarpEngine(Engine):
         same = tp.expression.shape == st.params.expression.shape and torch.equal(tp.expression, st.params.expression)
         if same and tp.jaw_pose is not None and st.params.jaw_pose is not None:
             same = torch.equal(tp.jaw_pose, st.params.jaw_pose)
-        if same:
-            return None, None
         h, w = st.work_hw
         if g.box is None:  # per source: the frame's reach
             fy, fx = np.nonzero(g.frame > 1e-3)
@@ -1081,6 +1103,12 @@ class WarpEngine(Engine):
         if not (m_t > 1e-3).any():
             return None, None
         m_t = (np.clip(cv2.GaussianBlur(cv2.dilate(m_t, np.ones((3, 3), np.uint8)), (0, 0), 0.7), 0, 1) * cov).astype(np.float32)
+        if same:  # a pose-only edit moves the frame rigidly already: only where it lands (kept over the fills)
+            if vt is not None:
+                m_t = WarpEngine._frame_in_front(st, vt, fld, m_t)
+            out = np.zeros((h, w), np.float32)
+            out[y0:y1, x0:x1] = m_t
+            return out, None
         sub = fld[y0:y1, x0:x1, :2]
         # the lids inside the lens keep nearly all their motion (closing lids reach the rim: their
         # skin is plain, a strong compression there does not show), the brows above the frame
@@ -1098,6 +1126,58 @@ class WarpEngine(Engine):
         keep = np.ones((h, w), np.float32)
         keep[y0:y1, x0:x1] = np.where(cov, lam, 1.0)
         return out, keep
+
+    @staticmethod
+    def _frame_in_front(st: WarpSource, vt: np.ndarray, fld: np.ndarray, m_t: np.ndarray) -> np.ndarray:
+        """A head turn: the frame stays in front of the nose. Each source frame pixel on the mesh is
+        carried with its surface point to the target (``vt``) and splatted there; where the warp
+        shows the nose there, nearer (in the source) than the frame's own surface point by twice the
+        occlusion tolerance, the splat's backward flow replaces the field (``fld``, in place) - the
+        nose's side turning behind its ridge took the rim lying in front of it along, and the rim
+        broke where the nose crossed it (pexels-daniel-xavier at yaw -20). Returns the frame's
+        target mask on its box (``m_t``, raised to the splat where it was put)."""
+        g = st.glasses
+        y0, y1, x0, x1 = g.box
+        if "frame_src" not in st.fill_cache:  # per source: the frame's pixels on the mesh, barycentrics
+            fy, fx = np.nonzero((g.frame > 0.02) & (st.face_index >= 0))
+            fi = st.face_index[fy, fx]
+            tri = st.verts[st.faces[fi], :2]
+            q = np.stack([fx + 0.5, fy + 0.5], 1).astype(np.float64)
+            a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+            den = (b[:, 1] - c[:, 1]) * (a[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (a[:, 1] - c[:, 1])
+            den = np.where(np.abs(den) < 1e-9, 1e-9, den)
+            l0 = ((b[:, 1] - c[:, 1]) * (q[:, 0] - c[:, 0]) + (c[:, 0] - b[:, 0]) * (q[:, 1] - c[:, 1])) / den
+            l1 = ((c[:, 1] - a[:, 1]) * (q[:, 0] - c[:, 0]) + (a[:, 0] - c[:, 0]) * (q[:, 1] - c[:, 1])) / den
+            bary = np.stack([l0, l1, 1 - l0 - l1], 1)
+            st.fill_cache["frame_src"] = (q, st.faces[fi], bary, g.frame[fy, fx])
+        q, tri_v, bary, val = st.fill_cache["frame_src"]
+        if q.shape[0] == 0:
+            return m_t
+        t = np.einsum("nk,nkc->nc", bary, vt[tri_v, :2])
+        m2, fl2 = splat_frame(val, q, t, (y0, y1, x0, x1))
+        sub = fld[y0:y1, x0:x1, :2]
+        # only where the warp shows a part of the face in front of the frame's own surface point
+        # there (the nose: nearer in the source by more than the occlusion tolerance); elsewhere the
+        # warp already draws the frame, and the splat is sparse where a turn compresses or
+        # stretches it (speckles)
+        h, w = st.work_hw
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        def at(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return (np.clip(np.floor(ys + 0.5 + f[..., 1]).astype(np.int64), 0, h - 1),
+                    np.clip(np.floor(xs + 0.5 + f[..., 0]).astype(np.int64), 0, w - 1))
+        tol = 2.0 * WarpOptions.occlusion_tol * st.face_px
+        sw, sf = at(sub), at(fl2)
+        put = (m2 > m_t) & (st.zbuf[sw] > st.zbuf[sf] + tol)
+        r_nose = st.regions.get("nose", -2)
+        if r_nose >= 0:  # (the occluder is the nose: at a cheek's edge the splat is sparse, speckles)
+            fi_w = st.face_index[sw]
+            put &= (fi_w >= 0) & (st.model.face_region.cpu().numpy()[np.maximum(fi_w, 0)] == r_nose)
+        if not put.any():
+            return m_t
+        put = cv2.dilate(put.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) & (m2 > m_t)
+        a2 = m2[put][:, None]
+        sub[put] = a2 * fl2[put] + (1.0 - a2) * sub[put]
+        return np.where(put, np.maximum(m_t, m2), m_t)
 
     # ------------------------------------------------------------------------------------------
     @staticmethod

@@ -321,12 +321,14 @@ def detect_glasses(image: np.ndarray, pts: np.ndarray | None, threshold: float =
         return Glasses(sc, False, np.zeros(hw, np.float32), ANCHORS)
     # the decision is the dark/contrasted parts' (the traced rims would widen what crosses the bridge)
     coarse = frame_mask(image, pts, rims=False)
-    if _frame_bridges(coarse, pts) or _browline_bars(coarse, image, pts):
-        return Glasses(sc, True, frame_mask(image, pts), ANCHORS)
+    if _frame_bridges(coarse, pts):
+        return Glasses(sc, True, _not_nostrils(frame_mask(image, pts), pts), ANCHORS)
+    if _browline_bars(coarse, image, pts):
+        return Glasses(sc, True, _browline_bridge(_not_nostrils(frame_mask(image, pts), pts), pts), ANCHORS)
     lenses = _dark_lenses(image, pts)
     if lenses is not None:
         # sunglasses: the lenses themselves are the frame (the eyes behind them do not show)
-        return Glasses(sc, True, np.maximum(frame_mask(image, pts), lenses), ANCHORS)
+        return Glasses(sc, True, np.maximum(_not_nostrils(frame_mask(image, pts), pts), lenses), ANCHORS)
     return Glasses(sc, False, np.zeros(hw, np.float32), ANCHORS)
 
 
@@ -444,6 +446,49 @@ def _browline_bars(fm: np.ndarray, image: np.ndarray, pts: np.ndarray) -> bool:
     return True
 
 
+def _not_nostrils(fm: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """The frame mask without the dark blobs on the nose below the eyes (the nostrils: a frame's
+    lower rims lie less than 0.3 IOD below the lower lids and its bridge above them; Grace Hopper's
+    nostrils were "frame" and stayed put under a smile)."""
+    iod = float(np.linalg.norm(pts[_R_OUT] - pts[_L_OUT]))
+    mid = (pts[_R_IN, 0] + pts[_L_IN, 0]) / 2
+    low = max(pts[_R_LOW, 1], pts[_L_LOW, 1]) + 0.3 * iod
+    n, lab, stats, cen = cv2.connectedComponentsWithStats((fm > 0.05).astype(np.uint8), connectivity=8)
+    drop = np.zeros(n, bool)
+    drop[1:] = (cen[1:, 1] > low) & (np.abs(cen[1:, 0] - mid) < 0.3 * iod)
+    if not drop.any():
+        return fm
+    return np.where(drop[lab], 0.0, fm).astype(np.float32)
+
+
+def _browline_bridge(fm: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """A browline frame's mask with its bridge: the light (amber, translucent) piece between the two
+    dark bars' inner ends, down to the inner eye corners, which neither the darkness test nor the
+    rims find; left to the warp, its top stretched up with a raised forehead (Grace Hopper)."""
+    iod = float(np.linalg.norm(pts[_R_OUT] - pts[_L_OUT]))
+    h, w = fm.shape
+    mid = (pts[_R_IN, 0] + pts[_L_IN, 0]) / 2
+    ya = int(np.clip(min(pts[list(_R_BROW), 1].min(), pts[list(_L_BROW), 1].min()) - 0.05 * iod, 0, h - 1))
+    yb = int(np.clip(max(pts[_R_IN, 1], pts[_L_IN, 1]), ya + 1, h))
+    m = fm[ya:yb] > 0.5
+    ys, xs = np.nonzero(m)
+    right, left = xs < mid, xs >= mid
+    if not right.any() or not left.any():
+        return fm
+    xr, xl = int(xs[right].max()), int(xs[left].min())
+    if xl - xr > 0.6 * iod or xl <= xr:
+        return fm
+    near = (np.abs(xs - xr) < 0.1 * iod) | (np.abs(xs - xl) < 0.1 * iod)
+    top = ya + int(ys[near].min())
+    out = fm.copy()
+    bridge = np.zeros((h, w), np.float32)
+    k = max(1, int(round(0.02 * iod)))
+    bridge[top:yb, max(0, xr - k):min(w, xl + k + 1)] = 1.0
+    free = _poly(pts, _R_EYE, (h, w)) | _poly(pts, _L_EYE, (h, w))
+    bridge *= 1 - free
+    return np.maximum(out, np.clip(cv2.GaussianBlur(bridge, (0, 0), 0.8), 0, 1)).astype(np.float32)
+
+
 def _frame_bridges(fm: np.ndarray, pts: np.ndarray) -> bool:
     """The frame's pixels cross the nose bridge (in most columns between the inner eye corners,
     at the nasion-to-lid height) and span both eyes: a nostril, a cheek edge or a brow is none."""
@@ -504,3 +549,42 @@ def rigid_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         m = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         m[:, 2] = (dst - src).mean(0)
     return np.asarray(m, np.float64)
+
+
+def splat_frame(values: np.ndarray, src_xy: np.ndarray, tgt_xy: np.ndarray, box: tuple[int, int, int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Frame pixels carried forward: ``values`` (N,) soft frame mask of source points ``src_xy`` (N, 2,
+    work pixels) that land at ``tgt_xy`` (N, 2) are splatted (nearest) onto the target grid within
+    ``box`` (y0, y1, x0, x1), the stronger frame pixel winning where two meet; single-pixel holes
+    (a frame stretched a little) take the mean of their neighbours. Returns the target mask (h, w) of
+    the box and there the backward flow (h, w, 2) to each pixel's source point (0 elsewhere).
+    A pure function of the arrays."""
+    y0, y1, x0, x1 = box
+    mask_t = np.zeros((y1 - y0, x1 - x0), np.float32)
+    flow_t = np.zeros((y1 - y0, x1 - x0, 2), np.float32)
+    ti = np.floor(tgt_xy).astype(np.int64)
+    ok = (ti[:, 0] >= x0) & (ti[:, 0] < x1) & (ti[:, 1] >= y0) & (ti[:, 1] < y1)
+    if not ok.any():
+        return mask_t, flow_t
+    v, ti, d = values[ok].astype(np.float32), ti[ok], (src_xy[ok] - tgt_xy[ok]).astype(np.float32)
+    order = np.argsort(v, kind="stable")
+    ty, tx = ti[order, 1] - y0, ti[order, 0] - x0
+    mask_t[ty, tx] = v[order]
+    flow_t[ty, tx] = d[order]
+    have = (mask_t > 0).astype(np.float32)
+    k = np.ones((3, 3), np.float32)
+    wsum = cv2.filter2D(have, -1, k, borderType=cv2.BORDER_CONSTANT)
+    # a hole: set neighbours on two opposite sides (a thin rim stretched along itself) or most round it
+    hp = np.pad(have > 0, 1)
+    hh, ww = have.shape
+    def nb(dy: int, dx: int) -> np.ndarray:
+        return hp[1 + dy:1 + dy + hh, 1 + dx:1 + dx + ww]
+    between = (nb(0, -1) & nb(0, 1)) | (nb(-1, 0) & nb(1, 0)) | (nb(-1, -1) & nb(1, 1)) | (nb(-1, 1) & nb(1, -1))
+    hole = (have == 0) & (between | (wsum >= 4))
+    if hole.any():
+        ms = cv2.filter2D(mask_t, -1, k, borderType=cv2.BORDER_CONSTANT)
+        fs = [cv2.filter2D(np.ascontiguousarray(flow_t[..., c]), -1, k, borderType=cv2.BORDER_CONSTANT) for c in (0, 1)]
+        mask_t[hole] = ms[hole] / wsum[hole]
+        flow_t[hole, 0] = fs[0][hole] / wsum[hole]
+        flow_t[hole, 1] = fs[1][hole] / wsum[hole]
+    return mask_t, flow_t
