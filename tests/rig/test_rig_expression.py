@@ -174,7 +174,8 @@ def test_preset_parts_mode_keeps_the_other_parts(model, params):
     from facerig.rig.expression import expression_part
 
     assert [expression_part(n) for n in ("eyeBlink_L", "browInnerUp", "noseSneer_R", "jawOpen", "cheekSquint_L",
-                                         "mouthSmile_R")] == ["eyes", "brows", "nose", "mouth", "mouth", "mouth"]
+                                         "mouthSmile_R", "eyeLookDown_L")] == ["eyes", "brows", "nose", "mouth", "mouth",
+                                                                                "mouth", "gaze"]
     p = set_expression(params, {"mouthSmile_L": 0.7, "mouthSmile_R": 0.7, "browInnerUp": 0.6, "eyeBlink_L": 0.3}, model)
     c = apply_preset(p, "close_eyes", model=model)
     assert c.expression[0, _idx(model, "mouthSmile_L")] == pytest.approx(0.7)
@@ -188,3 +189,20 @@ def test_preset_parts_mode_keeps_the_other_parts(model, params):
     assert apply_preset(p, "neutral", model=model).expression.abs().sum() == 0
     with pytest.raises(InvalidInput, match="mode"):
         apply_preset(p, "smile", model=model, mode="part")
+
+
+def test_preset_keeps_the_photos_gaze(model, params):
+    """Presets that move the lids keep the fitted look (a dropped look down raised deep-set lids into
+    a white band under raise_brows); a look preset replaces it."""
+    p = set_expression(params, {"eyeLookDown_L": 0.4, "eyeLookDown_R": 0.4, "eyeSquint_L": 0.2}, model)
+    for name in ("raise_brows", "smile", "surprised", "close_eyes", "angry"):
+        e = apply_preset(p, name, model=model).expression[0]
+        assert e[_idx(model, "eyeLookDown_L")] == pytest.approx(0.4), name
+    r = apply_preset(p, "raise_brows", model=model).expression[0]
+    # raise_brows only accents the lids (eyeWide 0.15 < ACCENT): the photo's squint stays, the accent adds
+    assert r[_idx(model, "eyeSquint_L")] == pytest.approx(0.2)
+    assert r[_idx(model, "eyeWide_L")] == pytest.approx(0.15)
+    s = apply_preset(p, "smile", model=model).expression[0]
+    assert s[_idx(model, "eyeSquint_L")] == pytest.approx(0.3)  # the smile's squint 0.3 replaces the eyes
+    u = apply_preset(p, "look_up", model=model).expression[0]
+    assert u[_idx(model, "eyeLookDown_L")] == 0 and u[_idx(model, "eyeLookUp_L")] > 0

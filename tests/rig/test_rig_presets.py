@@ -87,9 +87,10 @@ def test_text_raising_brow_lifts_the_detected_brows(rendered):
 
 def test_smile_preset_raises_and_widens_the_corners(rendered):
     # the astronaut already smiles with parted lips: before, the preset closed them (opening -3.6 %
-    # IOD, a squeezed grimace) and moved the corners +3.2 up / +1.3 out; now 4.2 / 2.5, lips kept apart
+    # IOD, a squeezed grimace) and moved the corners +3.2 up / +1.3 out; now 3.6 / 2.9, lips kept apart
+    # (4.3 up while presets dropped her fitted look up: the lowered lids shifted the eye reference)
     m = rendered(preset="smile")
-    assert m["corner_up"] > 3.6 and m["corner_out"] > 1.8 and m["cheek"] > 1.0
+    assert m["corner_up"] > 3.4 and m["corner_out"] > 1.8 and m["cheek"] > 1.0
     assert m["open"] > -1.5
     sad = rendered(preset="sad")
     assert sad["corner_up"] < -2.0

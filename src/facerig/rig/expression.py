@@ -200,13 +200,20 @@ PRESET_MODES = ("parts", "replace", "blend")
 
 
 def expression_part(name: str) -> str:
-    """The face part an ARKit coefficient moves: "eyes", "brows", "nose" or "mouth" (mouth, jaw,
-    cheeks, tongue)."""
+    """The face part an ARKit coefficient moves: "gaze" (eyeLook*), "eyes" (lids), "brows", "nose"
+    or "mouth" (mouth, jaw, cheeks, tongue). The gaze is a part of its own: a preset that moves the
+    lids (raise_brows' eyeWide, a smile's eyeSquint) keeps the photo's look (dropping a fitted look
+    down raised the lids of deep-set eyes into a white band, and every preset re-aimed the irises)."""
     n = name.lower()
-    for prefix, part in (("eye", "eyes"), ("brow", "brows"), ("nose", "nose")):
+    for prefix, part in (("eyelook", "gaze"), ("eye", "eyes"), ("brow", "brows"), ("nose", "nose")):
         if n.startswith(prefix):
             return part
     return "mouth"
+
+
+#: a preset replaces a face part (:func:`expression_part`) only where its recipe gives one of the
+#: part's coefficients at least this weight; below it the part is accented (see :func:`apply_preset`)
+ACCENT = 0.25
 
 
 def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: Any = None,
@@ -214,9 +221,11 @@ def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: A
     """Apply a named preset (:data:`facerig.rig.presets.PRESETS`).
 
     * ``mode="parts"`` (default): the coefficients of the face parts the preset touches
-      (:func:`expression_part`: eyes, brows, nose, mouth incl. jaw and cheeks) are neutralised, then
+      (:func:`expression_part`: gaze, eyes, brows, nose, mouth incl. jaw and cheeks) are neutralised, then
       ``preset * intensity`` is applied; the other parts keep their values, so ``close_eyes`` on a
-      smiling photo keeps the smile and ``smile`` keeps raised brows. ``neutral`` neutralises all.
+      smiling photo keeps the smile and ``smile`` keeps raised brows. A part the preset only accents
+      (all its weights there below :data:`ACCENT`, e.g. raise_brows' eyeWide 0.15) is not neutralised:
+      the accent is added to the photo's values. ``neutral`` neutralises all.
       A smile (:data:`~facerig.rig.presets.KEEP_OPENING`) keeps the source's jaw and lips apart
       where they are more open than its own. ``intensity`` in [0, 2].
     * ``mode="replace"``: the whole expression (and jaw) is neutralised first; ``intensity`` in [0, 2].
@@ -246,10 +255,16 @@ def apply_preset(params: FaceParams, name: str, intensity: float = 1.0, model: A
     vec = preset_vector(name, model, t).to(dtype=dtype, device=device)
     exp = vec.expand(params.batch_size, -1).clone()
     jaw = torch.zeros_like(params.jaw_pose)
-    parts = {expression_part(n) for n in preset_recipe(name)}
+    recipe = preset_recipe(name)
+    parts = {expression_part(n) for n, v in recipe.items() if v >= ACCENT}
     if mode == "parts" and parts:
         keep = torch.tensor([expression_part(n) not in parts for n in model.expression_names], device=device)
-        exp = torch.where(keep, params.expression, exp)
+        # a part the preset only accents (every weight below ACCENT: raise_brows' eyeWide 0.15, a
+        # frown's eyeSquint 0.2) keeps the photo's values plus the accent; replacing it dropped a
+        # deep-set eye's fitted squint and opened the lid into a white band under raised brows
+        accent = torch.tensor([expression_part(n) not in parts and n in recipe for n in model.expression_names],
+                              device=device)
+        exp = torch.where(accent, params.expression + exp, torch.where(keep, params.expression, exp))
         if "mouth" not in parts:
             jaw = params.jaw_pose.clone()
         elif name in KEEP_OPENING:
