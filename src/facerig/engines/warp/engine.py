@@ -1248,9 +1248,9 @@ class WarpEngine(Engine):
         rest of the eye (lids, corners, lid skin) by ``GAZE_DOWN_LIDS`` of their motion. The
         blendshape lowers the upper lid twice as far as the iris (its lid gap 38 % of the open one:
         half-closed eyes on every photo); a real upper lid follows the top of the iris (gap about
-        70 %). The same for a fitted look down that an edit drops (a preset sets the whole
-        expression): the lids rose by the shape's full lid motion (077559 under raise_brows: a
-        band of white above the iris)."""
+        70 %). The same for a fitted look down that an edit drops (a driver's or reference's
+        expression without one; presets keep the photo's gaze since 2026-12-03): the lids rose by
+        the shape's full lid motion (077559 under raise_brows: a band of white above the iris)."""
         names = tuple(getattr(target_params, "expression_names", ()))
         if vt.shape[0] < 478 or tuple(getattr(st.params, "expression_names", ())) != names:
             return vt
