@@ -145,7 +145,7 @@ def main() -> None:
                 want[names.index(k)] = v
             idx = [names.index(k) for k in recipe]
             row: dict[str, Any] = {"photo": name, "target": t}
-            for kind in ("mapper", "preset"):
+            for kind in ("preset", "mapper"):  # (compare.png: photo | preset | mapper per target)
                 if kind == "mapper":
                     res = facerig.edit(img, engine="dualmapper", params=params, model=model,
                                        engine_options={"mapper": str(runs[t])})

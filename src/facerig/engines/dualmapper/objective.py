@@ -32,12 +32,28 @@ dict of UNWEIGHTED loss terms; the trainer multiplies each by the objective's ``
      confidences (no gradient: the squared peak NCC, 0 for flat source patches and for peaks on the
      search window's border) and the ridge ``lambda = ridge * trace(J^T J) / K`` (the ridge pulls
      coefficients the landmarks cannot tell apart towards ``psi0``);
-  4. loss ``sum_k u_k (psi_hat_k - psi*_k)^2 / sum_k u_k`` with ``psi*`` = the preset recipe the
-     text matches (:func:`facerig.rig.text.match_text`, :func:`facerig.rig.presets.preset_recipe`
+  4. the target ``psi*`` = the preset recipe the text matches (:func:`facerig.rig.text.match_text`, :func:`facerig.rig.presets.preset_recipe`
      times the intensity, plus the preset's strong shapes as :func:`facerig.rig.expression.preset_vector`
      adds them; no HEADROOM scaling) on the coefficients the recipe names (``u = 1``) and ``psi0``
      elsewhere (``u = keep_weight``). ``target_psi={name: value}`` replaces the text recipe (FLAME
-     generators have no ARKit names).
+     generators have no ARKit names);
+  5. the loss, ``compare="landmarks"`` (default): the tracked displacements against the
+     displacements the TARGET would produce, ``t_l = landmarks(psi*)_l - landmarks(psi0)_l`` (the
+     face model's geometry at a fixed expression, computed once at bind time, never the mapper's
+     psi): ``sum_l c_l ||d_l - t_l||^2 / (L' * mean_l ||t_l||^2)`` with weights (no gradient)
+     ``c_l = 0.25 + 0.75 ncc_peak^2`` on textured patches; a peak on the window's border keeps its
+     clipped displacement (a large error, not a dropped term). It is 1 for the unedited source and
+     0 for a render whose landmarks moved exactly as the recipe's. ``compare="psi"``: the step-3
+     re-estimate against the recipe, ``sum_k u_k (psi_hat_k - psi*_k)^2 / sum_k u_k`` (the first
+     version). Why the default changed: on renders AT the recipe's psi (warp generator, 4 real
+     portraits, text intensity 0.8) the psi re-estimate recovered, as a fraction of the recipe's
+     change, 0.49 (smile), 0.29 (angry), 0.37 (sad), 0.01 (close eyes), 0.71 (raise brows), 0.53
+     (frown brows) -- 52 coefficients from about 80 tracks is ill-posed and the ridge spreads a
+     motion over look-alike coefficients -- so a mapper trained on it stalled at about half the
+     preset and was pushed into other coefficients (a smile that opened the jaw); the tracked
+     displacements themselves recovered 0.67, 0.78, 0.84, 0.52, 0.91, 0.78 of the target
+     displacements (projection on them), and the landmark loss never needs the ill-posed solve.
+     ``estimate`` (psi_hat) stays available for inspection.
 
   It reads only the render's pixels, the source image and the face model's landmark geometry at the
   SOURCE expression: the mapper's own ``psi`` never enters (a render that ignores psi gives zero
