@@ -455,6 +455,8 @@ class OfflineExpressionObjective:
     estimator = OFFLINE_ESTIMATOR
     #: floor (work px) of the target's rms displacement that normalises the landmark loss
     MIN_TARGET_MOTION = 0.5
+    #: landmark weight floor: ``c_l = floor + (1 - floor) ncc_peak^2`` in the landmark comparison
+    CONF_FLOOR = 0.25
 
     def __init__(self, text: str = "smile", *, target_psi: Mapping[str, float] | None = None,
                  text_backend: str = "auto", keep_weight: float = 0.1, max_landmarks: int = 80,
@@ -591,7 +593,8 @@ class OfflineExpressionObjective:
             d, _, c0 = track(images, raw=True)
             # weights (no gradient): texture at the source, 0.25 + 0.75 peak NCC^2 at the render; a peak
             # on the window's border keeps its clipped displacement (a large error, not a dropped term)
-            cw = valid.to(d)[None] * (0.25 + 0.75 * c0.detach().clamp(0, 1) ** 2)
+            fl = self.CONF_FLOOR
+            cw = valid.to(d)[None] * (fl + (1 - fl) * c0.detach().clamp(0, 1) ** 2)
             e = (d - t_disp.to(d)[None]).pow(2).sum(-1)  # (B, L')
             err = (cw * e).sum(dim=1) / valid.sum().to(d) / t_energy
             return {"expression": err.mean()}
