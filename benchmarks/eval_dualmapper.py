@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--max-side", type=int, default=768)
     ap.add_argument("--reuse", action="store_true", help="reuse mappers already trained under --out")
     ap.add_argument("--docs", action="store_true")
+    ap.add_argument("--objective-options", default="{}", help="JSON keyword arguments of the offline objective")
     a = ap.parse_args()
 
     import torch
@@ -113,7 +114,7 @@ def main() -> None:
         t0 = time.perf_counter()
         if not (a.reuse and (run / "config.json").is_file()):
             train_dualmapper([p for _, p in train], run, text=TEXTS.get(t, t), target=t, clip=a.clip,
-                             steps=a.steps, progress=True)
+                             steps=a.steps, progress=True, objective_options=json.loads(a.objective_options))
         timings[t] = time.perf_counter() - t0
         runs[t] = run
         print(f"{t}: trained in {timings[t]:.0f} s -> {run}")

@@ -120,7 +120,8 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
                      steps: int = 200, lr: float = 1e-3, batch: int = 1, identity_weight: float = 0.5,
                      seed: int = 0, model: Any = "builtin", max_photos: int | None = None,
                      generator_options: dict[str, Any] | None = None, mapper_config: dict[str, Any] | None = None,
-                     hold_others: float = 30.0, texture_weight: float | None = None, symmetric: bool = True,
+                     hold_others: float = 30.0, texture_weight: float | None = None,
+                     objective_options: dict[str, Any] | None = None, symmetric: bool = True,
                      resume: bool = False, progress: bool = True) -> Path:
     """Train one mapper pair for ``text`` on the portraits of ``data``; returns the run folder.
 
@@ -129,6 +130,8 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
     ``texture_weight``: the L2 weight on the texture mapper's ``dw`` (default :data:`OFFLINE_TEXTURE_WEIGHT`
     with the offline objective, whose landmark probe gives ``dw`` no honest signal -- a texture edit
     can only shift the tracker's peaks -- and 1.0 with CLIP).
+    ``objective_options``: keyword arguments of :class:`OfflineExpressionObjective` (offline only; e.g.
+    ``{"work_size": 256}``).
     ``symmetric``: tie the deltas of left/right coefficient pairs (``X_L`` / ``X_R``) to their mean."""
     from facerig.engines.dualmapper.adapters import build_generator
     from facerig.engines.dualmapper.objective import (
@@ -159,7 +162,7 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
     else:
         log.warning("no --clip: training with the OFFLINE objective (the expression re-estimated on the "
                     "rendered pixels against preset %r), not the paper's CLIP objective", name)
-        objectives.append(OfflineExpressionObjective(text or name))
+        objectives.append(OfflineExpressionObjective(text or name, **dict(objective_options or {})))
         objective_name = f"offline: expression re-estimated on the render vs preset {name!r} + identity"
     if identity_weight > 0:
         objectives.append(IdentityObjective(weight=identity_weight))
@@ -192,7 +195,8 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
         "target": name, "text": text, "target_from": how, "generator": generator,
         "generator_options": dict(generator_options or {}), "objective": objective_name,
         "clip": str(clip) if clip else None, "identity_weight": identity_weight,
-        "hold_others": hold_others if clip is None else None, "texture_weight": tw, "symmetric": symmetric, "steps": steps, "lr": lr,
+        "hold_others": hold_others if clip is None else None, "texture_weight": tw,
+        "objective_options": dict(objective_options or {}) if clip is None else None, "symmetric": symmetric, "steps": steps, "lr": lr,
         "batch": batch, "seed": seed, "model": fm.name,
         "photos": [str(p) for p, _, _ in fitted], "skipped": len(photos) - len(fitted),
         "wall_seconds": round(time.perf_counter() - t0, 1), "history": history,
