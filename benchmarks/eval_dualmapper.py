@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--max-side", type=int, default=768)
     ap.add_argument("--reuse", action="store_true", help="reuse mappers already trained under --out")
     ap.add_argument("--docs", action="store_true")
+    ap.add_argument("--objective-options", default="{}", help="JSON keyword arguments of the offline objective")
     a = ap.parse_args()
 
     import torch
@@ -113,7 +114,7 @@ def main() -> None:
         t0 = time.perf_counter()
         if not (a.reuse and (run / "config.json").is_file()):
             train_dualmapper([p for _, p in train], run, text=TEXTS.get(t, t), target=t, clip=a.clip,
-                             steps=a.steps, progress=True)
+                             steps=a.steps, progress=True, objective_options=json.loads(a.objective_options))
         timings[t] = time.perf_counter() - t0
         runs[t] = run
         print(f"{t}: trained in {timings[t]:.0f} s -> {run}")
@@ -124,7 +125,8 @@ def main() -> None:
 
         clip = _HFClip(a.clip)
     results = []
-    sheet_rows = []
+    sheet_rows: list[np.ndarray] = []
+    pair_rows: list[np.ndarray] = []
     for name, p in test:
         from facerig.io.image import load_image
 
@@ -135,6 +137,7 @@ def main() -> None:
             print(f"{name}: skipped ({e})")
             continue
         tiles = [label(_crop(img, params), name.split("/")[-1][:18])]
+        pair_tiles = [tiles[0]]  # photo | preset | mapper per target (compare.png)
         outs, rows = [], []
         for t in targets:
             recipe = {k: v for k, v in preset_recipe(t).items() if k in names}
@@ -143,7 +146,7 @@ def main() -> None:
                 want[names.index(k)] = v
             idx = [names.index(k) for k in recipe]
             row: dict[str, Any] = {"photo": name, "target": t}
-            for kind in ("mapper", "preset"):
+            for kind in ("preset", "mapper"):  # (compare.png: photo | preset | mapper per target)
                 if kind == "mapper":
                     res = facerig.edit(img, engine="dualmapper", params=params, model=model,
                                        engine_options={"mapper": str(runs[t])})
@@ -158,6 +161,7 @@ def main() -> None:
                 except Exception:  # noqa: BLE001 - no face re-detected: counted
                     row[f"{kind}_au_acc"] = None
                     row[f"{kind}_refit_failed"] = True
+                pair_tiles.append(label(_crop(out, params), f"{t[:10]} {kind}"))
                 if kind == "mapper":
                     outs.append(out)
                     tiles.append(label(_crop(out, params), t))
@@ -171,6 +175,7 @@ def main() -> None:
             row["id_distance"] = float(np.linalg.norm(emb.embeddings[0] - emb.embeddings[i + 1])) if ok else None
         results += rows
         sheet_rows.append(hstack(tiles, height=200))
+        pair_rows.append(hstack(pair_tiles, height=160))
         print(name, " ".join(f"{r['target']}:{_f(r.get('mapper_au_acc'))}/{_f(r.get('preset_au_acc'))}"
                              for r in rows))
 
@@ -194,6 +199,10 @@ def main() -> None:
         sheet = np.concatenate([np.pad(r, ((0, 3), (0, wmax - r.shape[1]), (0, 0))) for r in sheet_rows], 0)
         save_image(a.out / "sheet.jpg", sheet)
         print(f"sheet -> {a.out / 'sheet.jpg'}")
+        wmax = max(r.shape[1] for r in pair_rows)
+        save_image(a.out / "compare.png",
+                   np.concatenate([np.pad(r, ((0, 3), (0, wmax - r.shape[1]), (0, 0))) for r in pair_rows], 0))
+        print(f"photo | preset | mapper per target -> {a.out / 'compare.png'}")
     _loss_figure(runs, a.out / "losses.png")
     if a.docs and sheet_rows:
         import cv2

@@ -29,7 +29,11 @@ from facerig.errors import FacerigError, InvalidInput
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ANTAGONISTS", "free_coefficients", "list_photos", "target_for_text", "train_dualmapper"]
+__all__ = ["ANTAGONISTS", "OFFLINE_TEXTURE_WEIGHT", "free_coefficients", "list_photos", "target_for_text", "train_dualmapper"]
+
+#: L2 weight on dw with the offline objective (a close-eyes mapper under 1.0 smeared the lids with
+#: its texture offset, rms 0.013, moving the NCC peaks instead of the lids)
+OFFLINE_TEXTURE_WEIGHT = 30.0
 
 _IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -116,11 +120,18 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
                      steps: int = 200, lr: float = 1e-3, batch: int = 1, identity_weight: float = 0.5,
                      seed: int = 0, model: Any = "builtin", max_photos: int | None = None,
                      generator_options: dict[str, Any] | None = None, mapper_config: dict[str, Any] | None = None,
-                     hold_others: float = 30.0, symmetric: bool = True, resume: bool = False, progress: bool = True) -> Path:
+                     hold_others: float = 30.0, texture_weight: float | None = None,
+                     objective_options: dict[str, Any] | None = None, symmetric: bool = True,
+                     resume: bool = False, progress: bool = True) -> Path:
     """Train one mapper pair for ``text`` on the portraits of ``data``; returns the run folder.
 
     ``hold_others``: offline objective only, the L2 factor on the deltas of the coefficients the
     preset does not name (:func:`free_coefficients`; their antagonists only on increases).
+    ``texture_weight``: the L2 weight on the texture mapper's ``dw`` (default :data:`OFFLINE_TEXTURE_WEIGHT`
+    with the offline objective, whose landmark probe gives ``dw`` no honest signal -- a texture edit
+    can only shift the tracker's peaks -- and 1.0 with CLIP).
+    ``objective_options``: keyword arguments of :class:`OfflineExpressionObjective` (offline only; e.g.
+    ``{"work_size": 256}``).
     ``symmetric``: tie the deltas of left/right coefficient pairs (``X_L`` / ``X_R``) to their mean."""
     from facerig.engines.dualmapper.adapters import build_generator
     from facerig.engines.dualmapper.objective import (
@@ -151,11 +162,14 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
     else:
         log.warning("no --clip: training with the OFFLINE objective (the expression re-estimated on the "
                     "rendered pixels against preset %r), not the paper's CLIP objective", name)
-        objectives.append(OfflineExpressionObjective(text or name))
+        objectives.append(OfflineExpressionObjective(text or name, **dict(objective_options or {})))
         objective_name = f"offline: expression re-estimated on the render vs preset {name!r} + identity"
     if identity_weight > 0:
         objectives.append(IdentityObjective(weight=identity_weight))
-    penalty = DeltaPenalty()
+    tw = float(texture_weight) if texture_weight is not None else (1.0 if clip is not None else OFFLINE_TEXTURE_WEIGHT)
+    if not tw >= 0:
+        raise InvalidInput("texture_weight", "a weight >= 0", texture_weight)
+    penalty = DeltaPenalty(w_weight=tw)
     if clip is None and hold_others > 0:
         # the landmark probe confuses motions (a raise-brows mapper opened the jaw, a sad one smiled):
         # in offline mode the coefficients the target's preset names move freely, their direct
@@ -163,7 +177,7 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
         # stronger L2
         named, anta = free_coefficients(name, gens[0].psi_names)
         hold = float(hold_others)
-        penalty = DeltaPenalty(psi_scale=[1.0 if n in named else hold for n in gens[0].psi_names],
+        penalty = DeltaPenalty(w_weight=tw, psi_scale=[1.0 if n in named else hold for n in gens[0].psi_names],
                                psi_scale_down=[1.0 if n in named or n in anta else hold for n in gens[0].psi_names])
     cfg = dict(mapper_config or {})  # (mapper_for records the generator's name and psi bounds)
     if symmetric and "mirror_pairs" not in cfg:
@@ -181,7 +195,8 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
         "target": name, "text": text, "target_from": how, "generator": generator,
         "generator_options": dict(generator_options or {}), "objective": objective_name,
         "clip": str(clip) if clip else None, "identity_weight": identity_weight,
-        "hold_others": hold_others if clip is None else None, "symmetric": symmetric, "steps": steps, "lr": lr,
+        "hold_others": hold_others if clip is None else None, "texture_weight": tw,
+        "objective_options": dict(objective_options or {}) if clip is None else None, "symmetric": symmetric, "steps": steps, "lr": lr,
         "batch": batch, "seed": seed, "model": fm.name,
         "photos": [str(p) for p, _, _ in fitted], "skipped": len(photos) - len(fitted),
         "wall_seconds": round(time.perf_counter() - t0, 1), "history": history,

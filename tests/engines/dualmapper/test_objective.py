@@ -166,3 +166,32 @@ def test_offline_objective_is_not_circular(make_gen):
     with torch.no_grad():
         after = fn(gen.render(w0, psi - 0.5 * psi.grad))["expression"]
     assert float(after) < float(loss.detach())
+
+
+def test_offline_landmark_loss_is_lowest_at_the_target(tiny_gen):
+    """compare="landmarks": the tracked displacements of a render at the recipe's psi match the
+    target displacements (generator.landmarks(psi*), fixed) without the shrinkage of the psi re-fit,
+    and the loss is lowest there, higher for half and for 1.5 x the motion."""
+    fn = OfflineExpressionObjective("smile", text_backend="keyword").bind(tiny_gen)
+    assert fn.info["compare"] == "landmarks"
+    w0, psi0 = tiny_gen.initial()
+    tgt = fn.target[None]
+    losses = {}
+    with torch.no_grad():
+        for a in (0.0, 0.5, 1.0, 1.5):
+            psi = psi0 + a * (tgt - psi0)
+            img = tiny_gen.render(w0, psi)
+            losses[a] = float(fn(img)["expression"])
+            if a == 1.0:
+                d, _ = fn.track_confidence(img)
+                t = fn.target_displacement
+                gain = float((d[0] * t).sum() / t.pow(2).sum())
+    assert 0.9 < gain < 1.1, gain
+    assert losses[1.0] < 0.05 < losses[0.5] < losses[0.0], losses
+    assert losses[1.0] < losses[1.5], losses
+    # the psi comparison is still there
+    fp = OfflineExpressionObjective("smile", text_backend="keyword", compare="psi").bind(tiny_gen)
+    with torch.no_grad():
+        assert float(fp(tiny_gen.render(w0, tgt))["expression"]) < float(fp(tiny_gen.render(w0, psi0))["expression"])
+    with pytest.raises(InvalidInput, match="compare"):
+        OfflineExpressionObjective("smile", compare="clip")

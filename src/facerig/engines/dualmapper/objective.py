@@ -32,12 +32,28 @@ dict of UNWEIGHTED loss terms; the trainer multiplies each by the objective's ``
      confidences (no gradient: the squared peak NCC, 0 for flat source patches and for peaks on the
      search window's border) and the ridge ``lambda = ridge * trace(J^T J) / K`` (the ridge pulls
      coefficients the landmarks cannot tell apart towards ``psi0``);
-  4. loss ``sum_k u_k (psi_hat_k - psi*_k)^2 / sum_k u_k`` with ``psi*`` = the preset recipe the
-     text matches (:func:`facerig.rig.text.match_text`, :func:`facerig.rig.presets.preset_recipe`
+  4. the target ``psi*`` = the preset recipe the text matches (:func:`facerig.rig.text.match_text`, :func:`facerig.rig.presets.preset_recipe`
      times the intensity, plus the preset's strong shapes as :func:`facerig.rig.expression.preset_vector`
      adds them; no HEADROOM scaling) on the coefficients the recipe names (``u = 1``) and ``psi0``
      elsewhere (``u = keep_weight``). ``target_psi={name: value}`` replaces the text recipe (FLAME
-     generators have no ARKit names).
+     generators have no ARKit names);
+  5. the loss, ``compare="landmarks"`` (default): the tracked displacements against the
+     displacements the TARGET would produce, ``t_l = landmarks(psi*)_l - landmarks(psi0)_l`` (the
+     face model's geometry at a fixed expression, computed once at bind time, never the mapper's
+     psi): ``sum_l c_l ||d_l - t_l||^2 / (L' * mean_l ||t_l||^2)`` with weights (no gradient)
+     ``c_l = 0.25 + 0.75 ncc_peak^2`` on textured patches; a peak on the window's border keeps its
+     clipped displacement (a large error, not a dropped term). It is 1 for the unedited source and
+     0 for a render whose landmarks moved exactly as the recipe's. ``compare="psi"``: the step-3
+     re-estimate against the recipe, ``sum_k u_k (psi_hat_k - psi*_k)^2 / sum_k u_k`` (the first
+     version). Why the default changed: on renders AT the recipe's psi (warp generator, 4 real
+     portraits, text intensity 0.8) the psi re-estimate recovered, as a fraction of the recipe's
+     change, 0.49 (smile), 0.29 (angry), 0.37 (sad), 0.01 (close eyes), 0.71 (raise brows), 0.53
+     (frown brows) -- 52 coefficients from about 80 tracks is ill-posed and the ridge spreads a
+     motion over look-alike coefficients -- so a mapper trained on it stalled at about half the
+     preset and was pushed into other coefficients (a smile that opened the jaw); the tracked
+     displacements themselves recovered 0.67, 0.78, 0.84, 0.52, 0.91, 0.78 of the target
+     displacements (projection on them), and the landmark loss never needs the ill-posed solve.
+     ``estimate`` (psi_hat) stays available for inspection.
 
   It reads only the render's pixels, the source image and the face model's landmark geometry at the
   SOURCE expression: the mapper's own ``psi`` never enters (a render that ignores psi gives zero
@@ -437,11 +453,15 @@ class OfflineExpressionObjective:
 
     name = "expression"
     estimator = OFFLINE_ESTIMATOR
+    #: floor (work px) of the target's rms displacement that normalises the landmark loss
+    MIN_TARGET_MOTION = 0.5
+    #: landmark weight floor: ``c_l = floor + (1 - floor) ncc_peak^2`` in the landmark comparison
+    CONF_FLOOR = 0.25
 
     def __init__(self, text: str = "smile", *, target_psi: Mapping[str, float] | None = None,
                  text_backend: str = "auto", keep_weight: float = 0.1, max_landmarks: int = 80,
                  work_size: int = 128, patch_frac: float = 0.04, search_frac: float = 0.08,
-                 motion_prior: float = 0.2, ridge: float = 1e-2, weight: float = 1.0):
+                 motion_prior: float = 0.2, ridge: float = 1e-2, compare: str = "landmarks", weight: float = 1.0):
         if not isinstance(text, str) or not text.strip():
             raise InvalidInput("text", "a non-empty description of the target expression", text)
         for n, v in (("max_landmarks", max_landmarks), ("work_size", work_size)):
@@ -456,6 +476,10 @@ class OfflineExpressionObjective:
         if not motion_prior >= 0:
             raise InvalidInput("motion_prior", "a number >= 0", motion_prior)
         self.motion_prior, self.ridge, self.weight = float(motion_prior), float(ridge), float(weight)
+        if compare not in ("landmarks", "psi"):
+            raise InvalidInput("compare", "'landmarks' (tracked vs target displacements) or 'psi' (re-estimated psi "
+                               "vs the recipe)", compare)
+        self.compare = compare
         log.info("dual mapper objective: %s (text %r)", OFFLINE_ESTIMATOR, text)
 
     def bind(self, generator: RigGenerator) -> BoundObjective:
@@ -501,8 +525,20 @@ class OfflineExpressionObjective:
         ar = torch.arange(-big, big + 1, dtype=src.dtype, device=src.device) / big
         prior = self.motion_prior * (ar[:, None] ** 2 + ar[None, :] ** 2)  # peak choice prefers small motions
         valid = (~flat).to(src.dtype)
+        # the target's displacements of the tracked landmarks (work px): a fixed quantity of the
+        # source and the recipe (the face model's landmarks at psi*), never the mapper's psi
+        tgt_b = tgt[None]
+        bounds = getattr(generator, "psi_bounds", None)
+        if bounds is not None:
+            tgt_b = torch.minimum(torch.maximum(tgt_b, torch.as_tensor(bounds[0]).to(tgt_b)),
+                                  torch.as_tensor(bounds[1]).to(tgt_b))
+        with torch.no_grad():
+            t_disp = (generator.landmarks(tgt_b).detach().to(src)[0] - lm0)[idx] * fscale  # (L', 2)
+        t_disp = t_disp * valid[:, None]
+        t_energy = max(float((t_disp.pow(2).sum(1) * valid).sum() / valid.sum()), self.MIN_TARGET_MOTION ** 2)
+        info.update(compare=self.compare, target_motion_px=round(t_energy ** 0.5, 3))
 
-        def track(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def track(images: torch.Tensor, raw: bool = False) -> Any:
             x = _check_images(images)
             if tuple(x.shape[-2:]) != (h, w):
                 raise InvalidInput("images", f"renders of the generator's size {(h, w)}", tuple(x.shape[-2:]))
@@ -537,6 +573,8 @@ class OfflineExpressionObjective:
             # confidence (no gradient): the squared peak NCC, 0 for flat templates and for peaks on the
             # window's border (the motion may be larger than the search range)
             conf = c0.detach().clamp(0, 1) ** 2 * valid.to(xw)[None] * ((ix == cx) & (iy == cy)).to(xw.dtype)
+            if raw:
+                return disp * valid.to(xw)[None, :, None], conf, c0
             return disp * valid.to(xw)[None, :, None], conf
 
         def estimate(images: torch.Tensor) -> torch.Tensor:
@@ -548,8 +586,17 @@ class OfflineExpressionObjective:
             return psi0.to(d) + torch.linalg.solve(a, rhs)[..., 0]
 
         def terms(images: torch.Tensor) -> dict[str, torch.Tensor]:
-            ph = estimate(images)
-            err = ((ph - tgt.to(ph)) ** 2 * wts.to(ph)).sum(dim=1) / wts.sum()
+            if self.compare == "psi":
+                ph = estimate(images)
+                err = ((ph - tgt.to(ph)) ** 2 * wts.to(ph)).sum(dim=1) / wts.sum()
+                return {"expression": err.mean()}
+            d, _, c0 = track(images, raw=True)
+            # weights (no gradient): texture at the source, 0.25 + 0.75 peak NCC^2 at the render; a peak
+            # on the window's border keeps its clipped displacement (a large error, not a dropped term)
+            fl = self.CONF_FLOOR
+            cw = valid.to(d)[None] * (fl + (1 - fl) * c0.detach().clamp(0, 1) ** 2)
+            e = (d - t_disp.to(d)[None]).pow(2).sum(-1)  # (B, L')
+            err = (cw * e).sum(dim=1) / valid.sum().to(d) / t_energy
             return {"expression": err.mean()}
 
         terms.estimate = estimate  # type: ignore[attr-defined]
@@ -557,4 +604,7 @@ class OfflineExpressionObjective:
         terms.track_confidence = track  # type: ignore[attr-defined]
         terms.info = info  # type: ignore[attr-defined]
         terms.target = tgt  # type: ignore[attr-defined]
+        terms.target_displacement = t_disp  # type: ignore[attr-defined]
+        terms.landmark_index = idx  # type: ignore[attr-defined]
+        terms.work_scale = fscale  # type: ignore[attr-defined]
         return terms

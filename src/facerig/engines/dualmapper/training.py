@@ -187,7 +187,7 @@ def train_mapper(generators: GeneratorSource, target: str, text: str, objectives
         for k, v in {**sums, "total": total}.items():
             history.setdefault(k, []).append(float(v.detach()))
         if bar is not None:
-            bar.set_postfix(total=f"{float(total):.4f}")
+            bar.set_postfix(total=f"{float(total.detach()):.4f}")
         if log_every and (step + 1) % log_every == 0:
             log.info("dual mapper %r step %d/%d: %s", target, step + 1, steps,
                      ", ".join(f"{k} {history[k][-1]:.4f}" for k in history if k != "step"))
