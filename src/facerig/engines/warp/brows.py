@@ -77,19 +77,22 @@ def _damp(fld: np.ndarray, sc: float, xa: float, xb: float, y_top: float, y_low:
     """Scale the vertical field round one brow by ``sc`` (< 1): full over the brow's columns
     ``xa .. xb`` from its lower edge ``y_low`` up, falling off smoothly over 3x the rise removed
     above the brow's top ``y_top`` and beyond its ends (the forehead's slope stays gentle: at most
-    a 2x stretch, no fold) and down to the lid ``y_lid`` (the lid keeps its own motion)."""
+    a 2x stretch, no fold) and below the lower edge down to the lid ``y_lid``, or over as many
+    rows where the lid is nearer (ending at the lid, the nose bridge between the eyes was
+    compressed ~2x where the mesh lifts it with the inner brows)."""
     h, w = fld.shape[:2]
     cut = (1.0 - sc) * rise
     f = max(3.0 * cut, 4.0)
     fx = max(f, 0.15 * (xb - xa))
     c0, c1 = max(0, int(np.floor(xa - fx))), min(w, int(np.ceil(xb + fx)) + 1)
-    r0, r1 = max(0, int(np.floor(y_top - rise - f))), min(h, int(np.ceil(y_lid)) + 1)
+    fl = max(y_lid - y_low, f)
+    r0, r1 = max(0, int(np.floor(y_top - rise - f))), min(h, int(np.ceil(y_low + fl)) + 1)
     if c1 <= c0 or r1 <= r0:
         return
     xx = np.arange(c0, c1, dtype=np.float64) + 0.5
     yy = (np.arange(r0, r1, dtype=np.float64) + 0.5)[:, None]
     mx = _smooth(np.minimum(xx - (xa - fx), (xb + fx) - xx) / fx)[None, :]
-    my = _smooth((yy - (y_top - rise - f)) / f) * (1.0 - _smooth((yy - y_low) / max(y_lid - y_low, 1.0)))
+    my = _smooth((yy - (y_top - rise - f)) / f) * (1.0 - _smooth((yy - y_low) / max(fl, 1.0)))
     fld[r0:r1, c0:c1, 1] *= (1.0 - (1.0 - sc) * mx * my).astype(fld.dtype)
 
 
