@@ -139,3 +139,59 @@ def test_real_raised_brows_are_not_thickened():
         ratio[on] = _dark_rows(out, pt) / np.maximum(before, 1.0)
     assert ratio[True].max() < 1.55, ratio
     assert (ratio[True] < 0.9 * ratio[False]).all(), ratio
+
+
+def _brow_top(img, pts):
+    """Per brow, the mean over 7 columns of its middle of the first row (from a brow-lid gap above
+    the brow's detected top down) darker than 0.75 x the column's 90th percentile L*."""
+    L = cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)[..., 0]
+    res = []
+    for up, _, lid in _BROWS:
+        n = []
+        for x in np.linspace(pts[up[1], 0], pts[up[3], 0], 7):
+            o_u, o_l = np.argsort(pts[list(up), 0]), np.argsort(pts[list(lid), 0])
+            yt = np.interp(x, pts[list(up), 0][o_u], pts[list(up), 1][o_u])
+            yl = np.interp(x, pts[list(lid), 0][o_l], pts[list(lid), 1][o_l])
+            r0 = max(0, int(yt - 1.0 * (yl - yt)))
+            col = L[r0:int(yl), int(x)]
+            n.append(r0 + float(np.argmax(col < 0.75 * np.percentile(col, 90))))
+        res.append(np.mean(n))
+    return np.array(res)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["077559", "038648"])
+def test_deep_set_shadowed_brows_rise_without_a_smear(name):
+    """Issue 10: deep-set eyes under heavy brow shadow (shared 077559, at 640 px) and a small face
+    (038648, 500 x 333): the brow-lid gap is narrow and all shadow, the rise about twice its
+    height; stretched, brows and shadow became one dark blob down to the lashes (dark rows round
+    each brow 3.0x / 2.9x, 2.8x / 2.6x). The rise is cut to what the gap gives (19 % / 30 %): the
+    brow still rises (~5 / ~3 px), its dark rows grow ~1.3-1.5x."""
+    from facerig.edit import _fit_one
+    from facerig.engines import get_engine
+    from facerig.fit.api import project_landmarks_to_frame
+    from facerig.io.assets import shared_path
+    from facerig.io.image import load_image
+    from facerig.morphable import load_face_model
+    from facerig.rig import EditSpec
+
+    img = load_image(shared_path("data", "portraits", "pexels-unsplash", f"{name}.jpg"))
+    s = max(img.shape[:2]) / 640
+    if s > 1:
+        img = cv2.resize(img, (round(img.shape[1] / s), round(img.shape[0] / s)), interpolation=cv2.INTER_AREA)
+    model = load_face_model("builtin")
+    params = _fit_one(img, model, "largest", name)
+    target = EditSpec(preset="raise_brows").apply(params, model)
+    ps = np.asarray(params.meta["landmarks_px"], np.float64)[:, :2]
+    pt = ps + (np.asarray(project_landmarks_to_frame(model, target)[0])
+               - np.asarray(project_landmarks_to_frame(model, params)[0]))[:, :2]
+    before, top0 = _dark_rows(img, ps), _brow_top(img, ps)
+    ratio, up = {}, {}
+    for on in (False, True):
+        eng = get_engine("warp", brow_unfold=on)
+        out = eng.render_frame(eng.prepare(img, params, model), target)
+        ratio[on] = _dark_rows(out, pt) / np.maximum(before, 1.0)
+        up[on] = top0 - _brow_top(out, ps)
+    assert (ratio[True] < 0.6 * ratio[False]).all(), ratio
+    assert ratio[True].max() < 1.75, ratio
+    assert (up[True] > 1.5).all(), up  # a smaller raise, not none

@@ -21,8 +21,12 @@ repeated brow hairs and lashes as stripes on real faces; not used.)
 
 from __future__ import annotations
 
+import logging
+
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: brow upper edge outer -> inner, lower edge outer -> inner, upper lid outer -> inner (MediaPipe)
 _BROWS = (
@@ -68,9 +72,33 @@ def _stretchable(g: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, 0.12 + light * np.clip(1.0 - 3.0 * edge, 0.0, 1.0), 0.0)
 
 
+def _damp(fld: np.ndarray, sc: float, xa: float, xb: float, y_top: float, y_low: float, y_lid: float,
+          rise: float) -> None:
+    """Scale the vertical field round one brow by ``sc`` (< 1): full over the brow's columns
+    ``xa .. xb`` from its lower edge ``y_low`` up, falling off smoothly over 3x the rise removed
+    above the brow's top ``y_top`` and beyond its ends (the forehead's slope stays gentle: at most
+    a 2x stretch, no fold) and below the lower edge down to the lid ``y_lid``, or over as many
+    rows where the lid is nearer (ending at the lid, the nose bridge between the eyes was
+    compressed ~2x where the mesh lifts it with the inner brows)."""
+    h, w = fld.shape[:2]
+    cut = (1.0 - sc) * rise
+    f = max(3.0 * cut, 4.0)
+    fx = max(f, 0.15 * (xb - xa))
+    c0, c1 = max(0, int(np.floor(xa - fx))), min(w, int(np.ceil(xb + fx)) + 1)
+    fl = max(y_lid - y_low, f)
+    r0, r1 = max(0, int(np.floor(y_top - rise - f))), min(h, int(np.ceil(y_low + fl)) + 1)
+    if c1 <= c0 or r1 <= r0:
+        return
+    xx = np.arange(c0, c1, dtype=np.float64) + 0.5
+    yy = (np.arange(r0, r1, dtype=np.float64) + 0.5)[:, None]
+    mx = _smooth(np.minimum(xx - (xa - fx), (xb + fx) - xx) / fx)[None, :]
+    my = _smooth((yy - (y_top - rise - f)) / f) * (1.0 - _smooth((yy - y_low) / max(fl, 1.0)))
+    fld[r0:r1, c0:c1, 1] *= (1.0 - (1.0 - sc) * mx * my).astype(fld.dtype)
+
+
 def unfold_raised_brows(fld: np.ndarray, src: np.ndarray, tgt: np.ndarray, image: np.ndarray,
                         det: np.ndarray | None = None, min_rise: float = 1.5, top_blend: float = 0.35,
-                        end_gap: float = 0.3) -> int:
+                        end_gap: float = 0.3, dark_stretch: float = 2.0, light_stretch: float = 4.5) -> int:
     """Rewrite ``fld[..., 1]`` (H, W, >= 2; backward, work pixels) in place over the raised brows.
 
     ``src`` / ``tgt``: the source / target vertices (V, >= 2) on the work grid (MediaPipe topology,
@@ -78,13 +106,16 @@ def unfold_raised_brows(fld: np.ndarray, src: np.ndarray, tgt: np.ndarray, image
     landmarks there (or None: ``src``). ``min_rise``: px below which a brow is left as it is;
     ``top_blend``: rows above the brow over which the new field blends in, x the brow's height;
     ``end_gap``: the share of the brow-lid gap above the lid that moves with the lid, unstretched
-    (its lashes; stretched, a widened eye's painted white showed as a line above it).
+    (its lashes; stretched, a widened eye's painted white showed as a line above it);
+    ``dark_stretch`` / ``light_stretch``: how far a dark (shadow, brow) / light skin row of the gap
+    may be stretched at most; a rise that needs more is scaled down (:func:`_damp`).
     Returns the number of brows rewritten (0: nothing raised; lowering is left to the field)."""
     if src.shape[0] < 468 or tgt.shape[0] < 468:
         return 0
     h, w = fld.shape[:2]
     pos = det if det is not None and det.shape[0] >= 468 else src[:, :2]
     done = 0
+    preps: list[tuple] = []  # per raised brow: its evidence, columns, rows, rise, stretchability
     for up_i, lo_i, lid_i in _BROWS:
         up, lo, lid = pos[list(up_i), :2], pos[list(lo_i), :2], pos[list(lid_i), :2]
         rise_v = src[list(up_i + lo_i), 1] - tgt[list(up_i + lo_i), 1]  # > 0: up
@@ -103,6 +134,43 @@ def unfold_raised_brows(fld: np.ndarray, src: np.ndarray, tgt: np.ndarray, image
         o = np.argsort(xs_b)
         rise = np.maximum(np.interp(x, xs_b[o], rise_v[o]), 0.0)
         dl = np.interp(x, lid[np.argsort(lid[:, 0]), 0], lid_v[np.argsort(lid[:, 0])])
+        hb = np.maximum(y_b - y_t, 1.0)
+        # source rows mapped: from a little above the brow to the lid (which moves as the mesh's
+        # lid: the eye's own motion); each stretched by 1 + lam * a(y), a its stretchability
+        # (:func:`_stretchable`; 0 for the brow itself and for the lid's lash band)
+        a_src = y_t - top_blend * hb - 2.0
+        g_lo = int(np.floor(a_src.min()))
+        g_hi = int(np.ceil(y_l.max())) + 2
+        # the source's lightness around the brow (rows g_lo .. y_l + 2)
+        g0, g1 = max(0, g_lo - 2), min(h, g_hi + 3)
+        gray = np.zeros((h, w), np.float32)
+        gray[g0:g1, c0:c1] = cv2.GaussianBlur(np.ascontiguousarray(image[g0:g1, c0:c1].mean(2), np.float32), (0, 0), 1.0)
+        ys = (np.arange(g_lo, g_hi, dtype=np.float64) + 0.5)[:, None]  # (G, 1)
+        yi = np.clip(np.floor(ys[:, 0]).astype(np.int64), 0, h - 1)
+        g = gray[yi, c0:c1].astype(np.float64)
+        inside = (ys >= a_src[None, :] - 0.5) & (ys <= y_l[None, :] + 0.5)
+        a = _stretchable(g, inside)
+        a[(ys < (y_b + 0.1 * hb)[None, :]) | (ys > (y_l - end_gap * (y_l - y_b))[None, :])] = 0.0
+        # the photo's evidence: the gap may give (dark_stretch - 1) px per dark row and
+        # (light_stretch - 1) per light one; a brow that must rise more (deep-set eyes, a narrow
+        # gap in shadow, a small face) rises less, it and the skin round it (a smaller, clean raise
+        # instead of the shadow smeared down to the lashes)
+        room = np.where(a > 0, (dark_stretch - 1.0) + (light_stretch - dark_stretch) * np.clip(a - 0.12, 0.0, 1.0), 0.0).sum(0)
+        mid = slice(len(x) // 5, max(len(x) // 5 + 1, len(x) - len(x) // 5))
+        sc_own = float(np.clip(np.median((room[mid] - np.maximum(dl[mid], 0.0)) / np.maximum(rise[mid], 1e-6)), 0.0, 1.0))
+        preps.append((sc_own, xa, xb, c0, c1, x, y_t, y_b, y_l, rise, dl, hb, a, inside, ys))
+    # both brows rise by the same share of their own rise (one raised less than the other read
+    # as a lopsided expression): the share the scarcer evidence allows
+    sc_all = min((p[0] for p in preps), default=1.0)
+    for sc_own, xa, xb, c0, c1, x, y_t, y_b, y_l, rise, dl, hb, a, inside, ys in preps:
+        sc = sc_all
+        log.debug("raised brow: rise %.1f px, kept %.2f of it (its own evidence: %.2f)", float(np.median(rise)), sc, sc_own)
+        if sc < 0.999:
+            _damp(fld, sc, xa, xb, float(y_t.min()), float(y_b.max()), float(y_l.max()), float(np.median(rise)))
+            rise = rise * sc
+            if float(np.median(rise)) < min_rise:
+                done += 1
+                continue
         t_top = y_t - rise - 2.0 * top_blend * (y_b - y_t) - 4.0   # target rows: the blend starts
         t_lid = y_l + dl                                      # target row of the lid
         r0 = max(0, int(np.floor(t_top.min())))
@@ -110,23 +178,7 @@ def unfold_raised_brows(fld: np.ndarray, src: np.ndarray, tgt: np.ndarray, image
         if r1 - r0 < 3:
             continue
         ty = (np.arange(r0, r1, dtype=np.float64) + 0.5)[:, None]  # (R, 1) target rows
-        # the source's lightness around the brow (rows a_src .. y_l lie within r0 .. r1 + rise)
-        g0, g1 = max(0, r0 - 2), min(h, int(np.ceil(y_l.max())) + 3)
-        gray = np.zeros((h, w), np.float32)
-        gray[g0:g1, c0:c1] = cv2.GaussianBlur(np.ascontiguousarray(image[g0:g1, c0:c1].mean(2), np.float32), (0, 0), 1.0)
-        hb = np.maximum(y_b - y_t, 1.0)
         old = fld[r0:r1, c0:c1, 1].astype(np.float64)
-        # source rows mapped: from a little above the brow to the lid (which moves as the mesh's
-        # lid: the eye's own motion); each stretched by 1 + lam * a(y), a its stretchability
-        # (:func:`_stretchable`; 0 for the brow itself and for the lid's lash band)
-        a_src = y_t - top_blend * hb - 2.0
-        g_lo = int(np.floor(a_src.min()))
-        ys = (np.arange(g_lo, int(np.ceil(y_l.max())) + 2, dtype=np.float64) + 0.5)[:, None]  # (G, 1)
-        yi = np.clip(np.floor(ys[:, 0]).astype(np.int64), 0, h - 1)
-        g = gray[yi, c0:c1].astype(np.float64)
-        inside = (ys >= a_src[None, :] - 0.5) & (ys <= y_l[None, :] + 0.5)
-        a = _stretchable(g, inside)
-        a[(ys < (y_b + 0.1 * hb)[None, :]) | (ys > (y_l - end_gap * (y_l - y_b))[None, :])] = 0.0
         extra = (t_lid + rise) - y_l                    # target length - source length
         tot = a.sum(0)
         even = (extra <= 0) | (tot < 1e-6)
