@@ -91,17 +91,23 @@ def test_lowered_or_still_brows_are_left_to_the_field():
     assert unfold_raised_brows(still, src[:100], tgt[:100], img) == 0  # not MediaPipe's topology
 
 
+def _brow_columns(pts):
+    """Per brow, 7 columns of its middle as (x, brow top y, upper lid y) from landmarks ``pts``."""
+    for up, _, lid in _BROWS:
+        o_u, o_l = np.argsort(pts[list(up), 0]), np.argsort(pts[list(lid), 0])
+        yield [(x, np.interp(x, pts[list(up), 0][o_u], pts[list(up), 1][o_u]),
+                np.interp(x, pts[list(lid), 0][o_l], pts[list(lid), 1][o_l]))
+               for x in np.linspace(pts[up[1], 0], pts[up[3], 0], 7)]
+
+
 def _dark_rows(img, pts):
     """Per brow, over 7 columns of its middle: rows from 0.8 brow-lid gaps above the brow's top to
     just above the lid darker than 0.75 x the column's 90th percentile L* (the brow and its shadow)."""
     L = cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)[..., 0]
     res = []
-    for up, _, lid in _BROWS:
+    for cols in _brow_columns(pts):
         n = []
-        for x in np.linspace(pts[up[1], 0], pts[up[3], 0], 7):
-            o_u, o_l = np.argsort(pts[list(up), 0]), np.argsort(pts[list(lid), 0])
-            yt = np.interp(x, pts[list(up), 0][o_u], pts[list(up), 1][o_u])
-            yl = np.interp(x, pts[list(lid), 0][o_l], pts[list(lid), 1][o_l])
+        for x, yt, yl in cols:
             col = L[max(0, int(yt - 0.8 * (yl - yt))):int(yl) - 2, int(x)]
             n.append(float((col < 0.75 * np.percentile(col, 90)).sum()))
         res.append(np.mean(n))
@@ -146,12 +152,9 @@ def _brow_top(img, pts):
     the brow's detected top down) darker than 0.75 x the column's 90th percentile L*."""
     L = cv2.cvtColor(img.astype(np.float32) / 255, cv2.COLOR_RGB2LAB)[..., 0]
     res = []
-    for up, _, lid in _BROWS:
+    for cols in _brow_columns(pts):
         n = []
-        for x in np.linspace(pts[up[1], 0], pts[up[3], 0], 7):
-            o_u, o_l = np.argsort(pts[list(up), 0]), np.argsort(pts[list(lid), 0])
-            yt = np.interp(x, pts[list(up), 0][o_u], pts[list(up), 1][o_u])
-            yl = np.interp(x, pts[list(lid), 0][o_l], pts[list(lid), 1][o_l])
+        for x, yt, yl in cols:
             r0 = max(0, int(yt - 1.0 * (yl - yt)))
             col = L[r0:int(yl), int(x)]
             n.append(r0 + float(np.argmax(col < 0.75 * np.percentile(col, 90))))
