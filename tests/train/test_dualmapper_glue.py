@@ -39,3 +39,22 @@ def test_target_from_text_and_photo_list(tmp_path, astronaut):
     assert [p.name for p in list_photos(tmp_path)] == ["x.png"]
     with pytest.raises(InvalidInput, match="--data"):
         list_photos(tmp_path / "missing")
+
+
+def test_bad_options_are_reported_before_the_fits(tmp_path, astronaut, monkeypatch):
+    """A bad ``texture_weight`` or objective option fails before minutes of fitting the photos."""
+    from PIL import Image
+
+    import facerig.train.dualmapper as glue
+
+    Image.fromarray(astronaut).save(tmp_path / "x.png")
+
+    def no_fit(*a, **k):
+        raise AssertionError("fitted before the options were checked")
+
+    monkeypatch.setattr(glue, "_fit_all", no_fit)
+    with pytest.raises(InvalidInput, match="texture_weight"):
+        glue.train_dualmapper(tmp_path, tmp_path / "run", text="smile", texture_weight=-1.0, progress=False)
+    with pytest.raises(InvalidInput, match="compare"):
+        glue.train_dualmapper(tmp_path, tmp_path / "run", text="smile", objective_options={"compare": "x"},
+                              progress=False)

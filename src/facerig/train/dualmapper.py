@@ -151,10 +151,7 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
     name, how = target_for_text(text, target)
     fm = load_face_model(model) if isinstance(model, str) else model
     photos = list_photos(data, max_photos)
-    fitted = _fit_all(photos, fm, progress)
-    if not fitted:
-        raise InvalidInput("--data", "photos with a detectable face", f"{len(photos)} photos, none usable")
-    gens = [build_generator(generator, img, params, fm, **dict(generator_options or {})) for _, img, params in fitted]
+    # the objectives and weights before the fits: a bad option is reported before minutes of fitting
     objectives: list[Any] = []
     if clip is not None:
         objectives.append(ClipObjective(HFClipEncoder(str(clip)), name, text=text))
@@ -169,6 +166,10 @@ def train_dualmapper(data: str | Path | Sequence[str | Path], output: str | Path
     tw = float(texture_weight) if texture_weight is not None else (1.0 if clip is not None else OFFLINE_TEXTURE_WEIGHT)
     if not tw >= 0:
         raise InvalidInput("texture_weight", "a weight >= 0", texture_weight)
+    fitted = _fit_all(photos, fm, progress)
+    if not fitted:
+        raise InvalidInput("--data", "photos with a detectable face", f"{len(photos)} photos, none usable")
+    gens = [build_generator(generator, img, params, fm, **dict(generator_options or {})) for _, img, params in fitted]
     penalty = DeltaPenalty(w_weight=tw)
     if clip is None and hold_others > 0:
         # the landmark probe confuses motions (a raise-brows mapper opened the jaw, a sad one smiled):
